@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine:
+#   make demo   - set up and lip-sync the bundled synthetic sample
+#   make test   - set up (with the dev, onnx and TensorRT-RTX extras) and run the tests
+PYTHON ?= python3
+VENV ?= .venv
+# torch first, pinned: an unpinned torch makes pip pull several GB of CUDA wheels on a CPU box.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+
+$(VENV)/.runtime: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime
+	$(BIN)/pip install --quiet -e '.[dev,onnx,rtx]'
+	touch $@
+
+install: $(VENV)/.runtime
+install-dev: $(VENV)/.dev
+
+demo: $(VENV)/.runtime
+	$(BIN)/python scripts/demo.py
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest -q tests
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m pytest -q benchmarks
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache

@@ -1,0 +1,130 @@
+"""``wav2lip-trt`` command line: parses, validates, calls the library, prints errors as one line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import Wav2LipTrtError
+from .options import DEVICES, ON_MISSING_FACE, InferenceOptions
+
+TRUE_WORDS = {"true", "1", "yes", "y", "on"}
+FALSE_WORDS = {"false", "0", "no", "n", "off"}
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a :class:`Wav2LipTrtError` into ``Error: ...`` on stderr and exit code 1, no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Wav2LipTrtError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; no output was written.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def parse_bool(ctx: click.Context, param: click.Parameter, value: str | bool | None) -> bool:
+    """``--static``, ``--static True`` and ``--static False`` (which, unlike the original, means false)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise click.BadParameter(f"expected true or false, got {value!r}")
+
+
+def setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="wav2lip-trt")
+def main() -> None:
+    """Wav2Lip lip-sync with S3FD face detection: reference-exact PyTorch, FP16 TensorRT engines."""
+
+
+def _one_of(names: dict[str, Any], what: str) -> Any:
+    given = {k: v for k, v in names.items() if v is not None}
+    if len(set(map(str, given.values()))) > 1:
+        raise click.UsageError(f"conflicting {what}: " + ", ".join(f"{k} {v}" for k, v in given.items()))
+    return next(iter(given.values()), None)
+
+
+@main.command()
+@click.option("--checkpoint_path", "--checkpoint-path", "checkpoint_path", required=True, type=click.Path(path_type=Path),
+              help="Wav2Lip checkpoint (wav2lip.pth or wav2lip_gan.pth).")
+@click.option("--face", "face", type=click.Path(path_type=Path), help="Video, image or folder of frames with a face.")
+@click.option("--image", "image", type=click.Path(path_type=Path), help="Alias of --face (for a still image).")
+@click.option("--video", "video", type=click.Path(path_type=Path), help="Alias of --face (video or folder of frames).")
+@click.option("--audio", required=True, type=click.Path(path_type=Path), help="Audio (wav, mp3, m4a, or a video's audio track).")
+@click.option("--outfile", "outfile", type=click.Path(path_type=Path), help="Output video [results/result_voice.mp4].")
+@click.option("--output", "output", type=click.Path(path_type=Path), help="Alias of --outfile.")
+@click.option("--static", is_flag=False, flag_value="true", default="false", callback=parse_bool, metavar="[BOOL]",
+              help="Use only the first frame. Bare flag or True/False.")
+@click.option("--fps", type=float, default=25.0, show_default=True, help="Frame rate for an image or a frames folder.")
+@click.option("--pads", nargs=4, type=int, default=(0, 10, 0, 0), show_default=True, help="Box padding: top bottom left right.")
+@click.option("--face_det_batch_size", "--face-det-batch-size", "face_det_batch_size", type=int, default=16, show_default=True)
+@click.option("--wav2lip_batch_size", "--wav2lip-batch-size", "wav2lip_batch_size", type=int, default=128, show_default=True)
+@click.option("--resize_factor", "--resize-factor", "resize_factor", type=int, default=1, show_default=True,
+              help="Shrink video frames by this factor first.")
+@click.option("--crop", nargs=4, type=int, default=(0, -1, 0, -1), show_default=True,
+              help="Crop video frames: top bottom left right (-1 = full size).")
+@click.option("--box", nargs=4, type=int, default=(-1, -1, -1, -1), show_default=True,
+              help="Fixed face box y1 y2 x1 x2 instead of detection.")
+@click.option("--rotate", is_flag=True, help="Rotate video frames 90 degrees clockwise.")
+@click.option("--nosmooth", is_flag=True, help="Do not smooth detected boxes over time.")
+@click.option("--s3fd-checkpoint", "--s3fd_checkpoint", "s3fd_checkpoint", type=click.Path(path_type=Path),
+              default=Path("checkpoints/s3fd.pth"), show_default=True, help="S3FD face detector weights.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--on-missing-face", "--on_missing_face", "on_missing_face", type=click.Choice(ON_MISSING_FACE),
+              default="error", show_default=True, help="Frame without a face: fail, pass it through, or reuse the last box.")
+@click.option("--dump-intermediates", "--dump_intermediates", "dump_intermediates", type=click.Path(path_type=Path),
+              help="Write mel/boxes/pred/frames .npy files to this folder (parity checks on short clips).")
+@click.option("--save-frames", "--save_frames", "save_frames", type=click.Path(path_type=Path),
+              help="Also write the output frames as PNG images to this folder.")
+@click.option("--ffmpeg", type=str, help="ffmpeg executable to use [imageio-ffmpeg's].")
+@click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality (lower is better).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or info messages.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report of the run here ('-' = stdout).")
+@user_errors
+def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Path | None, output: Path | None,
+          quiet: bool, json_path: Path | None, **kwargs: Any) -> None:
+    """Lip-sync a face video or image to an audio track."""
+    from .pipeline import run_inference
+    from .progress import Progress
+
+    face_path = _one_of({"--face": face, "--image": image, "--video": video}, "face inputs")
+    if face_path is None:
+        raise click.UsageError("Missing option '--face' (or '--image' / '--video').")
+    out_path = _one_of({"--outfile": outfile, "--output": output}, "outputs") or Path("results/result_voice.mp4")
+    setup_logging(quiet)
+    options = InferenceOptions(face=face_path, outfile=out_path, **kwargs)
+    with Progress("lip-sync", unit="frame", enabled=not quiet) as progress:
+        result = run_inference(options, on_start=progress.start, on_frame=progress.update)
+    report = {
+        "outfile": str(result.outfile), "frames": result.frames, "fps": result.fps, "width": result.width,
+        "height": result.height, "audio_seconds": result.audio_seconds, "device": result.device,
+        "seconds": round(result.seconds, 3), "frames_per_second": round(result.frames / result.seconds, 3),
+    }
+    if json_path is not None:
+        text = json.dumps(report, indent=2)
+        click.echo(text) if str(json_path) == "-" else json_path.write_text(text + "\n")
+    if not quiet:
+        click.echo(f"Wrote {result.outfile} ({result.frames} frames, {result.seconds:.1f} s, "
+                   f"{report['frames_per_second']} frames/s)", err=True)

@@ -1,0 +1,151 @@
+"""Output: raw frames piped to one ffmpeg process that encodes H.264 and muxes the audio.
+
+The reference writes a lossy MPEG-4 AVI into a fixed ``temp/`` folder and re-encodes it with a
+second ffmpeg call; here a single pass encodes the exact frames. The result is written to a
+hidden temporary file beside the output and renamed only when ffmpeg succeeded, so a failed or
+interrupted run never leaves a truncated video, and parallel runs never share a temp path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from .errors import FFmpegError, InputError
+from .ffmpeg import find_ffmpeg
+
+FASTSTART_SUFFIXES = frozenset({".mp4", ".mov", ".m4v"})
+
+
+def frame_rate_arg(fps: float) -> str:
+    """ffmpeg rate for a float fps: 29.97002997 becomes 30000/1001, not a rounded decimal."""
+    rate = Fraction(fps).limit_denominator(1001 * 1000)
+    near = Fraction(fps).limit_denominator(1001)
+    if abs(float(near) - fps) < 1e-9:
+        rate = near
+    return f"{rate.numerator}/{rate.denominator}"
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A fresh hidden file next to ``path`` with the same suffix (ffmpeg picks the muxer from it)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+class VideoWriter:
+    """Context manager: ``write`` BGR frames; on a clean exit the output appears atomically."""
+
+    def __init__(
+        self,
+        outfile: str | os.PathLike[str],
+        *,
+        width: int,
+        height: int,
+        fps: float,
+        audio: str | os.PathLike[str] | None,
+        ffmpeg: str | None = None,
+        encoder: str = "libx264",
+        crf: int = 18,
+        preset: str = "medium",
+    ) -> None:
+        self.outfile = Path(outfile)
+        if self.outfile.suffix == "":
+            raise InputError(f"{self.outfile}: output needs a file extension such as .mp4")
+        self.width, self.height, self.fps = width, height, fps
+        self.audio = Path(audio) if audio is not None else None
+        self.ffmpeg = find_ffmpeg(ffmpeg)
+        self.encoder, self.crf, self.preset = encoder, crf, preset
+        self.frames_written = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmp: Path | None = None
+        self._log = tempfile.TemporaryFile()
+
+    def command(self, target: Path) -> list[str]:
+        cmd = [
+            self.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{self.width}x{self.height}",
+            "-framerate", frame_rate_arg(self.fps), "-i", "pipe:0",
+        ]
+        if self.audio is not None:
+            cmd += ["-i", str(self.audio), "-map", "0:v:0", "-map", "1:a:0"]
+        if self.width % 2 or self.height % 2:
+            cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]  # yuv420p needs even sizes
+        # swscale's default BGR->YUV path darkens every pixel by ~2 levels; accurate rounding avoids it.
+        cmd += ["-sws_flags", "accurate_rnd+full_chroma_int", "-c:v", self.encoder, "-pix_fmt", "yuv420p"]
+        if self.encoder == "libx264":
+            cmd += ["-preset", self.preset, "-crf", str(self.crf)]
+        elif self.encoder.endswith("_nvenc"):
+            cmd += ["-preset", "p5", "-cq", str(self.crf)]
+        if self.audio is not None:
+            cmd += ["-c:a", "aac", "-b:a", "192k"]
+        if target.suffix.lower() in FASTSTART_SUFFIXES:
+            cmd += ["-movflags", "+faststart"]
+        return cmd + [str(target)]
+
+    def __enter__(self) -> "VideoWriter":
+        self.outfile.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = temporary_sibling(self.outfile)
+        try:
+            self._proc = subprocess.Popen(
+                self.command(self._tmp), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log
+            )
+        except OSError as exc:
+            self._cleanup()
+            raise FFmpegError(f"cannot start ffmpeg ({self.ffmpeg}): {exc}") from None
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"frame {frame.shape} {frame.dtype} != ({self.height}, {self.width}, 3) uint8")
+        assert self._proc is not None and self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frame).data)
+        except (BrokenPipeError, OSError):
+            self._proc.wait()
+            raise self._failure("ffmpeg stopped accepting frames") from None
+        self.frames_written += 1
+
+    def _failure(self, what: str) -> FFmpegError:
+        self._log.seek(0)
+        lines = [ln for ln in self._log.read().decode(errors="replace").splitlines() if ln.strip()]
+        detail = lines[-1].strip() if lines else f"exit code {self._proc.returncode if self._proc else '?'}"
+        return FFmpegError(f"writing {self.outfile}: {what}: {detail}")
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        proc = self._proc
+        try:
+            if proc is None:
+                return
+            if exc_type is not None:
+                proc.kill()
+                proc.wait()
+                return
+            assert proc.stdin is not None
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            if proc.wait() != 0:
+                raise self._failure("ffmpeg failed")
+            if self.frames_written == 0:
+                raise FFmpegError(f"writing {self.outfile}: no frames were produced")
+            assert self._tmp is not None
+            os.replace(self._tmp, self.outfile)
+            self._tmp = None
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+        self._log.close()

@@ -1,0 +1,53 @@
+"""Between detection and the generator: 96x96 crops, the masked 6-channel input, and paste-back.
+
+These reproduce the reference's datagen and output loop exactly, including OpenCV's fixed-point
+INTER_LINEAR resizes and the uint8 truncation (not rounding) of the prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+IMG_SIZE = 96  # generator input/output side, pixels
+
+_UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+"""uint8 -> float32 exactly as the reference's float64 ``x / 255.`` cast to float32."""
+
+Box = tuple[int, int, int, int]
+"""(y1, y2, x1, x2) in frame pixels: the reference's coordinate order for crops and paste-back."""
+
+
+def crop_faces(frames: Sequence[np.ndarray], boxes: Sequence[Box]) -> np.ndarray:
+    """(B, 96, 96, 3) uint8 BGR: each frame's box, resized with OpenCV INTER_LINEAR."""
+    out = np.empty((len(frames), IMG_SIZE, IMG_SIZE, 3), dtype=np.uint8)
+    for i, (frame, (y1, y2, x1, x2)) in enumerate(zip(frames, boxes)):
+        out[i] = cv2.resize(frame[y1:y2, x1:x2], (IMG_SIZE, IMG_SIZE))
+    return out
+
+
+def generator_inputs(faces: np.ndarray, mels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Wav2Lip feed: mel (B, 1, 80, 16) float32 and face (B, 6, 96, 96) float32 in [0, 1].
+
+    The face's channels are ``[masked B, G, R, reference B, G, R]``; masked = rows 48..95 zeroed.
+    """
+    unit = _UNIT[faces]  # (B, 96, 96, 3)
+    masked = unit.copy()
+    masked[:, IMG_SIZE // 2 :] = 0.0
+    face = np.concatenate((masked, unit), axis=3).transpose(0, 3, 1, 2)
+    mel = np.asarray(mels, dtype=np.float32)[:, None]
+    return torch.from_numpy(np.ascontiguousarray(mel)), torch.from_numpy(np.ascontiguousarray(face))
+
+
+def prediction_to_uint8(pred: np.ndarray) -> np.ndarray:
+    """(B, 3, 96, 96) float32 in [0, 1] -> (B, 96, 96, 3) uint8, truncating like the reference."""
+    return (pred.transpose(0, 2, 3, 1) * np.float32(255.0)).astype(np.uint8)
+
+
+def paste_back(frame: np.ndarray, face: np.ndarray, box: Box) -> None:
+    """Resize the generated face to the box and overwrite the whole box in ``frame`` (in place)."""
+    y1, y2, x1, x2 = box
+    frame[y1:y2, x1:x2] = cv2.resize(face, (x2 - x1, y2 - y1))

@@ -1,0 +1,80 @@
+"""Inference options, validated in one place before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+ON_MISSING_FACE = ("error", "skip", "previous")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """Every option of the original ``inference.py`` (same defaults) plus this tool's own."""
+
+    checkpoint_path: Path  # Wav2Lip generator checkpoint (wav2lip.pth or wav2lip_gan.pth)
+    face: Path  # video, still image, or folder of frames
+    audio: Path  # anything ffmpeg decodes: wav, mp3, m4a, a video's audio track
+    outfile: Path = Path("results/result_voice.mp4")
+    s3fd_checkpoint: Path = Path("checkpoints/s3fd.pth")
+    static: bool = False  # use only the first frame (forced for a still image)
+    fps: float = 25.0  # frame rate for images and frame folders; videos use their own
+    pads: tuple[int, int, int, int] = (0, 10, 0, 0)  # top, bottom, left, right grow the detected box
+    face_det_batch_size: int = 16
+    wav2lip_batch_size: int = 128
+    resize_factor: int = 1  # videos/folders: shrink frames by this integer factor first
+    crop: tuple[int, int, int, int] = (0, -1, 0, -1)  # top, bottom, left, right; -1 = full size
+    box: tuple[int, int, int, int] = (-1, -1, -1, -1)  # fixed face box y1, y2, x1, x2; -1 = detect
+    rotate: bool = False  # videos/folders: rotate 90 degrees clockwise
+    nosmooth: bool = False  # no temporal smoothing of detected boxes
+    device: str = "auto"  # auto = cuda if available, else cpu
+    on_missing_face: str = "error"  # error | skip (frame passes unchanged) | previous (reuse last box)
+    dump_intermediates: Path | None = None  # write mel/boxes/pred/frames .npy files here
+    save_frames: Path | None = None  # also write the output frames as PNG files here
+    ffmpeg: str | None = None  # ffmpeg executable; default imageio-ffmpeg's
+    crf: int = 18  # libx264 quality (lower = better, larger)
+
+    @property
+    def uses_fixed_box(self) -> bool:
+        return self.box[0] != -1
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` for anything that would fail later, before slow work starts."""
+        for label, path in (("--checkpoint_path", self.checkpoint_path), ("--face", self.face), ("--audio", self.audio)):
+            if not Path(path).exists():
+                raise InputError(f"{label} file not found: {path}")
+        if not self.uses_fixed_box and not Path(self.s3fd_checkpoint).exists():
+            raise InputError(
+                f"S3FD checkpoint not found: {self.s3fd_checkpoint} (download s3fd.pth as described in "
+                "checkpoints/README.md, pass --s3fd-checkpoint, or give a fixed --box)"
+            )
+        out = Path(self.outfile).resolve()
+        for label, path in (("--face", self.face), ("--audio", self.audio), ("--checkpoint_path", self.checkpoint_path)):
+            if Path(path).resolve() == out:
+                raise InputError(f"--outfile {self.outfile} is the same file as {label}; inputs are never overwritten")
+        if out.is_dir():
+            raise InputError(f"--outfile {self.outfile} is a directory; give a file name such as result.mp4")
+        if Path(self.outfile).suffix == "":
+            raise InputError(f"--outfile {self.outfile} needs a file extension such as .mp4")
+        positive = {
+            "--fps": self.fps,
+            "--face_det_batch_size": self.face_det_batch_size,
+            "--wav2lip_batch_size": self.wav2lip_batch_size,
+            "--resize_factor": self.resize_factor,
+        }
+        for label, value in positive.items():
+            if not value > 0:
+                raise InputError(f"{label} must be positive, got {value}")
+        if self.uses_fixed_box:
+            y1, y2, x1, x2 = self.box
+            if min(self.box) < 0 or y2 <= y1 or x2 <= x1:
+                raise InputError(f"--box {list(self.box)} must be y1 y2 x1 x2 with 0 <= y1 < y2 and 0 <= x1 < x2")
+        if self.on_missing_face not in ON_MISSING_FACE:
+            raise InputError(f"--on-missing-face must be one of {', '.join(ON_MISSING_FACE)}")
+        if self.device not in DEVICES:
+            raise InputError(f"--device must be one of {', '.join(DEVICES)}")
+        if not 0 <= self.crf <= 51:
+            raise InputError(f"--crf must be in 0..51, got {self.crf}")

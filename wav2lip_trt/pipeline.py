@@ -1,0 +1,274 @@
+"""The lip-sync pipeline as a chain of generators, streaming from decode to encode.
+
+    audio -> mel -> chunks (N output frames)
+    face source -> frames -> S3FD in batches -> pads -> forward smoothing (4-frame look-ahead)
+        -> (frame, box) per output frame, looping the video when the audio is longer
+        -> 96x96 crops + mel -> Wav2Lip in batches -> paste-back -> ffmpeg (H.264 + audio)
+
+Only a detection batch, the smoothing look-ahead and one generator batch of frames are alive at
+once, so memory does not grow with the video's length (the reference keeps every frame).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .audio import MelChunks, load_audio, melspectrogram
+from .backends import RunnerRequest, create_runners, resolve_device
+from .boxes import pad_box, smooth_stream
+from .detect import FaceDetector
+from .dump import IntermediateDump
+from .encode import VideoWriter
+from .errors import AudioError, InputError, NoFaceError
+from .faces import IMG_SIZE, Box, crop_faces, generator_inputs, paste_back, prediction_to_uint8
+from .options import InferenceOptions
+from .runners.base import Runner
+from .video import FaceSource, FrameTransform
+
+log = logging.getLogger(__name__)
+
+_NO_BOX = np.full(4, -1, dtype=np.int64)
+
+
+@dataclass
+class FaceItem:
+    """One output frame on its way through the pipeline."""
+
+    index: int  # output frame index = mel chunk index
+    source_index: int  # input frame it shows
+    frame: np.ndarray  # (H, W, 3) uint8 BGR, private to this item (paste-back writes into it)
+    box: Box | None  # (y1, y2, x1, x2); None = no face, the frame passes through unchanged
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    outfile: Path
+    frames: int
+    fps: float
+    width: int
+    height: int
+    audio_seconds: float
+    device: str
+    seconds: float
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+class Detection:
+    """S3FD over a frame stream: detect in batches, apply pads, the missing-face policy, smoothing."""
+
+    def __init__(self, detector: FaceDetector, options: InferenceOptions, source: FaceSource, dump: IntermediateDump | None):
+        self.detector, self.options, self.source, self.dump = detector, options, source, dump
+
+    def raw(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray, tuple[int, int, int, int] | None]]:
+        """(source index, frame, chosen x1, y1, x2, y2 or None) in input order."""
+        index = 0
+        for batch in batched(frames, self.options.face_det_batch_size):
+            found = self.detector.detect(np.stack(batch))
+            if self.dump is not None:
+                self.dump.append("det_boxes", np.array([_NO_BOX if b is None else b for b in found], dtype=np.int64))
+            for frame, det in zip(batch, found):
+                yield index, frame, det
+                index += 1
+
+    def with_policy(self, raw: Iterable[tuple[int, np.ndarray, tuple[int, int, int, int] | None]]):
+        previous = None
+        policy = self.options.on_missing_face
+        for index, frame, det in raw:
+            if det is None:
+                if policy == "error":
+                    raise NoFaceError(
+                        f"{self.source.path}: no face detected in frame {index} (t={self.source.timestamp(index):.3f} s); "
+                        "check the video, adjust --pads, give a fixed --box, or pass --on-missing-face skip|previous"
+                    )
+                if policy == "previous":
+                    det = previous
+            else:
+                previous = det
+            yield index, frame, det
+
+    def boxes(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray, Box | None]]:
+        """(source index, frame, padded and smoothed (y1, y2, x1, x2) or None), in input order."""
+        height, width = self.source.info.height, self.source.info.width
+        order: deque[list] = deque()
+
+        def padded() -> Iterator[tuple[list, np.ndarray]]:
+            for index, frame, det in self.with_policy(self.raw(frames)):
+                entry = [index, frame, None, det is None]
+                order.append(entry)
+                if det is not None:
+                    yield entry, pad_box(det, self.options.pads, height, width)
+
+        rows = padded() if self.options.nosmooth else smooth_stream(padded())
+        for entry, row in rows:
+            x1, y1, x2, y2 = (int(v) for v in row)
+            entry[2], entry[3] = (y1, y2, x1, x2), True
+            while order and order[0][3]:
+                index, frame, box, _ = order.popleft()
+                yield index, frame, _checked(box, index, self.source)
+        while order:
+            index, frame, box, _ = order.popleft()
+            yield index, frame, _checked(box, index, self.source)
+
+
+def _checked(box: Box | None, index: int, source: FaceSource) -> Box | None:
+    if box is not None and (box[1] <= box[0] or box[3] <= box[2]):
+        raise InputError(
+            f"{source.path}: face box (y1, y2, x1, x2) = {box} at frame {index} is empty after --pads; use smaller negative pads"
+        )
+    return box
+
+
+def face_items(
+    source: FaceSource, count: int, options: InferenceOptions, detection: Detection | None
+) -> Iterator[FaceItem]:
+    """One item per output frame: the reference's frame choice (looping, or frame 0 when static)."""
+    static = options.static or source.kind == "image"
+    limit = 1 if static else count
+    if options.uses_fixed_box:
+        y1, y2, x1, x2 = options.box
+        if y2 > source.info.height or x2 > source.info.width:
+            raise InputError(
+                f"--box {list(options.box)} reaches outside the {source.info.width}x{source.info.height} frames of {source.path}"
+            )
+        fixed: Box = (y1, y2, x1, x2)
+        first = ((i, frame, fixed) for i, frame in enumerate(source.frames(limit)))
+    else:
+        assert detection is not None
+        first = detection.boxes(source.frames(limit))
+
+    seen: list[Box | None] = []
+    frame0: np.ndarray | None = None
+    for index, frame, box in first:
+        seen.append(box)
+        if static:
+            frame0 = frame
+            break
+        yield FaceItem(index, index, frame, box)
+    if static:
+        assert frame0 is not None
+        for i in range(count):
+            yield FaceItem(i, 0, frame0.copy(), seen[0])
+        return
+    produced = len(seen)
+    while produced < count:
+        for j, frame in enumerate(source.frames(min(len(seen), count - produced))):
+            yield FaceItem(produced, j, frame, seen[j])
+            produced += 1
+
+
+def generate(
+    items: Iterable[FaceItem], chunks: MelChunks, runner: Runner, batch_size: int, dump: IntermediateDump | None
+) -> Iterator[FaceItem]:
+    """Run Wav2Lip on batches of ``batch_size`` faces and paste the results into the frames."""
+    pending: list[FaceItem] = []
+    with_face = 0
+    for item in items:
+        pending.append(item)
+        with_face += item.box is not None
+        if with_face >= batch_size:
+            yield from _generate_batch(pending, chunks, runner, dump)
+            pending, with_face = [], 0
+    if pending:
+        yield from _generate_batch(pending, chunks, runner, dump)
+
+
+def _generate_batch(
+    items: list[FaceItem], chunks: MelChunks, runner: Runner, dump: IntermediateDump | None
+) -> list[FaceItem]:
+    faced = [it for it in items if it.box is not None]
+    if faced:
+        faces = crop_faces([it.frame for it in faced], [it.box for it in faced])  # type: ignore[misc]
+        mel, face = generator_inputs(faces, chunks.gather([it.index for it in faced]))
+        pred = runner.infer({"mel": mel.to(runner.device), "face": face.to(runner.device)})["pred"]
+        pred = pred.detach().cpu().numpy()
+        for it, generated in zip(faced, prediction_to_uint8(pred)):
+            paste_back(it.frame, generated, it.box)  # type: ignore[arg-type]
+    if dump is not None:
+        by_index = dict(zip((it.index for it in faced), pred)) if faced else {}
+        nan = np.full((3, IMG_SIZE, IMG_SIZE), np.nan, dtype=np.float32)
+        dump.append("mel_chunks", chunks.gather([it.index for it in items]))
+        dump.append("boxes", np.array([it.box if it.box is not None else _NO_BOX for it in items], dtype=np.int64))
+        dump.append("pred", np.stack([by_index.get(it.index, nan) for it in items]).astype(np.float32))
+        dump.append("frames", np.stack([it.frame for it in items]))
+    return items
+
+
+def run_inference(
+    options: InferenceOptions, *, on_frame: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None
+) -> InferenceResult:
+    """Lip-sync ``options.face`` to ``options.audio`` and write ``options.outfile``.
+
+    ``on_start(total_frames)`` and ``on_frame(frames_done)`` let a caller drive a progress bar.
+    """
+    started = time.perf_counter()
+    options.validate()
+    device = resolve_device(options.device)
+    transform = FrameTransform(options.resize_factor, options.rotate, tuple(options.crop))
+    source = FaceSource(options.face, fps=options.fps, transform=transform)
+    if source.kind == "image" and not transform.is_identity:
+        log.warning("--resize_factor/--rotate/--crop are ignored for a still image (as in the original)")
+    info = source.info
+
+    try:
+        wav = load_audio(options.audio, ffmpeg=options.ffmpeg)
+        mel = melspectrogram(wav)
+        chunks = MelChunks(mel, info.fps)
+    except AudioError as exc:
+        msg = str(exc)
+        raise AudioError(msg if str(options.audio) in msg else f"{options.audio}: {msg}") from None
+    total = len(chunks)
+    log.info("%s: %s %dx%d at %.3f fps; %d output frames for %.2f s of audio on %s",
+             info.path, info.kind, info.width, info.height, info.fps, total, len(wav) / 16000, device)
+
+    runners = create_runners(
+        "torch",
+        RunnerRequest(
+            checkpoint_path=options.checkpoint_path,
+            s3fd_checkpoint=None if options.uses_fixed_box else options.s3fd_checkpoint,
+            device=device,
+        ),
+    )
+    dump = IntermediateDump(options.dump_intermediates) if options.dump_intermediates else None
+    if options.save_frames is not None:
+        Path(options.save_frames).mkdir(parents=True, exist_ok=True)
+    if on_start is not None:
+        on_start(total)
+    try:
+        if dump is not None:
+            dump.save("mel", mel.astype(np.float32))
+        detection = None
+        if runners.detector is not None:
+            detection = Detection(FaceDetector(runners.detector), options, source, dump)
+        items = face_items(source, total, options, detection)
+        done = generate(items, chunks, runners.generator, options.wav2lip_batch_size, dump)
+        with VideoWriter(
+            options.outfile, width=info.width, height=info.height, fps=info.fps,
+            audio=options.audio, ffmpeg=options.ffmpeg, crf=options.crf,
+        ) as writer:
+            for item in done:
+                writer.write(item.frame)
+                if options.save_frames is not None:
+                    cv2.imwrite(str(Path(options.save_frames) / f"frame_{item.index:06d}.png"), item.frame)
+                if on_frame is not None:
+                    on_frame(writer.frames_written)
+    finally:
+        if dump is not None:
+            dump.close()
+    return InferenceResult(
+        outfile=Path(options.outfile), frames=total, fps=info.fps, width=info.width, height=info.height,
+        audio_seconds=len(wav) / 16000, device=str(device), seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,49 @@
+"""PyTorch backend: the reference the other backends are measured against."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+
+class TorchRunner:
+    """Runs an ``nn.Module`` whose forward takes the inputs positionally in ``input_names`` order.
+
+    FP32 on CPU is bit-for-bit the original implementation's arithmetic; ``dtype=torch.float16``
+    (CUDA) casts the module and its floating inputs, and outputs come back as FP32.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        input_names: tuple[str, ...],
+        output_names: tuple[str, ...],
+        *,
+        name: str = "torch",
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.name = name
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.input_names = input_names
+        self.output_names = output_names
+        self.module = module.to(device=self.device, dtype=dtype).eval()
+
+    def infer(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        args = [feed[n].to(self.device, self.dtype) for n in self.input_names]
+        with torch.inference_mode():
+            out = self.module(*args)
+        if isinstance(out, torch.Tensor):
+            out = [out]
+        if len(out) != len(self.output_names):
+            raise RuntimeError(f"{self.name}: expected {len(self.output_names)} outputs, got {len(out)}")
+        return {n: t.float() for n, t in zip(self.output_names, out)}
+
+    def __enter__(self) -> "TorchRunner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
