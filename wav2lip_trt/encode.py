@@ -32,6 +32,12 @@ def frame_rate_arg(fps: float) -> str:
     return f"{rate.numerator}/{rate.denominator}"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def temporary_sibling(path: Path) -> Path:
     """A fresh hidden file next to ``path`` with the same suffix (ffmpeg picks the muxer from it)."""
     fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
@@ -139,6 +145,7 @@ class VideoWriter:
             if self.frames_written == 0:
                 raise FFmpegError(f"writing {self.outfile}: no frames were produced")
             assert self._tmp is not None
+            os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp made it 0600
             os.replace(self._tmp, self.outfile)
             self._tmp = None
         finally:

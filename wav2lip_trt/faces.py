@@ -33,13 +33,16 @@ def generator_inputs(faces: np.ndarray, mels: np.ndarray) -> tuple[torch.Tensor,
     """The Wav2Lip feed: mel (B, 1, 80, 16) float32 and face (B, 6, 96, 96) float32 in [0, 1].
 
     The face's channels are ``[masked B, G, R, reference B, G, R]``; masked = rows 48..95 zeroed.
+    Both tensors keep the reference's strides (NHWC arrays, transposed): CPU convolutions choose
+    their algorithm by memory format, and the low-order bits follow.
     """
     unit = _UNIT[faces]  # (B, 96, 96, 3)
     masked = unit.copy()
     masked[:, IMG_SIZE // 2 :] = 0.0
-    face = np.concatenate((masked, unit), axis=3).transpose(0, 3, 1, 2)
-    mel = np.asarray(mels, dtype=np.float32)[:, None]
-    return torch.from_numpy(np.ascontiguousarray(mel)), torch.from_numpy(np.ascontiguousarray(face))
+    face = torch.from_numpy(np.concatenate((masked, unit), axis=3)).permute(0, 3, 1, 2)
+    mels = np.ascontiguousarray(mels, dtype=np.float32)
+    mel = torch.from_numpy(mels.reshape(*mels.shape, 1)).permute(0, 3, 1, 2)
+    return mel, face
 
 
 def prediction_to_uint8(pred: np.ndarray) -> np.ndarray:

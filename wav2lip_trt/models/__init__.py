@@ -1,0 +1,6 @@
+"""Pure PyTorch networks whose state dicts match the released checkpoints key for key."""
+
+from .s3fd import S3FD, L2Norm
+from .wav2lip import Wav2Lip, Wav2LipDiscQual
+
+__all__ = ["S3FD", "L2Norm", "Wav2Lip", "Wav2LipDiscQual"]
