@@ -6,84 +6,20 @@ Everything is generated from a seed, so tests need no downloaded media.
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 from pathlib import Path
 
 import numpy as np
 
 from wav2lip_trt.ffmpeg import find_ffmpeg
-
-
-def make_speechlike_audio(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
-    """Float32 mono in [-1, 1] with what a mel front end reacts to in speech.
-
-    Voiced "syllables" (harmonics of a 100-250 Hz pitch with 5 Hz vibrato, a vowel-like spectral
-    tilt), noise bursts like fricatives, and short silences between them.
-    """
-    rng = np.random.default_rng(seed)
-    n = int(round(seconds * rate))
-    t = np.arange(n) / rate
-    out = np.zeros(n)
-    pos = 0
-    while pos < n:
-        kind = rng.choice(["voiced", "noise", "silence"], p=[0.6, 0.25, 0.15])
-        length = min(n - pos, int(rate * rng.uniform(0.08, 0.3)))
-        seg = slice(pos, pos + length)
-        envelope = np.sin(np.linspace(0, np.pi, length)) ** 2
-        if kind == "voiced":
-            f0 = rng.uniform(100, 250)
-            pitch = f0 * (1 + 0.03 * np.sin(2 * np.pi * 5 * t[seg]))
-            phase = 2 * np.pi * np.cumsum(pitch) / rate
-            formant = rng.uniform(500, 2500)
-            harmonics = sum(
-                np.sin(k * phase) / k * np.exp(-(((k * f0) - formant) ** 2) / (2 * 600.0**2))
-                for k in range(1, int(7000 // f0))
-            )
-            out[seg] = 0.4 * envelope * harmonics
-        elif kind == "noise":
-            noise = rng.standard_normal(length)
-            noise = np.diff(noise, prepend=0.0)  # tilt towards high frequencies, like an "s"
-            out[seg] = 0.08 * envelope * noise
-        pos += length
-    out += 1e-3 * rng.standard_normal(n)  # a noise floor, as in any recording
-    return np.clip(out, -1.0, 1.0).astype(np.float32)
+from wav2lip_trt.samples import float_to_int16, write_wav  # noqa: F401  (re-exported for tests)
+from wav2lip_trt.samples import speechlike_audio as make_speechlike_audio  # noqa: F401
 
 
 def make_sine(seconds: float, rate: int = 16000, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
     """A float32 mono sine."""
     t = np.arange(int(round(seconds * rate))) / rate
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def float_to_int16(samples: np.ndarray) -> np.ndarray:
-    """[-1, 1] floats -> int16 PCM (rounded, clipped)."""
-    return np.clip(np.round(np.asarray(samples) * 32767.0), -32768, 32767).astype(np.int16)
-
-
-def write_wav(path: str | os.PathLike[str], samples: np.ndarray, rate: int) -> Path:
-    """Write a WAV file: int16 -> 16-bit PCM, float32 -> 32-bit IEEE float.
-
-    ``samples`` is (n,) for mono or (n, channels).
-    """
-    samples = np.asarray(samples)
-    if samples.ndim == 1:
-        samples = samples[:, None]
-    if samples.dtype == np.int16:
-        tag = 1
-    elif samples.dtype == np.float32:
-        tag = 3
-    else:
-        raise TypeError(f"write_wav takes int16 or float32 samples, got {samples.dtype}")
-    channels = samples.shape[1]
-    width = samples.dtype.itemsize
-    data = np.ascontiguousarray(samples, dtype=samples.dtype.newbyteorder("<")).tobytes()
-    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * channels * width, channels * width, 8 * width)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
-    body += b"data" + struct.pack("<I", len(data)) + data + b"\0" * (len(data) & 1)
-    path = Path(path)
-    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
-    return path
 
 
 def run_ffmpeg(*args: str | os.PathLike[str]) -> None:
@@ -120,3 +56,41 @@ def make_video(
     args += ["-c:v", video_codec, "-pix_fmt", "yuv420p", path]
     run_ffmpeg(*args)
     return Path(path)
+
+
+def probe(path: Path) -> dict:
+    """ffprobe-equivalent facts about a media file (streams, codecs, frames, rates, durations) via PyAV."""
+    import av
+
+    with av.open(str(path)) as container:
+        info: dict = {"format": container.format.name, "duration": container.duration / 1e6 if container.duration else None}
+        for stream in container.streams:
+            if stream.type == "video":
+                frames = sum(1 for _ in container.decode(stream))
+                info["video"] = {
+                    "codec": stream.codec_context.name, "width": stream.codec_context.width,
+                    "height": stream.codec_context.height, "fps": float(stream.average_rate), "frames": frames,
+                    "pix_fmt": stream.codec_context.pix_fmt,
+                }
+                container.seek(0)
+            elif stream.type == "audio":
+                info["audio"] = {
+                    "codec": stream.codec_context.name, "sample_rate": stream.codec_context.sample_rate,
+                    "duration": float(stream.duration * stream.time_base) if stream.duration else None,
+                }
+    return info
+
+
+def decode_frames(path: Path) -> np.ndarray:
+    """All frames of a (short) video as (N, H, W, 3) uint8 BGR via OpenCV."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return np.stack(frames)

@@ -7,14 +7,14 @@ import pytest
 
 from wav2lip_trt.encode import VideoWriter, frame_rate_arg
 from wav2lip_trt.errors import FFmpegError
-from wav2lip_trt.samples import speechlike_audio, talking_face_frames, write_wav
+from wav2lip_trt.samples import float_to_int16, speechlike_audio, talking_face_frames, write_wav
 
-from helpers import decode_frames, probe
+from media import decode_frames, probe
 
 
 @pytest.fixture(scope="module")
 def wav(tmp_path_factory) -> Path:
-    return write_wav(tmp_path_factory.mktemp("audio") / "a.wav", speechlike_audio(1.0))
+    return write_wav(tmp_path_factory.mktemp("audio") / "a.wav", float_to_int16(speechlike_audio(1.0)), 16000)
 
 
 def test_frame_rate_is_exact_rational() -> None:

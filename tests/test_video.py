@@ -10,7 +10,7 @@ from wav2lip_trt.errors import InputError
 from wav2lip_trt.samples import talking_face_frames, write_video
 from wav2lip_trt.video import FaceSource, FrameTransform, natural_key
 
-from helpers import decode_frames
+from media import decode_frames
 
 
 @pytest.fixture(scope="module")

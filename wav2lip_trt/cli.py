@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import Wav2LipTrtError
+from .errors import InputError, Wav2LipTrtError
 from .options import DEVICES, ON_MISSING_FACE, InferenceOptions
 
 TRUE_WORDS = {"true", "1", "yes", "y", "on"}
@@ -55,18 +55,30 @@ def setup_logging(quiet: bool) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wav2lip-trt")
-def main() -> None:
+def cli() -> None:
     """Wav2Lip lip-sync with S3FD face detection: reference-exact PyTorch, FP16 TensorRT engines."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: usage mistakes, like user errors, are one ``Error:`` line and exit 1."""
+    try:
+        cli.main(args=argv, prog_name="wav2lip-trt", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Interrupted; no output was written.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        sys.exit(1)
 
 
 def _one_of(names: dict[str, Any], what: str) -> Any:
     given = {k: v for k, v in names.items() if v is not None}
     if len(set(map(str, given.values()))) > 1:
-        raise click.UsageError(f"conflicting {what}: " + ", ".join(f"{k} {v}" for k, v in given.items()))
+        raise InputError(f"conflicting {what}: " + ", ".join(f"{k} {v}" for k, v in given.items()))
     return next(iter(given.values()), None)
 
 
-@main.command()
+@cli.command()
 @click.option("--checkpoint_path", "--checkpoint-path", "checkpoint_path", required=True, type=click.Path(path_type=Path),
               help="Wav2Lip checkpoint (wav2lip.pth or wav2lip_gan.pth).")
 @click.option("--face", "face", type=click.Path(path_type=Path), help="Video, image or folder of frames with a face.")
@@ -111,7 +123,7 @@ def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Pa
 
     face_path = _one_of({"--face": face, "--image": image, "--video": video}, "face inputs")
     if face_path is None:
-        raise click.UsageError("Missing option '--face' (or '--image' / '--video').")
+        raise InputError("missing option --face (or --image / --video)")
     out_path = _one_of({"--outfile": outfile, "--output": output}, "outputs") or Path("results/result_voice.mp4")
     setup_logging(quiet)
     options = InferenceOptions(face=face_path, outfile=out_path, **kwargs)

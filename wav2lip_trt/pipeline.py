@@ -84,36 +84,45 @@ class Detection:
                 yield index, frame, det
                 index += 1
 
-    def with_policy(self, raw: Iterable[tuple[int, np.ndarray, tuple[int, int, int, int] | None]]):
+    def usable(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """(source index, frame, padded [x1, y1, x2, y2] or None) with the missing-face policy applied.
+
+        A detection whose padded box is empty (S3FD can place a box wholly outside the frame) is
+        no more usable than none; the original crashes inside OpenCV on it.
+        """
+        height, width = self.source.info.height, self.source.info.width
         previous = None
         policy = self.options.on_missing_face
-        for index, frame, det in raw:
-            if det is None:
+        for index, frame, det in self.raw(frames):
+            row = None if det is None else pad_box(det, self.options.pads, height, width)
+            if row is not None and (row[2] <= row[0] or row[3] <= row[1]):
+                row = None
+            if row is None:
                 if policy == "error":
+                    what = "no face detected" if det is None else f"the face box {list(det)} lies outside the frame"
                     raise NoFaceError(
-                        f"{self.source.path}: no face detected in frame {index} (t={self.source.timestamp(index):.3f} s); "
-                        "check the video, adjust --pads, give a fixed --box, or pass --on-missing-face skip|previous"
+                        f"{self.source.path}: {what} in frame {index} (t={self.source.timestamp(index):.3f} s); check the "
+                        "video, adjust --pads, give a fixed --box, or pass --on-missing-face skip|previous"
                     )
                 if policy == "previous":
-                    det = previous
+                    row = previous
             else:
-                previous = det
-            yield index, frame, det
+                previous = row
+            yield index, frame, row
 
     def boxes(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray, Box | None]]:
         """(source index, frame, padded and smoothed (y1, y2, x1, x2) or None), in input order."""
-        height, width = self.source.info.height, self.source.info.width
         order: deque[list] = deque()
 
-        def padded() -> Iterator[tuple[list, np.ndarray]]:
-            for index, frame, det in self.with_policy(self.raw(frames)):
-                entry = [index, frame, None, det is None]
+        def rows() -> Iterator[tuple[list, np.ndarray]]:
+            for index, frame, row in self.usable(frames):
+                entry = [index, frame, None, row is None]
                 order.append(entry)
-                if det is not None:
-                    yield entry, pad_box(det, self.options.pads, height, width)
+                if row is not None:
+                    yield entry, row
 
-        rows = padded() if self.options.nosmooth else smooth_stream(padded())
-        for entry, row in rows:
+        stream = rows() if self.options.nosmooth else smooth_stream(rows())
+        for entry, row in stream:
             x1, y1, x2, y2 = (int(v) for v in row)
             entry[2], entry[3] = (y1, y2, x1, x2), True
             while order and order[0][3]:
@@ -127,7 +136,8 @@ class Detection:
 def _checked(box: Box | None, index: int, source: FaceSource) -> Box | None:
     if box is not None and (box[1] <= box[0] or box[3] <= box[2]):
         raise InputError(
-            f"{source.path}: face box (y1, y2, x1, x2) = {box} at frame {index} is empty after --pads; use smaller negative pads"
+            f"{source.path}: the smoothed face box (y1, y2, x1, x2) = {box} at frame {index} is empty; "
+            "try --nosmooth or other --pads"
         )
     return box
 

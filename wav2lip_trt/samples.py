@@ -7,8 +7,8 @@ shipping binary media or downloading anything; these are deterministic for a giv
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
-import wave
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -21,30 +21,68 @@ from .ffmpeg import find_ffmpeg
 
 
 def speechlike_audio(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
-    """float32 mono in [-1, 1]: a gliding voiced tone with harmonics, syllable envelope and noise."""
+    """Float32 mono in [-1, 1] with what a mel front end reacts to in speech.
+
+    Voiced "syllables" (harmonics of a 100-250 Hz pitch with 5 Hz vibrato, a vowel-like spectral
+    tilt), noise bursts like fricatives, and short silences between them.
+    """
     rng = np.random.default_rng(seed)
     n = int(round(seconds * rate))
     t = np.arange(n) / rate
-    pitch = 140 + 30 * np.sin(2 * np.pi * 0.7 * t) + 10 * np.sin(2 * np.pi * 5.3 * t)
-    phase = 2 * np.pi * np.cumsum(pitch) / rate
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
-    envelope = np.clip(np.sin(2 * np.pi * 3.7 * t + rng.uniform(0, np.pi)), 0, None) ** 0.7
-    noise = rng.normal(0, 0.05, n) * (envelope > 0.3)
-    y = 0.25 * envelope * voiced + noise
-    return (y / max(1e-6, np.abs(y).max()) * 0.8).astype(np.float32)
+    out = np.zeros(n)
+    pos = 0
+    while pos < n:
+        kind = rng.choice(["voiced", "noise", "silence"], p=[0.6, 0.25, 0.15])
+        length = min(n - pos, int(rate * rng.uniform(0.08, 0.3)))
+        seg = slice(pos, pos + length)
+        envelope = np.sin(np.linspace(0, np.pi, length)) ** 2
+        if kind == "voiced":
+            f0 = rng.uniform(100, 250)
+            pitch = f0 * (1 + 0.03 * np.sin(2 * np.pi * 5 * t[seg]))
+            phase = 2 * np.pi * np.cumsum(pitch) / rate
+            formant = rng.uniform(500, 2500)
+            harmonics = sum(
+                np.sin(k * phase) / k * np.exp(-(((k * f0) - formant) ** 2) / (2 * 600.0**2))
+                for k in range(1, int(7000 // f0))
+            )
+            out[seg] = 0.4 * envelope * harmonics
+        elif kind == "noise":
+            noise = rng.standard_normal(length)
+            noise = np.diff(noise, prepend=0.0)  # tilt towards high frequencies, like an "s"
+            out[seg] = 0.08 * envelope * noise
+        pos += length
+    out += 1e-3 * rng.standard_normal(n)  # a noise floor, as in any recording
+    return np.clip(out, -1.0, 1.0).astype(np.float32)
 
 
-def write_wav(path: str | os.PathLike[str], samples: np.ndarray, rate: int = 16000) -> Path:
-    """16-bit PCM WAV; ``samples`` is float in [-1, 1], shape (n,) or (n, channels)."""
-    data = np.asarray(samples, dtype=np.float64)
-    channels = 1 if data.ndim == 1 else data.shape[1]
-    pcm = np.clip(np.round(data * 32767), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return Path(path)
+def float_to_int16(samples: np.ndarray) -> np.ndarray:
+    """[-1, 1] floats -> int16 PCM (rounded, clipped)."""
+    return np.clip(np.round(np.asarray(samples) * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def write_wav(path: str | os.PathLike[str], samples: np.ndarray, rate: int) -> Path:
+    """Write a WAV file: int16 -> 16-bit PCM, float32 -> 32-bit IEEE float.
+
+    ``samples`` is (n,) for mono or (n, channels).
+    """
+    samples = np.asarray(samples)
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    if samples.dtype == np.int16:
+        tag = 1
+    elif samples.dtype == np.float32:
+        tag = 3
+    else:
+        raise TypeError(f"write_wav takes int16 or float32 samples, got {samples.dtype}")
+    channels = samples.shape[1]
+    width = samples.dtype.itemsize
+    data = np.ascontiguousarray(samples, dtype=samples.dtype.newbyteorder("<")).tobytes()
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * channels * width, channels * width, 8 * width)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    body += b"data" + struct.pack("<I", len(data)) + data + b"\0" * (len(data) & 1)
+    path = Path(path)
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
 
 
 def talking_face_frames(
@@ -118,7 +156,7 @@ def write_talking_clip(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     audio = speechlike_audio(seconds, seed=seed)
-    wav = write_wav(directory / "speech.wav", audio)
+    wav = write_wav(directory / "speech.wav", float_to_int16(audio), 16000)
     count = int(round(seconds * fps))
     hop = max(1, int(16000 / fps))
     loudness = [float(np.abs(audio[i * hop:(i + 1) * hop]).mean()) for i in range(count)]
