@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
-from .errors import InputError, Wav2LipTrtError
+from .build_engines.command import build_engines_command
+from .cli_errors import user_errors
+from .errors import InputError
 from .options import DEVICES, ON_MISSING_FACE, InferenceOptions
 
 TRUE_WORDS = {"true", "1", "yes", "y", "on"}
 FALSE_WORDS = {"false", "0", "no", "n", "off"}
-
-
-def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a :class:`Wav2LipTrtError` into ``Error: ...`` on stderr and exit code 1, no traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except Wav2LipTrtError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("Interrupted; no output was written.", err=True)
-            sys.exit(130)
-
-    return wrapper
 
 
 def parse_bool(ctx: click.Context, param: click.Parameter, value: str | bool | None) -> bool:
@@ -140,3 +123,6 @@ def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Pa
     if not quiet:
         click.echo(f"Wrote {result.outfile} ({result.frames} frames, {result.seconds:.1f} s, "
                    f"{report['frames_per_second']} frames/s)", err=True)
+
+
+cli.add_command(build_engines_command)

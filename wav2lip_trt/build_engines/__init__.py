@@ -33,7 +33,12 @@ _MODULES = {
 }
 _HOME = {name: module for module, names in _MODULES.items() for name in names}
 
-__all__ = sorted(_HOME)
+__all__ = [
+    "FLAVORS", "FLAVOR_CHOICES", "FP32_MODULES", "MODELS", "OPSET", "PRECISIONS", "RTX_PORTABLE_TARGETS",
+    "ArtifactPaths", "BuildOptions", "BuildReport", "ModelResult", "OnnxExport", "ShapeRange", "TensorRT",
+    "artifact_paths", "build_engines", "check_engine", "export_onnx", "half_with_policy", "inspect_onnx",
+    "load_tensorrt", "onnx_model", "parse_compute_capabilities", "parse_size", "read_manifest",
+]
 
 
 def __getattr__(name: str) -> Any:

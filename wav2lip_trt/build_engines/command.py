@@ -1,0 +1,109 @@
+"""``wav2lip-trt build-engines``: parses options, calls :func:`build_engines`, prints a summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..cli_errors import user_errors
+
+if TYPE_CHECKING:
+    from .options import BuildOptions
+
+FLAVOR_CHOICES = ("auto", "tensorrt", "tensorrt-rtx")  # kept in sync with builder.FLAVOR_CHOICES (tested)
+DEFAULTS: dict[str, Any] = {
+    "s3fd_batch": (1, 4, 8), "s3fd_min_size": "64x64", "s3fd_opt_size": "720x1280", "s3fd_max_size": "1920x1920",
+    "wav2lip_batch": (1, 128, 128),
+}  # kept in sync with BuildOptions (tested); repeated so --help needs no torch import
+POSITIVE = click.IntRange(min=1)
+
+
+def _names(option: str) -> tuple[str, str]:
+    """``--s3fd-min-batch`` and the original's snake_case spelling ``--s3fd_min_batch``."""
+    return option, "--" + option[2:].replace("-", "_")
+
+
+def options_from_params(params: dict[str, Any]) -> "BuildOptions":
+    """The command's parsed parameters as :class:`BuildOptions` (sizes and targets parsed here)."""
+    from . import BuildOptions, parse_compute_capabilities, parse_size
+
+    return BuildOptions(
+        checkpoint_path=params["checkpoint_path"],
+        s3fd_checkpoint=params["s3fd_checkpoint"],
+        out=params["out"],
+        precision=params["precision"],
+        flavor=params["flavor"],
+        s3fd_batch=(params["s3fd_min_batch"], params["s3fd_opt_batch"], params["s3fd_max_batch"]),
+        s3fd_min_size=parse_size(params["s3fd_min_size"]),
+        s3fd_opt_size=parse_size(params["s3fd_opt_size"]),
+        s3fd_max_size=parse_size(params["s3fd_max_size"]),
+        wav2lip_batch=(params["wav2lip_min_batch"], params["wav2lip_opt_batch"], params["wav2lip_max_batch"]),
+        workspace_mib=params["workspace_mib"],
+        compute_capabilities=parse_compute_capabilities(params["compute_capabilities"]),
+        onnx_only=params["onnx_only"],
+        force=params["force"],
+    )
+
+
+@click.command("build-engines")
+@click.option(*_names("--checkpoint-path"), "checkpoint_path", type=click.Path(path_type=Path),
+              help="Wav2Lip checkpoint (wav2lip.pth or wav2lip_gan.pth) to build the generator engine from.")
+@click.option(*_names("--s3fd-checkpoint"), "s3fd_checkpoint", type=click.Path(path_type=Path),
+              help="S3FD checkpoint (s3fd.pth) to build the detector engine from.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("engines"), show_default=True,
+              help="Directory for ONNX files, engines, manifests and the timing cache.")
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
+              help="fp16: FP16 network (S3FD's L2Norm in FP32) with FP32 inputs/outputs.")
+@click.option("--flavor", "--flavour", "flavor", type=click.Choice(FLAVOR_CHOICES), default="auto", show_default=True,
+              help="auto: TensorRT when installed, else TensorRT-RTX.")
+@click.option(*_names("--s3fd-min-batch"), "s3fd_min_batch", type=POSITIVE, metavar="N", default=DEFAULTS["s3fd_batch"][0],
+              show_default=True, help="S3FD profile: smallest batch of frames.")
+@click.option(*_names("--s3fd-opt-batch"), "s3fd_opt_batch", type=POSITIVE, metavar="N", default=DEFAULTS["s3fd_batch"][1],
+              show_default=True, help="S3FD profile: batch to optimise for.")
+@click.option(*_names("--s3fd-max-batch"), "s3fd_max_batch", type=POSITIVE, metavar="N", default=DEFAULTS["s3fd_batch"][2],
+              show_default=True, help="S3FD profile: largest batch.")
+@click.option(*_names("--s3fd-min-size"), "s3fd_min_size", default=DEFAULTS["s3fd_min_size"], metavar="HxW",
+              show_default=True, help="S3FD profile: smallest frame, height x width.")
+@click.option(*_names("--s3fd-opt-size"), "s3fd_opt_size", default=DEFAULTS["s3fd_opt_size"], metavar="HxW",
+              show_default=True, help="S3FD profile: frame size to optimise for.")
+@click.option(*_names("--s3fd-max-size"), "s3fd_max_size", default=DEFAULTS["s3fd_max_size"], metavar="HxW",
+              show_default=True, help="S3FD profile: largest frame.")
+@click.option(*_names("--wav2lip-min-batch"), "wav2lip_min_batch", type=POSITIVE, metavar="N", default=DEFAULTS["wav2lip_batch"][0],
+              show_default=True, help="Wav2Lip profile: smallest batch of faces.")
+@click.option(*_names("--wav2lip-opt-batch"), "wav2lip_opt_batch", type=POSITIVE, metavar="N", default=DEFAULTS["wav2lip_batch"][1],
+              show_default=True, help="Wav2Lip profile: batch to optimise for.")
+@click.option(*_names("--wav2lip-max-batch"), "wav2lip_max_batch", type=POSITIVE, metavar="N", default=DEFAULTS["wav2lip_batch"][2],
+              show_default=True, help="Wav2Lip profile: largest batch (--wav2lip_batch_size at inference).")
+@click.option("--workspace", "workspace_mib", type=POSITIVE, metavar="MIB",
+              help="Builder workspace limit in MiB [TensorRT's default: the GPU's memory].")
+@click.option(*_names("--compute-capabilities"), "compute_capabilities", default="portable", show_default=True,
+              metavar="LIST", help="TensorRT-RTX targets, e.g. sm75,sm86,sm89,sm120 or current "
+              "(portable: Ampere and later RTX GPUs). Hopper (H100/H200) needs --flavor tensorrt.")
+@click.option(*_names("--onnx-only"), "onnx_only", is_flag=True, help="Export the ONNX files only (no TensorRT needed).")
+@click.option("--force", is_flag=True, help="Rebuild even when the engines are up to date.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report here ('-' = stdout).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or info messages.")
+@user_errors
+def build_engines_command(quiet: bool, json_path: Path | None, **kwargs: Any) -> None:
+    """Export S3FD and Wav2Lip to ONNX and build TensorRT engines (skipped when up to date)."""
+    from . import build_engines
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr,
+                        force=True)
+    report = build_engines(options_from_params(kwargs), show_progress=not quiet)
+    if json_path is not None:
+        text = json.dumps(report.to_json(), indent=2)
+        click.echo(text) if str(json_path) == "-" else json_path.write_text(text + "\n")
+    if not quiet:
+        for r in report.results:
+            artifact = r.engine if r.engine is not None else r.onnx
+            size = r.engine_bytes if r.engine_bytes is not None else r.onnx_bytes
+            status = "up to date" if r.skipped else f"built ({r.reason})"
+            seconds = r.export_seconds + r.build_seconds
+            click.echo(f"{r.model} {r.precision}: {artifact} {status}, {size / 1e6:.1f} MB"
+                       + ("" if r.skipped else f", {seconds:.1f} s"), err=True)
