@@ -21,3 +21,15 @@ def talking_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from wav2lip_trt.samples import write_talking_clip
 
     return write_talking_clip(tmp_path_factory.mktemp("clip"), seconds=2.0, fps=25.0, width=160, height=128)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` run only where torch sees a CUDA GPU; elsewhere they skip with the reason."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU: torch.cuda.is_available() is False on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

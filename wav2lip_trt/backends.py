@@ -1,18 +1,26 @@
-"""Backend registry: a name maps to a function that builds the detector and generator runners."""
+"""Backend registry: a name maps to a function that builds the detector and generator runners.
+
+``auto`` picks TensorRT when usable engines exist for this checkpoint and GPU, else torch-CUDA
+FP16, else torch on the CPU, and says which it picked and why.
+"""
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, Wav2LipTrtError
 from .runners.base import S3FD_INPUTS, S3FD_OUTPUTS, WAV2LIP_INPUTS, WAV2LIP_OUTPUTS, Runner
 
 log = logging.getLogger(__name__)
+
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
+PRECISION_CHOICES = ("auto", "fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -22,12 +30,26 @@ class RunnerRequest:
     checkpoint_path: Path
     s3fd_checkpoint: Path | None  # None = no detection needed (--box given)
     device: torch.device
+    precision: str = "auto"  # auto = fp16 for engines and CUDA, fp32 on CPU
+    engines_dir: Path = Path("engines")
+    flavor: str = "auto"  # TensorRT flavour for the tensorrt backend
 
 
 @dataclass
 class Runners:
     detector: Runner | None
     generator: Runner
+    backend: str
+    precision: str
+    notes: list[str] = field(default_factory=list)
+
+    def __enter__(self) -> "Runners":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for runner in (self.detector, self.generator):
+            if runner is not None:
+                runner.__exit__(*exc)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,22 +61,86 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _precision(request: RunnerRequest) -> str:
+    if request.precision != "auto":
+        return request.precision
+    return "fp16" if request.device.type == "cuda" else "fp32"
+
+
 def _torch_runners(request: RunnerRequest) -> Runners:
+    from .build_engines.precision import half_with_policy
     from .checkpoints import load_s3fd, load_wav2lip
     from .runners.torch_runner import TorchRunner
 
-    generator = TorchRunner(
-        load_wav2lip(request.checkpoint_path), WAV2LIP_INPUTS, WAV2LIP_OUTPUTS, name="torch", device=request.device
-    )
+    precision = _precision(request)
+    if precision == "fp16" and request.device.type != "cuda":
+        raise InputError("--precision fp16 with the torch backend needs --device cuda (CPUs have no fast FP16)")
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    channels_last = request.device.type == "cuda"
+    generator = TorchRunner(load_wav2lip(request.checkpoint_path), WAV2LIP_INPUTS, WAV2LIP_OUTPUTS, name="torch",
+                            device=request.device, dtype=dtype, channels_last=channels_last)
     detector = None
     if request.s3fd_checkpoint is not None:
-        detector = TorchRunner(
-            load_s3fd(request.s3fd_checkpoint), S3FD_INPUTS, S3FD_OUTPUTS, name="torch", device=request.device
-        )
-    return Runners(detector, generator)
+        s3fd = load_s3fd(request.s3fd_checkpoint)
+        if precision == "fp16":
+            s3fd = half_with_policy(s3fd)  # L2Norm stays FP32: its sum of squares overflows FP16
+        detector = TorchRunner(s3fd, S3FD_INPUTS, S3FD_OUTPUTS, name="torch", device=request.device, dtype=dtype,
+                               channels_last=channels_last)
+    return Runners(detector, generator, "torch", precision)
 
 
-BACKENDS: dict[str, Callable[[RunnerRequest], Runners]] = {"torch": _torch_runners}
+def _onnxruntime_runners(request: RunnerRequest) -> Runners:
+    from .build_engines.export import export_onnx
+    from .runners.onnxruntime_runner import OnnxRuntimeRunner
+
+    precision = "fp32" if request.precision == "auto" else request.precision
+    with tempfile.TemporaryDirectory(prefix="wav2lip-trt-onnx-") as tmp:
+        def runner(model: str, checkpoint: Path) -> OnnxRuntimeRunner:
+            path = Path(tmp) / f"{model}.{precision}.onnx"
+            export_onnx(model, checkpoint, path, precision=precision)
+            return OnnxRuntimeRunner(path, device=request.device)
+
+        generator = runner("wav2lip", request.checkpoint_path)
+        detector = runner("s3fd", request.s3fd_checkpoint) if request.s3fd_checkpoint is not None else None
+    return Runners(detector, generator, "onnxruntime", precision)
+
+
+def _tensorrt_runners(request: RunnerRequest) -> Runners:
+    from .build_engines.manifest import artifact_paths
+    from .runners.tensorrt_runner import TensorRTRunner
+
+    precision = "fp16" if request.precision == "auto" else request.precision
+    device = request.device if request.device.type == "cuda" else torch.device("cuda")
+
+    def runner(model: str, checkpoint: Path) -> TensorRTRunner:
+        engine = artifact_paths(request.engines_dir, model, precision).engine
+        return TensorRTRunner(engine, checkpoint_path=checkpoint, flavor=request.flavor, device=device)
+
+    generator = runner("wav2lip", request.checkpoint_path)
+    detector = runner("s3fd", request.s3fd_checkpoint) if request.s3fd_checkpoint is not None else None
+    return Runners(detector, generator, "tensorrt", precision)
+
+
+def _auto_runners(request: RunnerRequest) -> Runners:
+    notes = []
+    if request.device.type == "cuda":
+        try:
+            runners = _tensorrt_runners(request)
+            runners.notes.append(f"backend auto: TensorRT engines from {request.engines_dir}")
+            return runners
+        except Wav2LipTrtError as exc:
+            notes.append(f"backend auto: TensorRT not usable ({exc})")
+    runners = _torch_runners(request)
+    runners.notes = notes + [f"backend auto: torch {runners.precision} on {request.device}"]
+    return runners
+
+
+BACKENDS: dict[str, Callable[[RunnerRequest], Runners]] = {
+    "auto": _auto_runners,
+    "torch": _torch_runners,
+    "onnxruntime": _onnxruntime_runners,
+    "tensorrt": _tensorrt_runners,
+}
 
 
 def create_runners(backend: str, request: RunnerRequest) -> Runners:
@@ -62,4 +148,7 @@ def create_runners(backend: str, request: RunnerRequest) -> Runners:
         factory = BACKENDS[backend]
     except KeyError:
         raise InputError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}") from None
-    return factory(request)
+    runners = factory(request)
+    for note in runners.notes:
+        log.info(note)
+    return runners

@@ -14,6 +14,7 @@ from . import __version__
 from .build_engines.command import build_engines_command
 from .cli_errors import user_errors
 from .errors import InputError
+from .backends import BACKEND_CHOICES, PRECISION_CHOICES
 from .options import DEVICES, ON_MISSING_FACE, InferenceOptions
 
 TRUE_WORDS = {"true", "1", "yes", "y", "on"}
@@ -87,6 +88,15 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
 @click.option("--s3fd-checkpoint", "--s3fd_checkpoint", "s3fd_checkpoint", type=click.Path(path_type=Path),
               default=Path("checkpoints/s3fd.pth"), show_default=True, help="S3FD face detector weights.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="torch", show_default=True,
+              help="Where the networks run; auto = TensorRT engines if usable, else torch (FP16 on CUDA).")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
+              help="auto = FP16 for engines and CUDA, FP32 on CPU.")
+@click.option("--engines", "--engines-dir", "engines_dir", type=click.Path(path_type=Path), default=Path("engines"),
+              show_default=True, help="Folder with engines from build-engines (tensorrt backend).")
+@click.option("--flavor", "--flavour", "flavor", type=click.Choice(("auto", "tensorrt", "tensorrt-rtx")), default="auto",
+              show_default=True, help="TensorRT flavour for the tensorrt backend.")
+@click.option("--profile", "show_profile", is_flag=True, help="Print a per-stage timing table at the end.")
 @click.option("--on-missing-face", "--on_missing_face", "on_missing_face", type=click.Choice(ON_MISSING_FACE),
               default="error", show_default=True, help="Frame without a face: fail, pass it through, or reuse the last box.")
 @click.option("--dump-intermediates", "--dump_intermediates", "dump_intermediates", type=click.Path(path_type=Path),
@@ -99,7 +109,7 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report of the run here ('-' = stdout).")
 @user_errors
 def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Path | None, output: Path | None,
-          quiet: bool, json_path: Path | None, **kwargs: Any) -> None:
+          quiet: bool, json_path: Path | None, show_profile: bool, **kwargs: Any) -> None:
     """Lip-sync a face video or image to an audio track."""
     from .pipeline import run_inference
     from .progress import Progress
@@ -115,14 +125,26 @@ def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Pa
     report = {
         "outfile": str(result.outfile), "frames": result.frames, "fps": result.fps, "width": result.width,
         "height": result.height, "audio_seconds": result.audio_seconds, "device": result.device,
+        "backend": result.backend, "precision": result.precision,
         "seconds": round(result.seconds, 3), "frames_per_second": round(result.frames / result.seconds, 3),
+        "realtime_factor": round(result.audio_seconds / result.seconds, 3), "stages": result.stages,
     }
     if json_path is not None:
         text = json.dumps(report, indent=2)
         click.echo(text) if str(json_path) == "-" else json_path.write_text(text + "\n")
+    if show_profile:
+        click.echo(_stage_table(result.stages), err=True)
     if not quiet:
         click.echo(f"Wrote {result.outfile} ({result.frames} frames, {result.seconds:.1f} s, "
                    f"{report['frames_per_second']} frames/s)", err=True)
+
+
+def _stage_table(rows: list[dict]) -> str:
+    lines = [f"{'stage':<12} {'busy s':>9} {'items':>7} {'items/s':>10}"]
+    for row in rows:
+        rate = "" if row["items_per_second"] is None else f"{row['items_per_second']:.1f}"
+        lines.append(f"{row['stage']:<12} {row['seconds']:>9.3f} {row['items']:>7} {rate:>10}")
+    return "\n".join(lines)
 
 
 cli.add_command(build_engines_command)

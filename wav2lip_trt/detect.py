@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wav2lip_trt.runners.base import S3FD_INPUTS, S3FD_OUTPUTS, Runner
+from .runners.base import S3FD_INPUTS, S3FD_OUTPUTS, Runner
+from .stages import StageTimes
 
 S3FD_MEAN_RGB = (104, 117, 123)
 """Per-channel means (R, G, B) subtracted from the 0-255 pixels; no scaling."""
@@ -171,8 +172,9 @@ class FaceDetector:
     for later calls, as the original keeps its halved batch size for the rest of the video.
     """
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, times: StageTimes | None = None) -> None:
         self.runner = runner
+        self.times = times if times is not None else StageTimes()
         self.max_batch: int | None = None  # frames per forward; None = the whole call, set on OOM
 
     def detect(self, frames: np.ndarray) -> list[Box | None]:
@@ -194,8 +196,11 @@ class FaceDetector:
         return faces
 
     def _detect_batch(self, frames: np.ndarray) -> list[Box | None]:
-        out = self.runner.infer({S3FD_INPUTS[0]: preprocess(frames)})
-        return choose_faces([out[name].detach().to("cpu", torch.float32) for name in S3FD_OUTPUTS])
+        with self.times.stage("detect", len(frames)):
+            out = self.runner.infer({S3FD_INPUTS[0]: preprocess(frames)})
+            outputs = [out[name].detach().to("cpu", torch.float32) for name in S3FD_OUTPUTS]
+        with self.times.stage("postprocess", len(frames)):
+            return choose_faces(outputs)
 
     def _release_cache(self) -> None:
         device = getattr(self.runner, "device", None)

@@ -31,6 +31,10 @@ class InferenceOptions:
     rotate: bool = False  # videos/folders: rotate 90 degrees clockwise
     nosmooth: bool = False  # no temporal smoothing of detected boxes
     device: str = "auto"  # auto = cuda if available, else cpu
+    backend: str = "torch"  # torch | onnxruntime | tensorrt | auto (engines if usable, else torch)
+    precision: str = "auto"  # auto = fp16 on CUDA/engines, fp32 on CPU; or fp32 | fp16
+    engines_dir: Path = Path("engines")  # where build-engines put the engines (tensorrt backend)
+    flavor: str = "auto"  # TensorRT flavour: auto | tensorrt | tensorrt-rtx
     on_missing_face: str = "error"  # error | skip (frame passes unchanged) | previous (reuse last box)
     dump_intermediates: Path | None = None  # write mel/boxes/pred/frames .npy files here
     save_frames: Path | None = None  # also write the output frames as PNG files here
@@ -74,6 +78,12 @@ class InferenceOptions:
                 raise InputError(f"--box {list(self.box)} must be y1 y2 x1 x2 with 0 <= y1 < y2 and 0 <= x1 < x2")
         if self.on_missing_face not in ON_MISSING_FACE:
             raise InputError(f"--on-missing-face must be one of {', '.join(ON_MISSING_FACE)}")
+        from .backends import BACKEND_CHOICES, PRECISION_CHOICES
+
+        if self.backend not in BACKEND_CHOICES:
+            raise InputError(f"--backend must be one of {', '.join(BACKEND_CHOICES)}")
+        if self.precision not in PRECISION_CHOICES:
+            raise InputError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}")
         if self.device not in DEVICES:
             raise InputError(f"--device must be one of {', '.join(DEVICES)}")
         if not 0 <= self.crf <= 51:

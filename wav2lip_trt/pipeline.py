@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from .errors import AudioError, InputError, NoFaceError
 from .faces import IMG_SIZE, Box, crop_faces, generator_inputs, paste_back, prediction_to_uint8
 from .options import InferenceOptions
 from .runners.base import Runner
+from .stages import StageTimes, prefetch, timed
 from .video import FaceSource, FrameTransform
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,10 @@ class InferenceResult:
     height: int
     audio_seconds: float
     device: str
+    backend: str
+    precision: str
     seconds: float
+    stages: list[dict] = field(default_factory=list)  # per-stage busy time (StageTimes.rows())
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -143,9 +147,18 @@ def _checked(box: Box | None, index: int, source: FaceSource) -> Box | None:
 
 
 def face_items(
-    source: FaceSource, count: int, options: InferenceOptions, detection: Detection | None
+    source: FaceSource, count: int, options: InferenceOptions, detection: Detection | None,
+    times: StageTimes | None = None,
 ) -> Iterator[FaceItem]:
-    """One item per output frame: the reference's frame choice (looping, or frame 0 when static)."""
+    """One item per output frame: the reference's frame choice (looping, or frame 0 when static).
+
+    Frames are decoded in a worker thread, a detection batch ahead of the detector.
+    """
+    times = times if times is not None else StageTimes()
+
+    def decoded(limit: int) -> Iterator[np.ndarray]:
+        return prefetch(timed(source.frames(limit), times, "decode"), options.face_det_batch_size, "decode")
+
     static = options.static or source.kind == "image"
     limit = 1 if static else count
     if options.uses_fixed_box:
@@ -155,10 +168,10 @@ def face_items(
                 f"--box {list(options.box)} reaches outside the {source.info.width}x{source.info.height} frames of {source.path}"
             )
         fixed: Box = (y1, y2, x1, x2)
-        first = ((i, frame, fixed) for i, frame in enumerate(source.frames(limit)))
+        first = ((i, frame, fixed) for i, frame in enumerate(decoded(limit)))
     else:
         assert detection is not None
-        first = detection.boxes(source.frames(limit))
+        first = detection.boxes(decoded(limit))
 
     seen: list[Box | None] = []
     frame0: np.ndarray | None = None
@@ -166,6 +179,7 @@ def face_items(
         seen.append(box)
         if static:
             frame0 = frame
+            first.close()
             break
         yield FaceItem(index, index, frame, box)
     if static:
@@ -175,38 +189,43 @@ def face_items(
         return
     produced = len(seen)
     while produced < count:
-        for j, frame in enumerate(source.frames(min(len(seen), count - produced))):
+        for j, frame in enumerate(decoded(min(len(seen), count - produced))):
             yield FaceItem(produced, j, frame, seen[j])
             produced += 1
 
 
 def generate(
-    items: Iterable[FaceItem], chunks: MelChunks, runner: Runner, batch_size: int, dump: IntermediateDump | None
+    items: Iterable[FaceItem], chunks: MelChunks, runner: Runner, batch_size: int, dump: IntermediateDump | None,
+    times: StageTimes | None = None,
 ) -> Iterator[FaceItem]:
     """Run Wav2Lip on batches of ``batch_size`` faces and paste the results into the frames."""
+    times = times if times is not None else StageTimes()
     pending: list[FaceItem] = []
     with_face = 0
     for item in items:
         pending.append(item)
         with_face += item.box is not None
         if with_face >= batch_size:
-            yield from _generate_batch(pending, chunks, runner, dump)
+            yield from _generate_batch(pending, chunks, runner, dump, times)
             pending, with_face = [], 0
     if pending:
-        yield from _generate_batch(pending, chunks, runner, dump)
+        yield from _generate_batch(pending, chunks, runner, dump, times)
 
 
 def _generate_batch(
-    items: list[FaceItem], chunks: MelChunks, runner: Runner, dump: IntermediateDump | None
+    items: list[FaceItem], chunks: MelChunks, runner: Runner, dump: IntermediateDump | None, times: StageTimes
 ) -> list[FaceItem]:
     faced = [it for it in items if it.box is not None]
     if faced:
-        faces = crop_faces([it.frame for it in faced], [it.box for it in faced])  # type: ignore[misc]
-        mel, face = generator_inputs(faces, chunks.gather([it.index for it in faced]))
-        pred = runner.infer({"mel": mel.to(runner.device), "face": face.to(runner.device)})["pred"]
-        pred = pred.detach().cpu().numpy()
-        for it, generated in zip(faced, prediction_to_uint8(pred)):
-            paste_back(it.frame, generated, it.box)  # type: ignore[arg-type]
+        with times.stage("crop", len(faced)):
+            faces = crop_faces([it.frame for it in faced], [it.box for it in faced])  # type: ignore[misc]
+            mel, face = generator_inputs(faces, chunks.gather([it.index for it in faced]))
+        with times.stage("generate", len(faced)):
+            pred = runner.infer({"mel": mel.to(runner.device), "face": face.to(runner.device)})["pred"]
+            pred = pred.detach().cpu().numpy()
+        with times.stage("paste", len(faced)):
+            for it, generated in zip(faced, prediction_to_uint8(pred)):
+                paste_back(it.frame, generated, it.box)  # type: ignore[arg-type]
     if dump is not None:
         by_index = dict(zip((it.index for it in faced), pred)) if faced else {}
         nan = np.full((3, IMG_SIZE, IMG_SIZE), np.nan, dtype=np.float32)
@@ -225,6 +244,7 @@ def run_inference(
     ``on_start(total_frames)`` and ``on_frame(frames_done)`` let a caller drive a progress bar.
     """
     started = time.perf_counter()
+    times = StageTimes()
     options.validate()
     device = resolve_device(options.device)
     transform = FrameTransform(options.resize_factor, options.rotate, tuple(options.crop))
@@ -233,52 +253,57 @@ def run_inference(
         log.warning("--resize_factor/--rotate/--crop are ignored for a still image (as in the original)")
     info = source.info
 
-    try:
-        wav = load_audio(options.audio, ffmpeg=options.ffmpeg)
-        mel = melspectrogram(wav)
-        chunks = MelChunks(mel, info.fps)
-    except AudioError as exc:
-        msg = str(exc)
-        raise AudioError(msg if str(options.audio) in msg else f"{options.audio}: {msg}") from None
+    with times.stage("audio"):
+        try:
+            wav = load_audio(options.audio, ffmpeg=options.ffmpeg)
+            mel = melspectrogram(wav)
+            chunks = MelChunks(mel, info.fps)
+        except AudioError as exc:
+            msg = str(exc)
+            raise AudioError(msg if str(options.audio) in msg else f"{options.audio}: {msg}") from None
     total = len(chunks)
-    log.info("%s: %s %dx%d at %.3f fps; %d output frames for %.2f s of audio on %s",
-             info.path, info.kind, info.width, info.height, info.fps, total, len(wav) / 16000, device)
+    log.info("%s: %s %dx%d at %.3f fps; %d output frames for %.2f s of audio",
+             info.path, info.kind, info.width, info.height, info.fps, total, len(wav) / 16000)
 
-    runners = create_runners(
-        "torch",
-        RunnerRequest(
-            checkpoint_path=options.checkpoint_path,
-            s3fd_checkpoint=None if options.uses_fixed_box else options.s3fd_checkpoint,
-            device=device,
-        ),
+    request = RunnerRequest(
+        checkpoint_path=options.checkpoint_path,
+        s3fd_checkpoint=None if options.uses_fixed_box else options.s3fd_checkpoint,
+        device=device, precision=options.precision, engines_dir=options.engines_dir, flavor=options.flavor,
     )
-    dump = IntermediateDump(options.dump_intermediates) if options.dump_intermediates else None
-    if options.save_frames is not None:
-        Path(options.save_frames).mkdir(parents=True, exist_ok=True)
-    if on_start is not None:
-        on_start(total)
-    try:
-        if dump is not None:
-            dump.save("mel", mel.astype(np.float32))
-        detection = None
-        if runners.detector is not None:
-            detection = Detection(FaceDetector(runners.detector), options, source, dump)
-        items = face_items(source, total, options, detection)
-        done = generate(items, chunks, runners.generator, options.wav2lip_batch_size, dump)
-        with VideoWriter(
-            options.outfile, width=info.width, height=info.height, fps=info.fps,
-            audio=options.audio, ffmpeg=options.ffmpeg, crf=options.crf,
-        ) as writer:
-            for item in done:
-                writer.write(item.frame)
-                if options.save_frames is not None:
-                    cv2.imwrite(str(Path(options.save_frames) / f"frame_{item.index:06d}.png"), item.frame)
-                if on_frame is not None:
-                    on_frame(writer.frames_written)
-    finally:
-        if dump is not None:
-            dump.close()
+    with create_runners(options.backend, request) as runners:
+        log.info("running %s %s on %s", runners.backend, runners.precision, runners.generator.device)
+        dump = IntermediateDump(options.dump_intermediates) if options.dump_intermediates else None
+        if options.save_frames is not None:
+            Path(options.save_frames).mkdir(parents=True, exist_ok=True)
+        if on_start is not None:
+            on_start(total)
+        try:
+            if dump is not None:
+                dump.save("mel", mel.astype(np.float32))
+            detection = None
+            if runners.detector is not None:
+                detection = Detection(FaceDetector(runners.detector, times), options, source, dump)
+            items = face_items(source, total, options, detection, times)
+            if runners.generator.device.type == "cuda":
+                # On a GPU, S3FD and Wav2Lip overlap; on a CPU they would only fight over the same cores.
+                items = prefetch(items, options.wav2lip_batch_size, "detect")
+            done = generate(items, chunks, runners.generator, options.wav2lip_batch_size, dump, times)
+            with VideoWriter(
+                options.outfile, width=info.width, height=info.height, fps=info.fps,
+                audio=options.audio, ffmpeg=options.ffmpeg, crf=options.crf,
+            ) as writer:
+                for item in done:
+                    with times.stage("encode", 1):
+                        writer.write(item.frame)
+                        if options.save_frames is not None:
+                            cv2.imwrite(str(Path(options.save_frames) / f"frame_{item.index:06d}.png"), item.frame)
+                    if on_frame is not None:
+                        on_frame(writer.frames_written)
+        finally:
+            if dump is not None:
+                dump.close()
     return InferenceResult(
         outfile=Path(options.outfile), frames=total, fps=info.fps, width=info.width, height=info.height,
-        audio_seconds=len(wav) / 16000, device=str(device), seconds=time.perf_counter() - started,
+        audio_seconds=len(wav) / 16000, device=str(runners.generator.device), backend=runners.backend,
+        precision=runners.precision, seconds=time.perf_counter() - started, stages=times.rows(),
     )

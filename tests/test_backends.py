@@ -1,0 +1,89 @@
+"""Every backend that can run here runs the whole pipeline; the others fail with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wav2lip_trt.backends import RunnerRequest, create_runners
+from wav2lip_trt.errors import EngineError, InputError
+from wav2lip_trt.options import InferenceOptions
+from wav2lip_trt.pipeline import run_inference
+from wav2lip_trt.samples import float_to_int16, speechlike_audio, talking_face_frames, write_video, write_wav
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("backends")
+    video = write_video(d / "face.mp4", talking_face_frames(20, 128, 96, seed=2), 25.0)
+    return video, write_wav(d / "speech.wav", float_to_int16(speechlike_audio(0.8, seed=3)), 16000)
+
+
+def run(clip, checkpoints, out: Path, **kw) -> tuple[dict[str, np.ndarray], object]:
+    options = InferenceOptions(checkpoint_path=checkpoints[0], s3fd_checkpoint=checkpoints[1], face=clip[0],
+                               audio=clip[1], outfile=out / "out.mp4", dump_intermediates=out / "dump", **kw)
+    result = run_inference(options)
+    return {p.stem: np.load(p) for p in (out / "dump").glob("*.npy")}, result
+
+
+def test_onnxruntime_matches_torch_within_one_level(clip, checkpoints, tmp_path) -> None:
+    ref, ref_result = run(clip, checkpoints, tmp_path / "torch", device="cpu")
+    ort, ort_result = run(clip, checkpoints, tmp_path / "ort", device="cpu", backend="onnxruntime")
+    assert (ref_result.backend, ort_result.backend) == ("torch", "onnxruntime")
+    np.testing.assert_array_equal(ort["det_boxes"], ref["det_boxes"])
+    np.testing.assert_array_equal(ort["boxes"], ref["boxes"])
+    assert np.abs(ort["pred"] - ref["pred"]).max() < 1e-4
+    assert np.abs(ort["frames"].astype(int) - ref["frames"]).max() <= 1
+    assert {r["stage"] for r in ort_result.stages} >= {"decode", "detect", "postprocess", "crop", "generate", "paste", "encode"}
+
+
+def test_auto_on_cpu_is_torch_fp32(checkpoints, caplog) -> None:
+    caplog.set_level("INFO")
+    runners = create_runners("auto", RunnerRequest(checkpoints[0], checkpoints[1], torch.device("cpu")))
+    assert (runners.backend, runners.precision) == ("torch", "fp32")
+    assert "backend auto: torch fp32 on cpu" in caplog.text
+
+
+def test_unavailable_backends_say_why(checkpoints) -> None:
+    with pytest.raises(InputError, match="unknown backend 'tvm'; choose one of: auto, torch, onnxruntime, tensorrt"):
+        create_runners("tvm", RunnerRequest(checkpoints[0], None, torch.device("cpu")))
+    with pytest.raises(InputError, match="fp16 with the torch backend needs --device cuda"):
+        create_runners("torch", RunnerRequest(checkpoints[0], None, torch.device("cpu"), precision="fp16"))
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineError, match="NVIDIA GPU"):
+            create_runners("tensorrt", RunnerRequest(checkpoints[0], None, torch.device("cpu")))
+
+
+@pytest.mark.gpu
+def test_torch_cuda_fp16_close_to_cpu_fp32(clip, checkpoints, tmp_path) -> None:
+    ref, _ = run(clip, checkpoints, tmp_path / "cpu", device="cpu")
+    gpu, result = run(clip, checkpoints, tmp_path / "cuda", device="cuda", precision="fp16")
+    assert result.backend == "torch" and result.precision == "fp16"
+    same_box = (gpu["det_boxes"] == ref["det_boxes"]).all(axis=1)
+    assert same_box.mean() >= 0.9
+    assert np.abs(gpu["pred"][same_box] - ref["pred"][same_box]).max() < 2e-2
+
+
+@pytest.mark.gpu
+def test_tensorrt_engines_run_and_match_torch(clip, checkpoints, tmp_path) -> None:
+    pytest.importorskip("tensorrt_rtx_bindings" if not _has("tensorrt") else "tensorrt")
+    from wav2lip_trt.build_engines import BuildOptions, build_engines
+
+    engines = tmp_path / "engines"
+    build_engines(BuildOptions(checkpoint_path=checkpoints[0], s3fd_checkpoint=checkpoints[1], out=engines,
+                               compute_capabilities=("current",)), show_progress=False)
+    ref, _ = run(clip, checkpoints, tmp_path / "cpu", device="cpu")
+    trt, result = run(clip, checkpoints, tmp_path / "trt", device="cuda", backend="tensorrt", engines_dir=engines)
+    assert result.backend == "tensorrt"
+    same_box = (trt["det_boxes"] == ref["det_boxes"]).all(axis=1)
+    assert same_box.mean() >= 0.9
+    assert np.abs(trt["pred"][same_box] - ref["pred"][same_box]).max() < 2e-2
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
