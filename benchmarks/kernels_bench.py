@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wav2lip_trt.models.s3fd import head_map_sizes
+
 RESULTS = Path(__file__).parent / "results"
 RESOLUTIONS = {"720p": (720, 1280), "1080p": (1080, 1920)}
 
@@ -44,18 +46,6 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int, cuda: bool) -> di
     return {"median_ms": statistics.median(samples), "min_ms": min(samples), "repeats": repeats}
 
 
-def map_sizes(height: int, width: int) -> list[tuple[int, int]]:
-    """S3FD head map sizes for a frame (three pools, fc6 grows the map by 4, two stride-2 convs)."""
-    h, w = height // 4, width // 4
-    sizes = [(h, w), (h // 2, w // 2), (h // 4, w // 4)]
-    h, w = h // 8 + 4, w // 8 + 4
-    sizes.append((h, w))
-    for _ in range(2):
-        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-        sizes.append((h, w))
-    return sizes
-
-
 def synthetic_s3fd_outputs(batch: int, height: int, width: int, seed: int) -> list[torch.Tensor]:
     """Raw head outputs with a sparse background (~0.1% of positions above 0.05) and one face blob.
 
@@ -64,7 +54,7 @@ def synthetic_s3fd_outputs(batch: int, height: int, width: int, seed: int) -> li
     """
     rng = np.random.default_rng(seed)
     outputs = []
-    for level, (h, w) in enumerate(map_sizes(height, width)):
+    for level, (h, w) in enumerate(head_map_sizes(height, width)):
         cls = np.zeros((batch, 2, h, w), dtype=np.float32)
         cls[:, 1] = rng.normal(-9.0, 2.0, (batch, h, w))
         if level in (3, 4):

@@ -16,25 +16,14 @@ from wav2lip_trt.detect import (
 )
 from wav2lip_trt.runners.base import S3FD_INPUTS, S3FD_OUTPUTS
 from wav2lip_trt.runners.torch_runner import TorchRunner
+from wav2lip_trt.models.s3fd import head_map_sizes
 
 BACKGROUND = -10.0  # face logit of an empty position: score sigmoid(-10) ~ 4.5e-5
 
 
-def map_sizes(height: int, width: int) -> list[tuple[int, int]]:
-    """S3FD head map sizes: three 2x2 pools, fc6 (k3, p3) adds 4 after pool5, two stride-2 convs."""
-    h, w = height // 4, width // 4
-    sizes = [(h, w), (h // 2, w // 2), (h // 4, w // 4)]
-    h, w = h // 8 + 4, w // 8 + 4
-    sizes.append((h, w))
-    for _ in range(2):
-        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-        sizes.append((h, w))
-    return sizes
-
-
 def blank_outputs(batch: int, height: int, width: int) -> list[torch.Tensor]:
     outputs = []
-    for h, w in map_sizes(height, width):
+    for h, w in head_map_sizes(height, width):
         cls = torch.zeros(batch, 2, h, w)
         cls[:, 1] = BACKGROUND
         outputs += [cls, torch.zeros(batch, 4, h, w)]
@@ -78,7 +67,7 @@ def reference_candidates(outputs, batch):
 
 def random_outputs(rng, batch, height=64, width=96, scale=3.0, quantum=None):
     outputs = []
-    for h, w in map_sizes(height, width):
+    for h, w in head_map_sizes(height, width):
         cls = rng.normal(0, scale, (batch, 2, h, w)) - np.array([0, 3.0])[None, :, None, None]
         if quantum:
             cls = np.round(cls / quantum) * quantum
@@ -100,8 +89,8 @@ def first_after_nms(dets: np.ndarray):
 
 
 def test_map_sizes_match_spec_examples():
-    assert map_sizes(240, 320) == [(60, 80), (30, 40), (15, 20), (11, 14), (6, 7), (3, 4)]
-    assert map_sizes(250, 300) == [(62, 75), (31, 37), (15, 18), (11, 13), (6, 7), (3, 4)]
+    assert head_map_sizes(240, 320) == [(60, 80), (30, 40), (15, 20), (11, 14), (6, 7), (3, 4)]
+    assert head_map_sizes(250, 300) == [(62, 75), (31, 37), (15, 18), (11, 13), (6, 7), (3, 4)]
 
 
 def test_preprocess_flips_to_rgb_and_subtracts_means():
@@ -142,7 +131,7 @@ def test_single_anchor_box_without_offsets():
 @pytest.mark.parametrize("level", range(1, 7))
 def test_anchor_centre_and_size_per_level(level):
     out = blank_outputs(1, 64, 64)
-    h, w = map_sizes(64, 64)[level - 1]
+    h, w = head_map_sizes(64, 64)[level - 1]
     place(out, level, 0, h - 1, w - 1, logit=3.0)
     s = 2 ** (level + 1)
     cx, cy = s / 2 + (w - 1) * s, s / 2 + (h - 1) * s  # no correction for the fc6 offset

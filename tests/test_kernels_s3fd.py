@@ -20,6 +20,7 @@ from wav2lip_trt.kernels import (
     nms_indices,
     s3fd_preprocess,
 )
+from wav2lip_trt.models.s3fd import head_map_sizes
 
 pytest.importorskip("triton")
 
@@ -27,20 +28,9 @@ IMPLS = ["torch", "triton"]
 BACKGROUND = -10.0
 
 
-def map_sizes(height: int, width: int) -> list[tuple[int, int]]:
-    h, w = height // 4, width // 4
-    sizes = [(h, w), (h // 2, w // 2), (h // 4, w // 4)]
-    h, w = h // 8 + 4, w // 8 + 4
-    sizes.append((h, w))
-    for _ in range(2):
-        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-        sizes.append((h, w))
-    return sizes
-
-
 def blank_outputs(batch: int, height: int = 64, width: int = 64) -> list[torch.Tensor]:
     outputs = []
-    for h, w in map_sizes(height, width):
+    for h, w in head_map_sizes(height, width):
         cls = torch.zeros(batch, 2, h, w)
         cls[:, 1] = BACKGROUND
         outputs += [cls, torch.zeros(batch, 4, h, w)]
@@ -54,7 +44,7 @@ def place(outputs, level, image, h, w, logit, loc=(0.0, 0.0, 0.0, 0.0)) -> None:
 
 def random_outputs(rng, batch, height=48, width=80, scale=3.0, quantum=None, loc_scale=1.0):
     outputs = []
-    for h, w in map_sizes(height, width):
+    for h, w in head_map_sizes(height, width):
         cls = rng.normal(0, scale, (batch, 2, h, w)) - np.array([0, 3.0])[None, :, None, None]
         if quantum:
             cls = np.round(cls / quantum) * quantum
@@ -146,7 +136,7 @@ def test_hand_made_faces(impl) -> None:
 @pytest.mark.parametrize("level", range(1, 7))
 def test_last_position_of_every_level(impl, level) -> None:
     out = blank_outputs(1, 64, 96)
-    h, w = map_sizes(64, 96)[level - 1]
+    h, w = head_map_sizes(64, 96)[level - 1]
     place(out, level, 0, h - 1, w - 1, logit=3.0, loc=(0.1, -0.2, 0.3, -0.4))
     assert choose_faces_device(out, impl=impl).to_list() == choose_faces(out)
 

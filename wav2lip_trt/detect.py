@@ -76,14 +76,14 @@ def decode_candidates(outputs: Sequence[torch.Tensor]) -> np.ndarray:
         size = torch.full_like(centre, 4 * stride)
         priors = torch.cat([centre, size], dim=1).to(torch.float32)[:, None, :]  # (K, 1, 4)
         loc = reg[:, :, hs, ws].permute(2, 0, 1)  # (K, B, 4)
-        boxes = _decode(loc, priors)
+        boxes = decode_boxes(loc, priors)
         rows.append(torch.cat([boxes, score[:, hs, ws].T[:, :, None]], dim=2).numpy())
     if not rows:
         return np.zeros((1, batch, 5), dtype=np.float32)
     return np.concatenate(rows, axis=0)
 
 
-def _decode(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+def decode_boxes(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
     """SSD decode in the original's float32 operation order (same rounding, same bits)."""
     boxes = torch.cat(
         (

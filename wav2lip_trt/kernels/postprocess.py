@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..detect import CANDIDATE_THRESHOLD, FACE_THRESHOLD, NMS_THRESHOLD, VARIANCES, Box
+from ..detect import CANDIDATE_THRESHOLD, FACE_THRESHOLD, NMS_THRESHOLD, VARIANCES, Box, decode_boxes
 from ..runners.base import S3FD_OUTPUTS
 from .backend import Impl, cdiv, launch, resolve_impl, triton_kernels
 
@@ -94,7 +94,7 @@ def detections_device(outputs: Sequence[torch.Tensor], *, impl: Impl = "auto") -
         stride = 2 ** (level + 2)
         images.append(b)
         scores.append(score[b, h, w])
-        boxes.append(_decode_torch(reg[b, :, h, w], _priors(h, w, stride)))
+        boxes.append(decode_boxes(reg[b, :, h, w], _priors(h, w, stride)))
     image = torch.cat(images)
     score = torch.cat(scores)
     box = torch.cat(boxes)
@@ -208,7 +208,7 @@ def _choose_torch(levels: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[Devi
             loc = torch.where(here[:, None], loc_here, loc)
             priors = torch.where(here[:, None], _priors(pos // width, pos % width, 2 ** (level + 2)), priors)
         offset += count
-    boxes = _truncate(_decode_torch(loc, priors))
+    boxes = _truncate(decode_boxes(loc, priors))
     boxes = torch.where(found[:, None], boxes, 0)
     return DeviceFaces(boxes, found), needs_nms
 
@@ -249,19 +249,6 @@ def _priors(h: torch.Tensor, w: torch.Tensor, stride: int | torch.Tensor) -> tor
     centre = torch.stack([w * stride + stride // 2, h * stride + stride // 2], dim=1)
     return torch.cat([centre, torch.full_like(centre, 4 * stride)], dim=1).to(torch.float32)
 
-
-def _decode_torch(loc: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
-    """The reference's float32 SSD decode, in its operation order (same bits on the CPU)."""
-    boxes = torch.cat(
-        (
-            priors[..., :2] + loc[..., :2] * VARIANCES[0] * priors[..., 2:],
-            priors[..., 2:] * torch.exp(loc[..., 2:] * VARIANCES[1]),
-        ),
-        dim=-1,
-    )
-    boxes[..., :2] -= boxes[..., 2:] / 2
-    boxes[..., 2:] += boxes[..., :2]
-    return boxes
 
 
 def _truncate(boxes: torch.Tensor) -> torch.Tensor:

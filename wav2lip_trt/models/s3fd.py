@@ -125,3 +125,19 @@ class S3FD(nn.Module):
             self.conv7_2_mbox_conf(f7_2),
             self.conv7_2_mbox_loc(f7_2),
         ]
+
+
+def head_map_sizes(height: int, width: int) -> list[tuple[int, int]]:
+    """(H, W) of the six head outputs for an input frame, without running the network.
+
+    Three 2x2 floor pools give strides 4, 8, 16; fc6 (k3, p3, no dilation) grows the pool5 map
+    by 4, then two stride-2 convs; e.g. 240x320 -> 60x80, 30x40, 15x20, 11x14, 6x7, 3x4.
+    """
+    h, w = height // 4, width // 4
+    sizes = [(h, w), (h // 2, w // 2), (h // 4, w // 4)]
+    h, w = h // 8 + 4, w // 8 + 4
+    sizes.append((h, w))
+    for _ in range(2):
+        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        sizes.append((h, w))
+    return sizes
