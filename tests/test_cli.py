@@ -150,12 +150,17 @@ def test_user_errors_are_one_line_and_leave_nothing(inputs, tmp_path) -> None:
         (["--fps", "0"], ["--fps"]),
         (["--outfile", inputs["wav"]], ["inputs are never overwritten"]),
         (["--device", "gpu"], ["--device"]),
+        (["--resize_factor", "1000"], ["--resize_factor 1000", "nothing"]),
+        (["--outfile", inputs["wav"] / "o.mp4"], ["cannot write under", "speech.wav"]),
+        (["--outfile", tmp_path / "noext"], ["needs a file extension"]),
+        (["--face", corrupt], ["corrupt.pth", "cannot open"]),
     ]
     for extra, fragments in cases:
         proc = run_cli(*base_args(inputs, out), "-q", *extra)
         assert_user_error(proc, *fragments)
         assert not out.exists()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.pth"], extra
+        assert "moov atom" not in proc.stderr
     assert inputs["wav"].stat().st_size > 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: usage mistakes, like user errors, are one ``Error:`` line and exit 1."""
+    # OpenCV's FFmpeg backend prints demuxer noise ("moov atom not found") before our own message.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     try:
         cli.main(args=argv, prog_name="wav2lip-trt", standalone_mode=False)
     except click.exceptions.Abort:

@@ -96,8 +96,11 @@ class VideoWriter:
         return cmd + [str(target)]
 
     def __enter__(self) -> "VideoWriter":
-        self.outfile.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = temporary_sibling(self.outfile)
+        try:
+            self.outfile.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = temporary_sibling(self.outfile)
+        except OSError as exc:
+            raise InputError(f"cannot write {self.outfile}: {exc.strerror or exc}") from None
         try:
             self._proc = subprocess.Popen(
                 self.command(self._tmp), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log

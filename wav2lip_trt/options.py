@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,9 @@ class InferenceOptions:
                 raise InputError(f"--outfile {self.outfile} is the same file as {label}; inputs are never overwritten")
         if out.is_dir():
             raise InputError(f"--outfile {self.outfile} is a directory; give a file name such as result.mp4")
+        existing = next(p for p in (out, *out.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise InputError(f"--outfile {self.outfile}: cannot write under {existing}")
         if Path(self.outfile).suffix == "":
             raise InputError(f"--outfile {self.outfile} needs a file extension such as .mp4")
         positive = {

@@ -36,6 +36,8 @@ class FrameTransform:
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         if self.resize_factor > 1:
             h, w = frame.shape[:2]
+            if h < self.resize_factor or w < self.resize_factor:
+                raise InputError(f"--resize_factor {self.resize_factor} shrinks a {w}x{h} frame to nothing")
             frame = cv2.resize(frame, (w // self.resize_factor, h // self.resize_factor))
         if self.rotate:
             frame = cv2.rotate(frame, cv2.ROTATE_90_CLOCKWISE)
