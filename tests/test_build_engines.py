@@ -17,7 +17,7 @@ from wav2lip_trt.build_engines import (
 from wav2lip_trt.build_engines import builder
 from wav2lip_trt.build_engines.builder import BuildSettings, build_engine
 from wav2lip_trt.build_engines.command import DEFAULTS, build_engines_command, options_from_params
-from wav2lip_trt.build_engines.files import sha256_file
+from wav2lip_trt.files import sha256_file
 from wav2lip_trt.build_engines.options import parse_compute_capabilities, parse_size
 from wav2lip_trt.errors import EngineError, InputError, MissingDependencyError
 from wav2lip_trt.runners.base import S3FD_INPUTS, S3FD_OUTPUTS, WAV2LIP_INPUTS, WAV2LIP_OUTPUTS

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from wav2lip_trt.build_engines import OPSET, export_onnx
-from wav2lip_trt.build_engines.files import sha256_file
+from wav2lip_trt.files import sha256_file
 from wav2lip_trt.runners.base import S3FD_INPUTS, S3FD_OUTPUTS, WAV2LIP_INPUTS, WAV2LIP_OUTPUTS
 
 onnx = pytest.importorskip("onnx")

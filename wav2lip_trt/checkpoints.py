@@ -8,7 +8,6 @@ Loading always uses ``weights_only=True``: these files come from the internet.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .files import sha256_file
 from .models import S3FD, Wav2Lip, Wav2LipDiscQual
 
 MAX_LISTED = 3
@@ -198,13 +198,9 @@ def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
     Engine manifests record it so an engine built from other weights is refused.
     """
     path = Path(path)
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as f:
-            while chunk := f.read(chunk_size):
-                digest.update(chunk)
+        return sha256_file(path, chunk_size)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint file not found") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint file") from None
-    return digest.hexdigest()

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import FFmpegError, InputError
 from .ffmpeg import find_ffmpeg
+from .files import publish, temporary_sibling
 
 FASTSTART_SUFFIXES = frozenset({".mp4", ".mov", ".m4v"})
 
@@ -30,19 +31,6 @@ def frame_rate_arg(fps: float) -> str:
     if abs(float(near) - fps) < 1e-9:
         rate = near
     return f"{rate.numerator}/{rate.denominator}"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def temporary_sibling(path: Path) -> Path:
-    """A fresh hidden file next to ``path`` with the same suffix (ffmpeg picks the muxer from it)."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
-    os.close(fd)
-    return Path(name)
 
 
 class VideoWriter:
@@ -148,8 +136,7 @@ class VideoWriter:
             if self.frames_written == 0:
                 raise FFmpegError(f"writing {self.outfile}: no frames were produced")
             assert self._tmp is not None
-            os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp made it 0600
-            os.replace(self._tmp, self.outfile)
+            publish(self._tmp, self.outfile)
             self._tmp = None
         finally:
             self._cleanup()

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import EngineError, MissingDependencyError
 from ..progress import Progress
-from .files import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

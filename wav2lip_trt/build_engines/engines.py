@@ -12,7 +12,7 @@ from .. import __version__
 from ..errors import InputError
 from .builder import BuildSettings, TensorRT, build_engine, load_tensorrt, resolve_targets
 from .export import EXPORTER, OPSET, export_onnx
-from .files import sha256_file
+from ..files import sha256_file
 from .manifest import (
     FORMAT, artifact_paths, build_host, current_gpu, engine_targets, now, read_manifest, stale_reason,
     timing_cache_path, write_manifest,

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import MissingDependencyError
 from ..runners.base import S3FD_INPUTS, S3FD_OUTPUTS, WAV2LIP_INPUTS, WAV2LIP_OUTPUTS
-from .files import atomic_write_bytes, sha256_bytes
+from ..files import atomic_write_bytes, sha256_bytes
 from .precision import PRECISIONS, convert_to_fp16, fp32_scopes
 
 if TYPE_CHECKING:

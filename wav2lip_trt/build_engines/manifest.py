@@ -20,7 +20,7 @@ from typing import Any
 from .. import __version__
 from ..errors import EngineError
 from .builder import FLAVORS, RTX_PORTABLE_TARGETS
-from .files import atomic_write_text, sha256_file
+from ..files import atomic_write_text, sha256_file
 from .options import BuildOptions
 
 FORMAT = 1

@@ -1,9 +1,10 @@
-"""Artifact files are written to a temporary name and renamed, so a half-written one never looks valid."""
+"""Every output is written under a temporary name and renamed, so a half-written file never looks valid."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -35,3 +36,18 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A fresh hidden file next to ``path`` with the same suffix (ffmpeg picks the muxer from it)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Rename a finished temporary file into place with the permissions the user's umask gives."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # mkstemp made it 0600
+    os.replace(tmp, path)
