@@ -15,6 +15,7 @@ from wav2lip_trt.audio import MelChunks, load_audio, melspectrogram
 from wav2lip_trt.checkpoints import load_s3fd, load_wav2lip
 from wav2lip_trt.detect import FaceDetector
 from wav2lip_trt.errors import NoFaceError
+from wav2lip_trt.frame_ops import HostOps
 from wav2lip_trt.options import InferenceOptions
 from wav2lip_trt.pipeline import Detection, face_items, generate, run_inference
 from wav2lip_trt.reference import run_reference
@@ -172,7 +173,7 @@ def test_skip_passes_frames_through_unchanged(media, checkpoints, gappy, tmp_pat
     items = face_items(source, 12, options, Detection(detector, options, source, None))
     runner = TorchRunner(load_wav2lip(checkpoints[0]), WAV2LIP_INPUTS, WAV2LIP_OUTPUTS)
     chunks = MelChunks(melspectrogram(load_audio(media["short"])), 25.0)
-    out = list(generate(items, chunks, runner, 4, None))
+    out = list(generate(items, HostOps(chunks), runner, 4, None))
     originals = decode_frames(video)
     for it in out:
         if it.index in (0, 4, 5, 11):

@@ -108,6 +108,8 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
               help="Also write the output frames as PNG images to this folder.")
 @click.option("--ffmpeg", type=str, help="ffmpeg executable to use [imageio-ffmpeg's].")
 @click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality (lower is better).")
+@click.option("--blend", type=click.Choice(("none", "feather")), default="none", show_default=True,
+              help="Paste-back: the original's hard box, or feathered edges that hide the box seam.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or info messages.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report of the run here ('-' = stdout).")
 @user_errors

@@ -165,6 +165,15 @@ def _to_box(det: np.ndarray) -> Box:
     return x1, y1, x2, y2
 
 
+def run_detector(runner: Runner, frames: np.ndarray, times: StageTimes) -> list[Box | None]:
+    """S3FD on the host path: reference preprocessing, the runner, reference post-processing."""
+    with times.stage("detect", len(frames)):
+        out = runner.infer({S3FD_INPUTS[0]: preprocess(frames)})
+        outputs = [out[name].detach().to("cpu", torch.float32) for name in S3FD_OUTPUTS]
+    with times.stage("postprocess", len(frames)):
+        return choose_faces(outputs)
+
+
 class FaceDetector:
     """The detection stage: frames in, one face box (or None) per frame out, via any runner.
 
@@ -172,9 +181,11 @@ class FaceDetector:
     for later calls, as the original keeps its halved batch size for the rest of the video.
     """
 
-    def __init__(self, runner: Runner, times: StageTimes | None = None) -> None:
+    def __init__(self, runner: Runner, times: StageTimes | None = None, ops: object | None = None) -> None:
+        """``ops`` is a :class:`wav2lip_trt.frame_ops.FrameOps`; by default the exact host path."""
         self.runner = runner
         self.times = times if times is not None else StageTimes()
+        self._detect = getattr(ops, "detect", run_detector)
         self.max_batch: int | None = None  # frames per forward; None = the whole call, set on OOM
 
     def detect(self, frames: np.ndarray) -> list[Box | None]:
@@ -196,11 +207,7 @@ class FaceDetector:
         return faces
 
     def _detect_batch(self, frames: np.ndarray) -> list[Box | None]:
-        with self.times.stage("detect", len(frames)):
-            out = self.runner.infer({S3FD_INPUTS[0]: preprocess(frames)})
-            outputs = [out[name].detach().to("cpu", torch.float32) for name in S3FD_OUTPUTS]
-        with self.times.stage("postprocess", len(frames)):
-            return choose_faces(outputs)
+        return self._detect(self.runner, frames, self.times)
 
     def _release_cache(self) -> None:
         device = getattr(self.runner, "device", None)

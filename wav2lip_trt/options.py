@@ -41,6 +41,7 @@ class InferenceOptions:
     save_frames: Path | None = None  # also write the output frames as PNG files here
     ffmpeg: str | None = None  # ffmpeg executable; default imageio-ffmpeg's
     crf: int = 18  # libx264 quality (lower = better, larger)
+    blend: str = "none"  # paste-back: none (the original's hard box) | feather (soft edges, no seam)
 
     @property
     def uses_fixed_box(self) -> bool:
@@ -62,7 +63,7 @@ class InferenceOptions:
                 raise InputError(f"--outfile {self.outfile} is the same file as {label}; inputs are never overwritten")
         if out.is_dir():
             raise InputError(f"--outfile {self.outfile} is a directory; give a file name such as result.mp4")
-        existing = next(p for p in (out, *out.parents) if p.exists())
+        existing = next(p for p in (out.parent, *out.parent.parents) if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise InputError(f"--outfile {self.outfile}: cannot write under {existing}")
         if Path(self.outfile).suffix == "":
@@ -90,5 +91,7 @@ class InferenceOptions:
             raise InputError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}")
         if self.device not in DEVICES:
             raise InputError(f"--device must be one of {', '.join(DEVICES)}")
+        if self.blend not in ("none", "feather"):
+            raise InputError("--blend must be none or feather")
         if not 0 <= self.crf <= 51:
             raise InputError(f"--crf must be in 0..51, got {self.crf}")

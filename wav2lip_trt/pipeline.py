@@ -29,7 +29,8 @@ from .detect import FaceDetector
 from .dump import IntermediateDump
 from .encode import VideoWriter
 from .errors import AudioError, InputError, NoFaceError
-from .faces import IMG_SIZE, Box, crop_faces, generator_inputs, paste_back, prediction_to_uint8
+from .faces import IMG_SIZE, Box
+from .frame_ops import FrameOps, frame_ops_for
 from .options import InferenceOptions
 from .runners.base import Runner
 from .stages import StageTimes, prefetch, timed
@@ -195,10 +196,13 @@ def face_items(
 
 
 def generate(
-    items: Iterable[FaceItem], chunks: MelChunks, runner: Runner, batch_size: int, dump: IntermediateDump | None,
-    times: StageTimes | None = None,
+    items: Iterable[FaceItem], ops: FrameOps, runner: Runner, batch_size: int, dump: IntermediateDump | None,
+    times: StageTimes | None = None, chunks: MelChunks | None = None,
 ) -> Iterator[FaceItem]:
-    """Run Wav2Lip on batches of ``batch_size`` faces and paste the results into the frames."""
+    """Run Wav2Lip on batches of ``batch_size`` faces and paste the results into the frames.
+
+    ``chunks`` is needed only for ``dump`` (``mel_chunks.npy``).
+    """
     times = times if times is not None else StageTimes()
     pending: list[FaceItem] = []
     with_face = 0
@@ -206,28 +210,23 @@ def generate(
         pending.append(item)
         with_face += item.box is not None
         if with_face >= batch_size:
-            yield from _generate_batch(pending, chunks, runner, dump, times)
+            yield from _generate_batch(pending, ops, runner, dump, times, chunks)
             pending, with_face = [], 0
     if pending:
-        yield from _generate_batch(pending, chunks, runner, dump, times)
+        yield from _generate_batch(pending, ops, runner, dump, times, chunks)
 
 
 def _generate_batch(
-    items: list[FaceItem], chunks: MelChunks, runner: Runner, dump: IntermediateDump | None, times: StageTimes
+    items: list[FaceItem], ops: FrameOps, runner: Runner, dump: IntermediateDump | None, times: StageTimes,
+    chunks: MelChunks | None,
 ) -> list[FaceItem]:
     faced = [it for it in items if it.box is not None]
     if faced:
-        with times.stage("crop", len(faced)):
-            faces = crop_faces([it.frame for it in faced], [it.box for it in faced])  # type: ignore[misc]
-            mel, face = generator_inputs(faces, chunks.gather([it.index for it in faced]))
-        with times.stage("generate", len(faced)):
-            pred = runner.infer({"mel": mel.to(runner.device), "face": face.to(runner.device)})["pred"]
-            pred = pred.detach().cpu().numpy()
-        with times.stage("paste", len(faced)):
-            for it, generated in zip(faced, prediction_to_uint8(pred)):
-                paste_back(it.frame, generated, it.box)  # type: ignore[arg-type]
+        pred = ops.lip_sync(runner, [it.frame for it in faced], [it.box for it in faced],  # type: ignore[misc]
+                            [it.index for it in faced], times)
     if dump is not None:
-        by_index = dict(zip((it.index for it in faced), pred)) if faced else {}
+        assert chunks is not None
+        by_index = dict(zip((it.index for it in faced), pred.numpy())) if faced else {}
         nan = np.full((3, IMG_SIZE, IMG_SIZE), np.nan, dtype=np.float32)
         dump.append("mel_chunks", chunks.gather([it.index for it in items]))
         dump.append("boxes", np.array([it.box if it.box is not None else _NO_BOX for it in items], dtype=np.int64))
@@ -256,14 +255,16 @@ def run_inference(
     with times.stage("audio"):
         try:
             wav = load_audio(options.audio, ffmpeg=options.ffmpeg)
+            audio_seconds = len(wav) / 16000
             mel = melspectrogram(wav)
+            del wav  # 230 MB per hour of audio; only the mel (a third of that) is needed from here on
             chunks = MelChunks(mel, info.fps)
         except AudioError as exc:
             msg = str(exc)
             raise AudioError(msg if str(options.audio) in msg else f"{options.audio}: {msg}") from None
     total = len(chunks)
     log.info("%s: %s %dx%d at %.3f fps; %d output frames for %.2f s of audio",
-             info.path, info.kind, info.width, info.height, info.fps, total, len(wav) / 16000)
+             info.path, info.kind, info.width, info.height, info.fps, total, audio_seconds)
 
     request = RunnerRequest(
         checkpoint_path=options.checkpoint_path,
@@ -280,14 +281,15 @@ def run_inference(
         try:
             if dump is not None:
                 dump.save("mel", mel.astype(np.float32))
+            ops = frame_ops_for(runners.generator.device, chunks, options.blend)
             detection = None
             if runners.detector is not None:
-                detection = Detection(FaceDetector(runners.detector, times), options, source, dump)
+                detection = Detection(FaceDetector(runners.detector, times, ops), options, source, dump)
             items = face_items(source, total, options, detection, times)
             if runners.generator.device.type == "cuda":
                 # On a GPU, S3FD and Wav2Lip overlap; on a CPU they would only fight over the same cores.
                 items = prefetch(items, options.wav2lip_batch_size, "detect")
-            done = generate(items, chunks, runners.generator, options.wav2lip_batch_size, dump, times)
+            done = generate(items, ops, runners.generator, options.wav2lip_batch_size, dump, times, chunks)
             with VideoWriter(
                 options.outfile, width=info.width, height=info.height, fps=info.fps,
                 audio=options.audio, ffmpeg=options.ffmpeg, crf=options.crf,
@@ -304,6 +306,6 @@ def run_inference(
                 dump.close()
     return InferenceResult(
         outfile=Path(options.outfile), frames=total, fps=info.fps, width=info.width, height=info.height,
-        audio_seconds=len(wav) / 16000, device=str(runners.generator.device), backend=runners.backend,
+        audio_seconds=audio_seconds, device=str(runners.generator.device), backend=runners.backend,
         precision=runners.precision, seconds=time.perf_counter() - started, stages=times.rows(),
     )

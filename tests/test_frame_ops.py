@@ -1,0 +1,70 @@
+"""The device stages (kernels next to the networks) against the exact host stages, on CPU tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from wav2lip_trt.audio import MelChunks, melspectrogram
+from wav2lip_trt.checkpoints import load_s3fd, load_wav2lip
+from wav2lip_trt.frame_ops import DeviceOps, HostOps, frame_ops_for
+from wav2lip_trt.runners.base import S3FD_INPUTS, S3FD_OUTPUTS, WAV2LIP_INPUTS, WAV2LIP_OUTPUTS
+from wav2lip_trt.runners.torch_runner import TorchRunner
+from wav2lip_trt.samples import speechlike_audio, talking_face_frames
+from wav2lip_trt.stages import StageTimes
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def setup(checkpoints):
+    chunks = MelChunks(melspectrogram(speechlike_audio(1.0, seed=7)), 25.0)
+    frames = np.stack(list(talking_face_frames(6, 128, 96, seed=2)))
+    s3fd = TorchRunner(load_s3fd(checkpoints[1]), S3FD_INPUTS, S3FD_OUTPUTS)
+    wav2lip = TorchRunner(load_wav2lip(checkpoints[0]), WAV2LIP_INPUTS, WAV2LIP_OUTPUTS)
+    return chunks, frames, s3fd, wav2lip
+
+
+def test_ops_choice_follows_the_device(setup) -> None:
+    chunks = setup[0]
+    assert isinstance(frame_ops_for(CPU, chunks), HostOps)
+
+
+def test_device_detection_equals_host(setup) -> None:
+    chunks, frames, s3fd, _ = setup
+    times = StageTimes()
+    host = HostOps(chunks).detect(s3fd, frames, times)
+    device = DeviceOps(chunks, CPU).detect(s3fd, frames, times)
+    assert device == host and all(b is not None for b in host)
+    assert {r["stage"] for r in times.rows()} == {"detect", "postprocess"}
+
+
+def test_device_lip_sync_within_one_level_of_host(setup) -> None:
+    chunks, frames, _, wav2lip = setup
+    boxes = [(10, 80, 20, 110), (0, 96, 0, 128), (30, 50, 40, 45), (5, 70, 60, 127), (12, 81, 19, 111), (1, 2, 3, 4)]
+    indices = [0, 3, 7, 8, 20, len(chunks) - 1]
+    host_frames, device_frames = [f.copy() for f in frames], [f.copy() for f in frames]
+    host_pred = HostOps(chunks).lip_sync(wav2lip, host_frames, boxes, indices, StageTimes())
+    device_pred = DeviceOps(chunks, CPU).lip_sync(wav2lip, device_frames, boxes, indices, StageTimes())
+    assert host_pred.shape == device_pred.shape == (6, 3, 96, 96)
+    assert (device_pred - host_pred).abs().max() < 1e-4
+    diff = np.abs(np.stack(device_frames).astype(int) - np.stack(host_frames))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    assert not np.array_equal(np.stack(host_frames), frames)
+
+
+def test_feather_blend_softens_only_the_box_edges(setup) -> None:
+    chunks, frames, _, wav2lip = setup
+    box = (10, 90, 20, 120)
+    hard, soft = [frames[0].copy()], [frames[0].copy()]
+    HostOps(chunks).lip_sync(wav2lip, hard, [box], [0], StageTimes())
+    HostOps(chunks, blend="feather").lip_sync(wav2lip, soft, [box], [0], StageTimes())
+    hard, soft, original = hard[0].astype(int), soft[0].astype(int), frames[0].astype(int)
+    outside = np.ones(original.shape[:2], bool)
+    outside[10:90, 20:120] = False
+    np.testing.assert_array_equal(soft[outside], original[outside])
+    np.testing.assert_array_equal(soft[40:60, 60:80], hard[40:60, 60:80])  # the centre is the prediction
+    edge = np.zeros_like(outside)
+    edge[10:90, 20] = edge[10:90, 119] = edge[10, 20:120] = edge[89, 20:120] = True
+    assert np.abs(soft[edge] - original[edge]).mean() < 0.5 * np.abs(hard[edge] - original[edge]).mean()
