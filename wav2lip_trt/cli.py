@@ -153,3 +153,130 @@ def _stage_table(rows: list[dict]) -> str:
 
 
 cli.add_command(build_engines_command)
+
+
+def _listed(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--rungs a,b --rungs c`` -> ("a", "b", "c")."""
+    return tuple(name.strip() for value in values for name in value.split(",") if name.strip())
+
+
+def _size(text: str) -> tuple[int, int]:
+    from .build_engines import parse_size
+
+    return parse_size(text)
+
+
+def _emit_report(text: str, data: dict[str, Any], json_path: Path | None) -> None:
+    """The table goes to stdout, or to stderr when the JSON report takes stdout (``--json -``)."""
+    to_stdout = json_path is not None and str(json_path) == "-"
+    click.echo(text, err=to_stdout)
+    if json_path is not None:
+        dumped = json.dumps(data, indent=2)
+        click.echo(dumped) if to_stdout else json_path.write_text(dumped + "\n")
+
+
+_CHECKPOINT_OPTIONS = (
+    click.option("--checkpoint_path", "--checkpoint-path", "checkpoint_path", required=True,
+                 type=click.Path(path_type=Path), help="Wav2Lip checkpoint (wav2lip.pth or wav2lip_gan.pth)."),
+    click.option("--s3fd-checkpoint", "--s3fd_checkpoint", "s3fd_checkpoint", type=click.Path(path_type=Path),
+                 default=Path("checkpoints/s3fd.pth"), show_default=True, help="S3FD face detector weights."),
+    click.option("--face", type=click.Path(path_type=Path), help="Face video [a generated talking-face clip]."),
+    click.option("--audio", type=click.Path(path_type=Path), help="Its audio (with --face)."),
+)
+
+
+def _with_options(options: tuple[Any, ...]) -> Any:
+    def decorate(func: Any) -> Any:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+@cli.command()
+@_with_options(_CHECKPOINT_OPTIONS)
+@click.option("--rungs", multiple=True, metavar="NAMES",
+              help="Only these rungs (comma-separated): onnxruntime-fp32, tensorrt-fp32, tensorrt-fp16, torch-fp16. "
+              "A named rung that cannot run here fails. [the whole ladder; what cannot run is skipped]")
+@click.option("--inputs", default="both", show_default=True, metavar="random|clip|both",
+              help="Per-model inputs: random tensors in the real range, the clip's frames, or both.")
+@click.option("--end-to-end/--no-end-to-end", default=True, show_default=True,
+              help="Also run the whole pipeline on the clip and compare boxes, predictions and frames.")
+@click.option("--tolerance", "tolerances", multiple=True, metavar="[PRECISION.]NAME=VALUE",
+              help="Override a default tolerance, e.g. fp16.atol=0.05 or min_iou=0.8 "
+              "(names: atol, rtol, frame_atol, min_iou, max_face_changes).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs and the generated clip.")
+@click.option("--s3fd-batch", type=int, default=4, show_default=True, help="Random S3FD frames per batch.")
+@click.option("--s3fd-size", default="240x320", show_default=True, metavar="HxW", help="Random S3FD frame size.")
+@click.option("--wav2lip-batch", type=int, default=32, show_default=True, help="Random Wav2Lip faces per batch.")
+@click.option("--clip-frames", type=int, default=8, show_default=True, help="Clip frames fed to the per-model checks.")
+@click.option("--clip-seconds", type=float, default=2.0, show_default=True, help="Length of the generated clip.")
+@click.option("--clip-size", default="128x160", show_default=True, metavar="HxW", help="Size of the generated clip.")
+@click.option("--engines", "--engines-dir", "engines_dir", type=click.Path(path_type=Path),
+              help="Use the engines in this folder [build them from the same ONNX files in the work folder].")
+@click.option("--flavor", "--flavour", "flavor", type=click.Choice(("auto", "tensorrt", "tensorrt-rtx")),
+              default="auto", show_default=True, help="TensorRT flavour.")
+@click.option("--work-dir", type=click.Path(path_type=Path),
+              help="Keep ONNX files, engines and pipeline dumps here (reused when up to date) [a temporary folder].")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON report here ('-' = stdout).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
+@user_errors
+def parity(rungs: tuple[str, ...], tolerances: tuple[str, ...], s3fd_size: str, clip_size: str,
+           json_path: Path | None, quiet: bool, **kwargs: Any) -> None:
+    """Compare torch FP32 with ONNX Runtime, TensorRT FP32/FP16 and torch FP16 on the same inputs."""
+    from .parity import ParityOptions, run_parity, tolerances_with
+
+    setup_logging(quiet)
+    options = ParityOptions(rungs=_listed(rungs), tolerances=tolerances_with(tolerances), s3fd_size=_size(s3fd_size),
+                            clip_size=_size(clip_size), **kwargs)
+    report = run_parity(options, log=logging.getLogger("wav2lip_trt.parity").info)
+    _emit_report(report.table(), report.to_json(), json_path)
+    to_stderr = json_path is not None and str(json_path) == "-"
+    for line in report.failures():
+        click.echo(f"  {line}", err=to_stderr)
+    click.echo(report.summary(), err=to_stderr)
+    sys.exit(0 if report else 1)
+
+
+@cli.command()
+@_with_options(_CHECKPOINT_OPTIONS)
+@click.option("--modes", multiple=True, metavar="NAMES",
+              help="What to measure, comma-separated: reference (the original algorithm), torch, onnxruntime, "
+              "tensorrt, auto.  [reference,torch]")
+@click.option("--seconds", type=float, default=4.0, show_default=True, help="Length of the generated clip.")
+@click.option("--size", default="240x320", show_default=True, metavar="HxW", help="Size of the generated clip.")
+@click.option("--fps", type=float, default=25.0, show_default=True, help="Frame rate of the generated clip.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Measured runs per mode.")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Discarded runs per mode first.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Device of the pipeline modes (the reference runs on the CPU).")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True)
+@click.option("--engines", "--engines-dir", "engines_dir", type=click.Path(path_type=Path), default=Path("engines"),
+              show_default=True, help="Engines for the tensorrt mode.")
+@click.option("--flavor", "--flavour", "flavor", type=click.Choice(("auto", "tensorrt", "tensorrt-rtx")),
+              default="auto", show_default=True)
+@click.option("--box", nargs=4, type=int, default=(-1, -1, -1, -1), show_default=True,
+              help="Fixed face box y1 y2 x1 x2 instead of detection.")
+@click.option("--face_det_batch_size", "--face-det-batch-size", "face_det_batch_size", type=int, default=16,
+              show_default=True)
+@click.option("--wav2lip_batch_size", "--wav2lip-batch-size", "wav2lip_batch_size", type=int, default=128,
+              show_default=True)
+@click.option("--on-missing-face", "--on_missing_face", "on_missing_face", type=click.Choice(ON_MISSING_FACE),
+              default="error", show_default=True, help="Pipeline modes; the reference always stops.")
+@click.option("--micro", is_flag=True, help="Also time the hot stages and both networks in-process.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated clip.")
+@click.option("--work-dir", type=click.Path(path_type=Path), help="Keep the clip and run files here [a temporary folder].")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON report here ('-' = stdout).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress messages.")
+@user_errors
+def bench(modes: tuple[str, ...], size: str, json_path: Path | None, quiet: bool, **kwargs: Any) -> None:
+    """Frames/s, real-time factor, stage throughput and peak memory per backend, against the original."""
+    from .bench import BenchOptions, run_bench
+
+    setup_logging(quiet)
+    if modes:
+        kwargs["modes"] = _listed(modes)
+    options = BenchOptions(size=_size(size), **kwargs)
+    report = run_bench(options, log=logging.getLogger("wav2lip_trt.bench").info)
+    _emit_report(report.table(), report.to_json(), json_path)

@@ -190,9 +190,12 @@ def face_items(
         return
     produced = len(seen)
     while produced < count:
+        before = produced
         for j, frame in enumerate(decoded(min(len(seen), count - produced))):
             yield FaceItem(produced, j, frame, seen[j])
             produced += 1
+        if produced == before:
+            raise InputError(f"{source.path}: the video could not be read again from the start to loop it")
 
 
 def generate(
