@@ -108,6 +108,8 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
               help="Also write the output frames as PNG images to this folder.")
 @click.option("--ffmpeg", type=str, help="ffmpeg executable to use [imageio-ffmpeg's].")
 @click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality (lower is better).")
+@click.option("--encoder", type=click.Choice(("auto", "libx264", "h264_nvenc")), default="auto", show_default=True,
+              help="H.264 encoder; auto = NVENC when the GPU has it (H100/H200 do not), else libx264.")
 @click.option("--blend", type=click.Choice(("none", "feather")), default="none", show_default=True,
               help="Paste-back: the original's hard box, or feathered edges that hide the box seam.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or info messages.")

@@ -41,6 +41,7 @@ class InferenceOptions:
     save_frames: Path | None = None  # also write the output frames as PNG files here
     ffmpeg: str | None = None  # ffmpeg executable; default imageio-ffmpeg's
     crf: int = 18  # libx264 quality (lower = better, larger)
+    encoder: str = "auto"  # auto = h264_nvenc when the GPU and ffmpeg can, else libx264
     blend: str = "none"  # paste-back: none (the original's hard box) | feather (soft edges, no seam)
 
     @property

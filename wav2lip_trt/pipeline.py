@@ -28,7 +28,9 @@ from .boxes import pad_box, smooth_stream
 from .detect import FaceDetector
 from .dump import IntermediateDump
 from .encode import VideoWriter
+from .encoders import choose_encoder
 from .errors import AudioError, InputError, NoFaceError
+from .ffmpeg import find_ffmpeg
 from .faces import IMG_SIZE, Box
 from .frame_ops import FrameOps, frame_ops_for
 from .options import InferenceOptions
@@ -293,9 +295,10 @@ def run_inference(
                 # On a GPU, S3FD and Wav2Lip overlap; on a CPU they would only fight over the same cores.
                 items = prefetch(items, options.wav2lip_batch_size, "detect")
             done = generate(items, ops, runners.generator, options.wav2lip_batch_size, dump, times, chunks)
+            ffmpeg = find_ffmpeg(options.ffmpeg)
             with VideoWriter(
-                options.outfile, width=info.width, height=info.height, fps=info.fps,
-                audio=options.audio, ffmpeg=options.ffmpeg, crf=options.crf,
+                options.outfile, width=info.width, height=info.height, fps=info.fps, audio=options.audio,
+                ffmpeg=ffmpeg, crf=options.crf, encoder=choose_encoder(options.encoder, ffmpeg),
             ) as writer:
                 for item in done:
                     with times.stage("encode", 1):
