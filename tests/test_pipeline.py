@@ -180,3 +180,21 @@ def test_skip_passes_frames_through_unchanged(media, checkpoints, gappy, tmp_pat
             np.testing.assert_array_equal(it.frame, originals[it.index])
         else:
             assert not np.array_equal(it.frame, originals[it.index])
+
+
+def test_boxes_beyond_the_frame_are_smoothed_like_the_original(media, checkpoints, tmp_path) -> None:
+    # With these frames the random S3FD places some boxes past the frame edge; after pads they are
+    # empty, and the original's smoothing repairs them, so the run must match it exactly.
+    video = write_video(tmp_path / "edge.mp4", talking_face_frames(30, 128, 96, seed=0), 25.0)
+    dump = assert_matches_reference(options_for(media, checkpoints, tmp_path, face=video, audio=media["short"]))
+    assert (dump["det_boxes"][:, 1] >= 96).any() or (dump["det_boxes"][:, 0] >= 128).any()
+
+
+def test_box_still_empty_after_smoothing_follows_the_policy(media, checkpoints, tmp_path) -> None:
+    video = write_video(tmp_path / "outside.mp4", talking_face_frames(30, 128, 96, seed=3), 25.0)
+    with pytest.raises(NoFaceError, match=r"outside\.mp4: the face box .* lies outside the frame in frame \d+"):
+        run_inference(options_for(media, checkpoints, tmp_path, face=video, audio=media["long"]))
+    result = run_inference(options_for(media, checkpoints, tmp_path, face=video, audio=media["long"],
+                                       on_missing_face="skip"))
+    boxes = np.load(tmp_path / "dump" / "boxes.npy")
+    assert result.frames == len(boxes) and (boxes == -1).all(axis=1).any()

@@ -15,12 +15,11 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, Wav2LipTrtError
+from .options import BACKEND_CHOICES, PRECISION_CHOICES  # noqa: F401  (re-exported)
 from .runners.base import S3FD_INPUTS, S3FD_OUTPUTS, WAV2LIP_INPUTS, WAV2LIP_OUTPUTS, Runner
 
 log = logging.getLogger(__name__)
 
-BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
-PRECISION_CHOICES = ("auto", "fp32", "fp16")
 
 
 @dataclass(frozen=True)

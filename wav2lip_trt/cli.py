@@ -15,8 +15,7 @@ from . import __version__
 from .build_engines.command import build_engines_command
 from .cli_errors import user_errors
 from .errors import InputError
-from .backends import BACKEND_CHOICES, PRECISION_CHOICES
-from .options import DEVICES, ON_MISSING_FACE, InferenceOptions
+from .options import BACKEND_CHOICES, DEVICES, ON_MISSING_FACE, PRECISION_CHOICES, InferenceOptions
 
 TRUE_WORDS = {"true", "1", "yes", "y", "on"}
 FALSE_WORDS = {"false", "0", "no", "n", "off"}

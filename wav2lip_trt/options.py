@@ -10,6 +10,8 @@ from .errors import InputError
 
 ON_MISSING_FACE = ("error", "skip", "previous")
 DEVICES = ("auto", "cpu", "cuda")
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
+PRECISION_CHOICES = ("auto", "fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,6 @@ class InferenceOptions:
                 raise InputError(f"--box {list(self.box)} must be y1 y2 x1 x2 with 0 <= y1 < y2 and 0 <= x1 < x2")
         if self.on_missing_face not in ON_MISSING_FACE:
             raise InputError(f"--on-missing-face must be one of {', '.join(ON_MISSING_FACE)}")
-        from .backends import BACKEND_CHOICES, PRECISION_CHOICES
-
         if self.backend not in BACKEND_CHOICES:
             raise InputError(f"--backend must be one of {', '.join(BACKEND_CHOICES)}")
         if self.precision not in PRECISION_CHOICES:

@@ -92,34 +92,27 @@ class Detection:
                 index += 1
 
     def usable(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-        """(source index, frame, padded [x1, y1, x2, y2] or None) with the missing-face policy applied.
-
-        A detection whose padded box is empty (S3FD can place a box wholly outside the frame) is
-        no more usable than none; the original crashes inside OpenCV on it.
-        """
+        """(source index, frame, padded [x1, y1, x2, y2] or None) with the missing-face policy applied."""
         height, width = self.source.info.height, self.source.info.width
         previous = None
-        policy = self.options.on_missing_face
         for index, frame, det in self.raw(frames):
-            row = None if det is None else pad_box(det, self.options.pads, height, width)
-            if row is not None and (row[2] <= row[0] or row[3] <= row[1]):
-                row = None
-            if row is None:
-                if policy == "error":
-                    what = "no face detected" if det is None else f"the face box {list(det)} lies outside the frame"
-                    raise NoFaceError(
-                        f"{self.source.path}: {what} in frame {index} (t={self.source.timestamp(index):.3f} s); check the "
-                        "video, adjust --pads, give a fixed --box, or pass --on-missing-face skip|previous"
-                    )
-                if policy == "previous":
-                    row = previous
-            else:
-                previous = row
-            yield index, frame, row
+            if det is None:
+                if self.options.on_missing_face == "error":
+                    raise self._no_face(index, "no face detected")
+                yield index, frame, (previous if self.options.on_missing_face == "previous" else None)
+                continue
+            previous = pad_box(det, self.options.pads, height, width)
+            yield index, frame, previous
 
     def boxes(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray, Box | None]]:
-        """(source index, frame, padded and smoothed (y1, y2, x1, x2) or None), in input order."""
+        """(source index, frame, padded and smoothed (y1, y2, x1, x2) or None), in input order.
+
+        A padded box can be empty (S3FD may place a box beyond the frame edge) and smoothing can
+        repair it, as in the original; a box still empty after smoothing, where the original
+        crashes inside OpenCV, follows the missing-face policy.
+        """
         order: deque[list] = deque()
+        previous: list[Box | None] = [None]
 
         def rows() -> Iterator[tuple[list, np.ndarray]]:
             for index, frame, row in self.usable(frames):
@@ -128,25 +121,29 @@ class Detection:
                 if row is not None:
                     yield entry, row
 
+        def ready() -> Iterator[tuple[int, np.ndarray, Box | None]]:
+            while order and order[0][3]:
+                index, frame, box, _ = order.popleft()
+                if box is not None and (box[1] <= box[0] or box[3] <= box[2]):
+                    if self.options.on_missing_face == "error":
+                        raise self._no_face(index, f"the face box (y1, y2, x1, x2) = {box} lies outside the frame")
+                    box = previous[0] if self.options.on_missing_face == "previous" else None
+                if box is not None:
+                    previous[0] = box
+                yield index, frame, box
+
         stream = rows() if self.options.nosmooth else smooth_stream(rows())
         for entry, row in stream:
             x1, y1, x2, y2 = (int(v) for v in row)
             entry[2], entry[3] = (y1, y2, x1, x2), True
-            while order and order[0][3]:
-                index, frame, box, _ = order.popleft()
-                yield index, frame, _checked(box, index, self.source)
-        while order:
-            index, frame, box, _ = order.popleft()
-            yield index, frame, _checked(box, index, self.source)
+            yield from ready()
+        yield from ready()
 
-
-def _checked(box: Box | None, index: int, source: FaceSource) -> Box | None:
-    if box is not None and (box[1] <= box[0] or box[3] <= box[2]):
-        raise InputError(
-            f"{source.path}: the smoothed face box (y1, y2, x1, x2) = {box} at frame {index} is empty; "
-            "try --nosmooth or other --pads"
+    def _no_face(self, index: int, what: str) -> NoFaceError:
+        return NoFaceError(
+            f"{self.source.path}: {what} in frame {index} (t={self.source.timestamp(index):.3f} s); check the "
+            "video, adjust --pads, give a fixed --box, or pass --on-missing-face skip|previous"
         )
-    return box
 
 
 def face_items(

@@ -333,6 +333,8 @@ def build_engine(
                           f"{', '.join(summary.layer_dtypes[wrong[0]])}")
 
     config = parsed.builder.create_builder_config()
+    if hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # FP32 layers stay IEEE FP32, not TensorRT's default TF32
     if settings.workspace_bytes is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings.workspace_bytes))
     targets = resolve_targets(rt, settings.compute_capabilities)
