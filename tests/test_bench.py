@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from wav2lip_trt.models.s3fd import head_map_sizes
 from wav2lip_trt.bench import (
     BenchOptions, BenchReport, BenchRunError, Spread, hot_stage_cases, library_versions, model_cases,
-    s3fd_map_sizes, synthetic_s3fd_outputs, time_callable, time_cases,
+    synthetic_s3fd_outputs, time_callable, time_cases,
 )
 from wav2lip_trt.cli import main
 from wav2lip_trt.errors import InputError
@@ -56,7 +57,7 @@ def test_synthetic_s3fd_outputs_match_the_network_and_hold_a_face(checkpoints) -
 
     with torch.no_grad():
         real = load_s3fd(checkpoints[1])(preprocess(torch.zeros(1, 72, 100, 3, dtype=torch.uint8).numpy()))
-    assert [tuple(t.shape[2:]) for t in real[::2]] == s3fd_map_sizes(72, 100)
+    assert [tuple(t.shape[2:]) for t in real[::2]] == head_map_sizes(72, 100)
     fake = synthetic_s3fd_outputs(2, 72, 100, seed=0)
     assert [tuple(t.shape) for t in fake] == [(2,) + tuple(t.shape[1:]) for t in real]
     assert all(face is not None for face in choose_faces(fake))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, Wav2LipTrtError
+from .options import check_clip_inputs
 
 MODES = ("reference", "torch", "onnxruntime", "tensorrt", "auto")
 """``reference`` = the original algorithm (torch FP32 on the CPU); the others are ``infer --backend``."""
@@ -131,27 +132,17 @@ def _centre_box(height: int, width: int) -> tuple[int, int, int, int]:
     return top, top + side, left, left + side
 
 
-def s3fd_map_sizes(height: int, width: int) -> list[tuple[int, int]]:
-    """S3FD's six head map sizes for a frame: strides 4, 8, 16, then fc6's padding adds 4, two stride-2 convs."""
-    h, w = height // 4, width // 4
-    sizes = [(h, w), (h // 2, w // 2), (h // 4, w // 4)]
-    h, w = h // 8 + 4, w // 8 + 4
-    sizes.append((h, w))
-    for _ in range(2):
-        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-        sizes.append((h, w))
-    return sizes
-
-
 def synthetic_s3fd_outputs(batch: int, height: int, width: int, seed: int = 0) -> list:
     """Raw S3FD head outputs shaped like a real frame's: ~0.1 % of positions pass the 0.05 candidate
     score, plus one confident face per image at stride 16, so post-processing does real work."""
     import numpy as np
     import torch
 
+    from .models.s3fd import head_map_sizes
+
     rng = np.random.default_rng(seed)
     outputs = []
-    for level, (h, w) in enumerate(s3fd_map_sizes(height, width)):
+    for level, (h, w) in enumerate(head_map_sizes(height, width)):
         cls = np.zeros((batch, 2, h, w), dtype=np.float32)
         cls[:, 1] = rng.normal(-6.0, 1.0, (batch, h, w))
         if level == 2 and h > 2 and w > 2:
@@ -314,11 +305,7 @@ class BenchOptions:
                 continue
             if not Path(path).is_file():
                 raise InputError(f"{label} file not found: {path}")
-        if (self.face is None) != (self.audio is None):
-            raise InputError("give --face and --audio together (or neither, for a generated clip)")
-        for label, path in (("--face", self.face), ("--audio", self.audio)):
-            if path is not None and not Path(path).exists():
-                raise InputError(f"{label} file not found: {path}")
+        check_clip_inputs(self.face, self.audio)
         if not self.modes:
             raise InputError("give at least one mode to measure")
         for mode in self.modes:

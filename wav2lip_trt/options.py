@@ -96,3 +96,12 @@ class InferenceOptions:
             raise InputError("--blend must be none or feather")
         if not 0 <= self.crf <= 51:
             raise InputError(f"--crf must be in 0..51, got {self.crf}")
+
+
+def check_clip_inputs(face: Path | None, audio: Path | None) -> None:
+    """For commands that generate a clip unless given one: both files or neither, and they exist."""
+    if (face is None) != (audio is None):
+        raise InputError("give --face and --audio together (or neither, for a generated clip)")
+    for label, path in (("--face", face), ("--audio", audio)):
+        if path is not None and not Path(path).exists():
+            raise InputError(f"{label} file not found: {path}")

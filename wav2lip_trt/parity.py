@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import InputError, MissingDependencyError, Wav2LipTrtError
+from .options import check_clip_inputs
 
 if TYPE_CHECKING:
     import torch
@@ -319,11 +320,7 @@ class ParityOptions:
         for label, path in (("--checkpoint_path", self.checkpoint_path), ("--s3fd-checkpoint", self.s3fd_checkpoint)):
             if not Path(path).is_file():
                 raise InputError(f"{label} file not found: {path}")
-        if (self.face is None) != (self.audio is None):
-            raise InputError("give --face and --audio together (or neither, for a generated clip)")
-        for label, path in (("--face", self.face), ("--audio", self.audio)):
-            if path is not None and not Path(path).exists():
-                raise InputError(f"{label} file not found: {path}")
+        check_clip_inputs(self.face, self.audio)
         unknown = [r for r in self.rungs if r not in RUNG_NAMES]
         if unknown:
             raise InputError(f"unknown rung {unknown[0]!r}; choose from: {', '.join(RUNG_NAMES)}")
