@@ -183,3 +183,22 @@ def test_mp3_and_video_audio_inputs(inputs, tmp_path) -> None:
         proc = run_cli(*base_args(inputs, out)[:-4], "--audio", audio, "--outfile", out, "-q", "--box", "0", "90", "0", "120")
         assert proc.returncode == 0, proc.stderr
         assert probe(out)["audio"]["codec"] == "aac"
+
+
+def test_aliases_build_the_same_options_as_the_original_flags(inputs, tmp_path, monkeypatch) -> None:
+    seen = []
+
+    def capture(options, **kwargs):
+        seen.append(options)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("wav2lip_trt.pipeline.run_inference", capture)
+    runner = CliRunner()
+    common = ["infer", "--checkpoint_path", str(inputs["wav2lip"]), "--audio", str(inputs["wav"])]
+    out = str(tmp_path / "o.mp4")
+    runner.invoke(cli, common + ["--face", str(inputs["dir"]), "--outfile", out])
+    runner.invoke(cli, common + ["--video", str(inputs["dir"]), "--output", out])
+    runner.invoke(cli, common + ["--image", str(inputs["image"]), "--output", out])
+    runner.invoke(cli, common + ["--face", str(inputs["image"]), "--outfile", out])
+    assert len(seen) == 4 and seen[0] == seen[1] and seen[2] == seen[3]
+    assert seen[1].face == inputs["dir"] and seen[2].face == inputs["image"] and str(seen[2].outfile) == out
