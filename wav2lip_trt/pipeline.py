@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from .audio import MelChunks, load_audio, melspectrogram
 from .backends import RunnerRequest, create_runners, resolve_device
@@ -144,6 +145,22 @@ class Detection:
             f"{self.source.path}: {what} in frame {index} (t={self.source.timestamp(index):.3f} s); check the "
             "video, adjust --pads, give a fixed --box, or pass --on-missing-face skip|previous"
         )
+
+
+def on_stream(items: Iterable[FaceItem], stream: "torch.cuda.Stream") -> Iterator[FaceItem]:
+    """Produce each item with ``stream`` current in the producing thread (stream choice is per thread).
+
+    Items carry host frames and boxes only, so nothing on this stream is read by another one.
+    """
+    it = iter(items)
+    while True:
+        with torch.cuda.stream(stream):
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            stream.synchronize()
+        yield item
 
 
 def face_items(
@@ -289,8 +306,10 @@ def run_inference(
                 detection = Detection(FaceDetector(runners.detector, times, ops), options, source, dump)
             items = face_items(source, total, options, detection, times)
             if runners.generator.device.type == "cuda":
-                # On a GPU, S3FD and Wav2Lip overlap; on a CPU they would only fight over the same cores.
-                items = prefetch(items, options.wav2lip_batch_size, "detect")
+                # On a GPU, S3FD (on its own CUDA stream, in a worker thread) overlaps Wav2Lip; on a
+                # CPU the two would only fight over the same cores.
+                detect_stream = torch.cuda.Stream(runners.generator.device)
+                items = prefetch(on_stream(items, detect_stream), options.wav2lip_batch_size, "detect")
             done = generate(items, ops, runners.generator, options.wav2lip_batch_size, dump, times, chunks)
             ffmpeg = find_ffmpeg(options.ffmpeg)
             with VideoWriter(
