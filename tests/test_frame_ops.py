@@ -8,10 +8,16 @@ import torch
 
 from wav2lip_trt.audio import MelChunks, melspectrogram
 from wav2lip_trt.checkpoints import load_s3fd, load_wav2lip
+from wav2lip_trt.decode import OpenCVDecoder
+from wav2lip_trt.detect import FaceDetector
+from wav2lip_trt.errors import InputError
 from wav2lip_trt.frame_ops import DeviceOps, HostOps, frame_ops_for
+from wav2lip_trt.options import InferenceOptions
+from wav2lip_trt.pipeline import Detection, face_items, generate
+from wav2lip_trt.video import FaceSource
 from wav2lip_trt.runners.base import S3FD_INPUTS, S3FD_OUTPUTS, WAV2LIP_INPUTS, WAV2LIP_OUTPUTS
 from wav2lip_trt.runners.torch_runner import TorchRunner
-from wav2lip_trt.samples import speechlike_audio, talking_face_frames
+from wav2lip_trt.samples import speechlike_audio, talking_face_frames, write_video
 from wav2lip_trt.stages import StageTimes
 
 CPU = torch.device("cpu")
@@ -26,9 +32,33 @@ def setup(checkpoints):
     return chunks, frames, s3fd, wav2lip
 
 
-def test_ops_choice_follows_the_device(setup) -> None:
-    chunks = setup[0]
-    assert isinstance(frame_ops_for(CPU, chunks), HostOps)
+def test_ops_choice_follows_the_device(setup, tmp_path) -> None:
+    chunks, frames = setup[0], setup[1]
+    source = FaceSource(write_video(tmp_path / "v.mp4", list(frames), 25.0))
+    assert isinstance(frame_ops_for(CPU, chunks, source), HostOps)
+    with pytest.raises(InputError, match="--decoder dali needs --device cuda"):
+        frame_ops_for(CPU, chunks, source, decoder="dali")
+
+
+def test_device_frames_through_the_whole_pipeline(setup, checkpoints, tmp_path) -> None:
+    """Frames as tensors from the decoder, kernels for every stage: the GPU path's plumbing, on CPU."""
+    chunks, _, s3fd, wav2lip = setup
+    video = write_video(tmp_path / "face.mp4", talking_face_frames(12, 128, 96, seed=2), 25.0)
+    source = FaceSource(video)
+    options = InferenceOptions(checkpoint_path=checkpoints[0], face=video, audio=video, wav2lip_batch_size=8,
+                               face_det_batch_size=4)
+    host = HostOps(chunks, source=source)
+    device = DeviceOps(chunks, CPU, decoder=OpenCVDecoder(source, device=CPU, batch=4))
+    outputs = []
+    for ops in (host, device):
+        detection = Detection(FaceDetector(s3fd, StageTimes(), ops), options, source, None, ops)
+        items = face_items(source, len(chunks), options, detection, ops)
+        outputs.append([(it.index, it.box, ops.to_host(it.frame)) for it in generate(items, ops, wav2lip, 8, None)])
+    (host_out, device_out) = outputs
+    assert len(host_out) == len(device_out) == len(chunks) > 12  # the 12-frame video loops
+    assert [(i, b) for i, b, _ in host_out] == [(i, b) for i, b, _ in device_out]
+    diff = np.abs(np.stack([f for *_, f in device_out]).astype(int) - np.stack([f for *_, f in host_out]))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
 def test_device_detection_equals_host(setup) -> None:

@@ -148,7 +148,8 @@ def items_for(media, checkpoints, gappy, policy: str):
     video, detector = gappy
     options = options_for(media, checkpoints, Path("unused"), face=video, on_missing_face=policy, nosmooth=True)
     source = FaceSource(video)
-    return source, list(face_items(source, 12, options, Detection(detector, options, source, None)))
+    ops = HostOps(None, source=source)  # type: ignore[arg-type]  (no generation here)
+    return source, list(face_items(source, 12, options, Detection(detector, options, source, None, ops), ops))
 
 
 def test_missing_face_error_names_frame_and_time(media, checkpoints, gappy) -> None:
@@ -170,10 +171,11 @@ def test_skip_passes_frames_through_unchanged(media, checkpoints, gappy, tmp_pat
     video, detector = gappy
     options = options_for(media, checkpoints, tmp_path, face=video, on_missing_face="skip", audio=media["short"])
     source = FaceSource(video)
-    items = face_items(source, 12, options, Detection(detector, options, source, None))
-    runner = TorchRunner(load_wav2lip(checkpoints[0]), WAV2LIP_INPUTS, WAV2LIP_OUTPUTS)
     chunks = MelChunks(melspectrogram(load_audio(media["short"])), 25.0)
-    out = list(generate(items, HostOps(chunks), runner, 4, None))
+    ops = HostOps(chunks, source=source)
+    items = face_items(source, 12, options, Detection(detector, options, source, None, ops), ops)
+    runner = TorchRunner(load_wav2lip(checkpoints[0]), WAV2LIP_INPUTS, WAV2LIP_OUTPUTS)
+    out = list(generate(items, ops, runner, 4, None))
     originals = decode_frames(video)
     for it in out:
         if it.index in (0, 4, 5, 11):

@@ -107,6 +107,9 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
               help="Also write the output frames as PNG images to this folder.")
 @click.option("--ffmpeg", type=str, help="ffmpeg executable to use [imageio-ffmpeg's].")
 @click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality (lower is better).")
+@click.option("--decoder", type=click.Choice(("auto", "opencv", "dali")), default="auto", show_default=True,
+              help="GPU runs: decode with OpenCV into pinned buffers, or with DALI (NVDEC); auto = DALI where it "
+                   "applies. CPU runs always use OpenCV (the reference's decoder).")
 @click.option("--encoder", type=click.Choice(("auto", "libx264", "h264_nvenc")), default="auto", show_default=True,
               help="H.264 encoder; auto = NVENC when the GPU has it (H100/H200 do not), else libx264.")
 @click.option("--blend", type=click.Choice(("none", "feather")), default="none", show_default=True,

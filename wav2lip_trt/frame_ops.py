@@ -9,8 +9,8 @@ The pipeline picks one with :func:`frame_ops_for`; nothing else in it knows the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol, Union
 
 import numpy as np
 import torch
@@ -20,12 +20,34 @@ from .detect import Box as DetBox
 from .detect import run_detector
 from .faces import Box, crop_faces, generator_inputs, paste_back, prediction_to_uint8
 from .runners.base import S3FD_INPUTS, S3FD_OUTPUTS, WAV2LIP_INPUTS, Runner
+from .errors import InputError
 from .stages import StageTimes
+from .video import FaceSource
+
+if TYPE_CHECKING:
+    from .decode import Decoder
+
+Frame = Union[np.ndarray, torch.Tensor]
 
 BLENDS = ("none", "feather")
 
 
 class FrameOps(Protocol):
+    """Frames are opaque to the pipeline: NumPy arrays on the host path, device tensors on the GPU path."""
+
+    def frames(self, limit: int | None) -> Iterator[Frame]:
+        """Decoded, transformed (H, W, 3) uint8 BGR frames from the start, at most ``limit``."""
+        ...
+
+    def stack(self, frames: Sequence[Frame]) -> Frame:
+        ...
+
+    def copy(self, frame: Frame) -> Frame:
+        ...
+
+    def to_host(self, frame: Frame) -> np.ndarray:
+        ...
+
     def detect(self, runner: Runner, frames: np.ndarray, times: StageTimes) -> list[DetBox | None]:
         """S3FD on (B, H, W, 3) uint8 BGR frames: the chosen (x1, y1, x2, y2) per frame, or None."""
         ...
@@ -39,10 +61,23 @@ class FrameOps(Protocol):
 
 
 class HostOps:
-    """NumPy/OpenCV stages: the reference-exact path (and the only one ``--blend none`` needs on CPU)."""
+    """NumPy/OpenCV stages: the reference-exact path."""
 
-    def __init__(self, chunks: MelChunks, blend: str = "none") -> None:
-        self.chunks, self.blend = chunks, blend
+    def __init__(self, chunks: MelChunks, blend: str = "none", source: FaceSource | None = None) -> None:
+        self.chunks, self.blend, self.source = chunks, blend, source
+
+    def frames(self, limit: int | None) -> Iterator[np.ndarray]:
+        assert self.source is not None
+        return self.source.frames(limit)
+
+    def stack(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        return np.stack(frames)
+
+    def copy(self, frame: np.ndarray) -> np.ndarray:
+        return frame.copy()
+
+    def to_host(self, frame: np.ndarray) -> np.ndarray:
+        return frame
 
     def detect(self, runner: Runner, frames: np.ndarray, times: StageTimes) -> list[DetBox | None]:
         return run_detector(runner, frames, times)
@@ -65,16 +100,38 @@ class HostOps:
 
 
 class DeviceOps:
-    """Batched kernels on the runners' device (Triton on CUDA, their torch references elsewhere)."""
+    """Batched kernels on the runners' device (Triton on CUDA, their torch references elsewhere).
+
+    With a ``decoder`` the frames themselves live on the device (pinned-ring uploads or NVDEC)
+    and only finished frames come back to the host; host frames given directly are uploaded.
+    """
 
     def __init__(self, chunks: MelChunks, device: torch.device, blend: str = "none",
-                 detector_dtype: torch.dtype = torch.float32) -> None:
-        self.device, self.blend, self.detector_dtype = device, blend, detector_dtype
+                 detector_dtype: torch.dtype = torch.float32, decoder: Decoder | None = None) -> None:
+        self.device, self.blend, self.detector_dtype, self.decoder = device, blend, detector_dtype, decoder
         self.mel = torch.from_numpy(np.ascontiguousarray(chunks.mel, dtype=np.float32)).to(device)
         self.starts = torch.from_numpy(chunks.starts())
 
-    def _upload(self, frames: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-        batch = torch.from_numpy(np.ascontiguousarray(np.stack(frames) if not isinstance(frames, np.ndarray) else frames))
+    def frames(self, limit: int | None) -> Iterator[torch.Tensor]:
+        assert self.decoder is not None
+        for batch in self.decoder.frames(limit):
+            yield from batch.unbind(0)
+
+    def stack(self, frames: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(list(frames))
+
+    def copy(self, frame: torch.Tensor) -> torch.Tensor:
+        return frame.clone()
+
+    def to_host(self, frame: torch.Tensor) -> np.ndarray:
+        return frame.cpu().numpy()
+
+    def _upload(self, frames: Sequence[Frame] | Frame) -> torch.Tensor:
+        if isinstance(frames, torch.Tensor):
+            return frames.to(self.device)
+        if len(frames) and isinstance(frames[0], torch.Tensor):
+            return torch.stack(list(frames)).to(self.device)
+        batch = torch.from_numpy(np.ascontiguousarray(np.stack(frames)))
         if self.device.type == "cuda":
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch
@@ -102,9 +159,9 @@ class DeviceOps:
             pred = runner.infer({WAV2LIP_INPUTS[0]: mel, WAV2LIP_INPUTS[1]: face})["pred"]
         with times.stage("paste", len(frames)):
             paste_back_batch(batch, pred, boxes_t, self.blend)
-            host = batch.cpu().numpy()
-            for frame, done in zip(frames, host):
-                frame[...] = done
+            done = batch if isinstance(frames[0], torch.Tensor) else batch.cpu().numpy()
+            for frame, pasted in zip(frames, done):
+                frame[...] = pasted
         return pred.detach().float().cpu()
 
 
@@ -117,9 +174,15 @@ def _paste_with_kernel(frames: Sequence[np.ndarray], pred: torch.Tensor, boxes: 
         frame[...] = done
 
 
-def frame_ops_for(device: torch.device, chunks: MelChunks, blend: str = "none",
-                  detector_dtype: torch.dtype = torch.float32) -> FrameOps:
-    """Device kernels next to GPU runners; the exact host path everywhere else."""
-    if device.type == "cuda":
-        return DeviceOps(chunks, device, blend, detector_dtype)
-    return HostOps(chunks, blend)
+def frame_ops_for(device: torch.device, chunks: MelChunks, source: FaceSource, *, blend: str = "none",
+                  decoder: str = "auto", batch: int = 16) -> FrameOps:
+    """Device frames and kernels next to GPU runners; the exact host path everywhere else."""
+    if device.type != "cuda":
+        if decoder == "dali":
+            raise InputError("--decoder dali needs --device cuda (DALI decodes on the GPU here)")
+        return HostOps(chunks, blend, source)
+    from .decode import open_decoder
+
+    frames = open_decoder(source.path, kind=decoder, device=device, fps=source.info.fps, transform=source.transform,
+                          batch=batch)
+    return DeviceOps(chunks, device, blend, decoder=frames)

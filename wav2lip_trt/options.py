@@ -43,6 +43,7 @@ class InferenceOptions:
     save_frames: Path | None = None  # also write the output frames as PNG files here
     ffmpeg: str | None = None  # ffmpeg executable; default imageio-ffmpeg's
     crf: int = 18  # libx264 quality (lower = better, larger)
+    decoder: str = "auto"  # GPU path only: auto | opencv (pinned-ring uploads) | dali (NVDEC); CPU uses OpenCV
     encoder: str = "auto"  # auto = h264_nvenc when the GPU and ffmpeg can, else libx264
     blend: str = "none"  # paste-back: none (the original's hard box) | feather (soft edges, no seam)
 
@@ -92,6 +93,8 @@ class InferenceOptions:
             raise InputError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}")
         if self.device not in DEVICES:
             raise InputError(f"--device must be one of {', '.join(DEVICES)}")
+        if self.decoder not in ("auto", "opencv", "dali"):
+            raise InputError("--decoder must be auto, opencv or dali")
         if self.blend not in ("none", "feather"):
             raise InputError("--blend must be none or feather")
         if not 0 <= self.crf <= 51:

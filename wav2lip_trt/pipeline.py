@@ -33,7 +33,7 @@ from .encoders import choose_encoder
 from .errors import AudioError, InputError, NoFaceError
 from .ffmpeg import find_ffmpeg
 from .faces import IMG_SIZE, Box
-from .frame_ops import FrameOps, frame_ops_for
+from .frame_ops import Frame, FrameOps, frame_ops_for
 from .options import InferenceOptions
 from .runners.base import Runner
 from .stages import StageTimes, prefetch, timed
@@ -50,7 +50,8 @@ class FaceItem:
 
     index: int  # output frame index = mel chunk index
     source_index: int  # input frame it shows
-    frame: np.ndarray  # (H, W, 3) uint8 BGR, private to this item (paste-back writes into it)
+    frame: Frame  # (H, W, 3) uint8 BGR, private to this item (paste-back writes into it); a NumPy
+    # array on the host path, a device tensor on the GPU path
     box: Box | None  # (y1, y2, x1, x2); None = no face, the frame passes through unchanged
 
 
@@ -78,14 +79,15 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
 class Detection:
     """S3FD over a frame stream: detect in batches, apply pads, the missing-face policy, smoothing."""
 
-    def __init__(self, detector: FaceDetector, options: InferenceOptions, source: FaceSource, dump: IntermediateDump | None):
-        self.detector, self.options, self.source, self.dump = detector, options, source, dump
+    def __init__(self, detector: FaceDetector, options: InferenceOptions, source: FaceSource, dump: IntermediateDump | None,
+                 ops: FrameOps):
+        self.detector, self.options, self.source, self.dump, self.ops = detector, options, source, dump, ops
 
     def raw(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray, tuple[int, int, int, int] | None]]:
         """(source index, frame, chosen x1, y1, x2, y2 or None) in input order."""
         index = 0
         for batch in batched(frames, self.options.face_det_batch_size):
-            found = self.detector.detect(np.stack(batch))
+            found = self.detector.detect(self.ops.stack(batch))
             if self.dump is not None:
                 self.dump.append("det_boxes", np.array([_NO_BOX if b is None else b for b in found], dtype=np.int64))
             for frame, det in zip(batch, found):
@@ -164,7 +166,7 @@ def on_stream(items: Iterable[FaceItem], stream: "torch.cuda.Stream") -> Iterato
 
 
 def face_items(
-    source: FaceSource, count: int, options: InferenceOptions, detection: Detection | None,
+    source: FaceSource, count: int, options: InferenceOptions, detection: Detection | None, ops: FrameOps,
     times: StageTimes | None = None,
 ) -> Iterator[FaceItem]:
     """One item per output frame: the reference's frame choice (looping, or frame 0 when static).
@@ -173,8 +175,8 @@ def face_items(
     """
     times = times if times is not None else StageTimes()
 
-    def decoded(limit: int) -> Iterator[np.ndarray]:
-        return prefetch(timed(source.frames(limit), times, "decode"), options.face_det_batch_size, "decode")
+    def decoded(limit: int) -> Iterator[Frame]:
+        return prefetch(timed(ops.frames(limit), times, "decode"), options.face_det_batch_size, "decode")
 
     static = options.static or source.kind == "image"
     limit = 1 if static else count
@@ -191,7 +193,7 @@ def face_items(
         first = detection.boxes(decoded(limit))
 
     seen: list[Box | None] = []
-    frame0: np.ndarray | None = None
+    frame0: Frame | None = None
     for index, frame, box in first:
         seen.append(box)
         if static:
@@ -202,7 +204,7 @@ def face_items(
     if static:
         assert frame0 is not None
         for i in range(count):
-            yield FaceItem(i, 0, frame0.copy(), seen[0])
+            yield FaceItem(i, 0, ops.copy(frame0), seen[0])
         return
     produced = len(seen)
     while produced < count:
@@ -250,7 +252,7 @@ def _generate_batch(
         dump.append("mel_chunks", chunks.gather([it.index for it in items]))
         dump.append("boxes", np.array([it.box if it.box is not None else _NO_BOX for it in items], dtype=np.int64))
         dump.append("pred", np.stack([by_index.get(it.index, nan) for it in items]).astype(np.float32))
-        dump.append("frames", np.stack([it.frame for it in items]))
+        dump.append("frames", np.stack([ops.to_host(it.frame) for it in items]))
     return items
 
 
@@ -300,11 +302,12 @@ def run_inference(
         try:
             if dump is not None:
                 dump.save("mel", mel.astype(np.float32))
-            ops = frame_ops_for(runners.generator.device, chunks, options.blend)
+            ops = frame_ops_for(runners.generator.device, chunks, source, blend=options.blend,
+                                decoder=options.decoder, batch=options.face_det_batch_size)
             detection = None
             if runners.detector is not None:
-                detection = Detection(FaceDetector(runners.detector, times, ops), options, source, dump)
-            items = face_items(source, total, options, detection, times)
+                detection = Detection(FaceDetector(runners.detector, times, ops), options, source, dump, ops)
+            items = face_items(source, total, options, detection, ops, times)
             if runners.generator.device.type == "cuda":
                 # On a GPU, S3FD (on its own CUDA stream, in a worker thread) overlaps Wav2Lip; on a
                 # CPU the two would only fight over the same cores.
@@ -318,9 +321,10 @@ def run_inference(
             ) as writer:
                 for item in done:
                     with times.stage("encode", 1):
-                        writer.write(item.frame)
+                        frame = ops.to_host(item.frame)
+                        writer.write(frame)
                         if options.save_frames is not None:
-                            cv2.imwrite(str(Path(options.save_frames) / f"frame_{item.index:06d}.png"), item.frame)
+                            cv2.imwrite(str(Path(options.save_frames) / f"frame_{item.index:06d}.png"), frame)
                     if on_frame is not None:
                         on_frame(writer.frames_written)
         finally:
