@@ -138,3 +138,14 @@ def test_fp16_onnx_computes_the_l2norm_in_fp32_with_its_eps(s3fd_onnx: "onnx.Mod
     assert conv_weights["conv3_3.weight"] == TensorProto.FLOAT16
     assert [i.type.tensor_type.elem_type for i in fp16.graph.input] == [TensorProto.FLOAT]
     assert {o.type.tensor_type.elem_type for o in fp16.graph.output} == {TensorProto.FLOAT}
+
+
+def test_fp32_islands_survive_a_later_cast() -> None:
+    """The torch FP16 backend casts the whole module again; the L2Norm must stay FP32 regardless."""
+    from wav2lip_trt.runners.base import S3FD_INPUTS
+    from wav2lip_trt.runners.torch_runner import TorchRunner
+
+    runner = TorchRunner(half_with_policy(S3FD()), S3FD_INPUTS, S3FD_OUTPUTS, dtype=torch.float16)
+    norms = [m for name, m in runner.module.named_modules() if name.endswith("_norm.module")]
+    assert len(norms) == 3 and all(p.dtype == torch.float32 for m in norms for p in m.parameters())
+    assert runner.module.conv1_1.weight.dtype == torch.float16

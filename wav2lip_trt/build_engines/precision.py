@@ -46,6 +46,12 @@ class Fp32Island(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x.float()).to(x.dtype)
 
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        """Stay FP32 through a later ``model.half()`` / ``model.to(dtype)`` (devices still move)."""
+        super()._apply(fn, recurse)
+        self.module.float()
+        return self
+
 
 def half_with_policy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in FP16 except for the policy's FP32 scopes (the original is untouched)."""
