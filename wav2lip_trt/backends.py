@@ -75,16 +75,16 @@ def _torch_runners(request: RunnerRequest) -> Runners:
     if precision == "fp16" and request.device.type != "cuda":
         raise InputError("--precision fp16 with the torch backend needs --device cuda (CPUs have no fast FP16)")
     dtype = torch.float16 if precision == "fp16" else torch.float32
-    channels_last = request.device.type == "cuda"
+    on_gpu = request.device.type == "cuda"  # channels-last suits tensor cores; graphs remove launch overhead
     generator = TorchRunner(load_wav2lip(request.checkpoint_path), WAV2LIP_INPUTS, WAV2LIP_OUTPUTS, name="torch",
-                            device=request.device, dtype=dtype, channels_last=channels_last)
+                            device=request.device, dtype=dtype, channels_last=on_gpu, cuda_graphs=on_gpu)
     detector = None
     if request.s3fd_checkpoint is not None:
         s3fd = load_s3fd(request.s3fd_checkpoint)
         if precision == "fp16":
             s3fd = half_with_policy(s3fd)  # L2Norm stays FP32: its sum of squares overflows FP16
         detector = TorchRunner(s3fd, S3FD_INPUTS, S3FD_OUTPUTS, name="torch", device=request.device, dtype=dtype,
-                               channels_last=channels_last)
+                               channels_last=on_gpu, cuda_graphs=on_gpu)
     return Runners(detector, generator, "torch", precision)
 
 
