@@ -1,3 +1,34 @@
-"""wav2lip-trt: Wav2Lip lip-sync with S3FD detection, reference-exact in PyTorch, fast on TensorRT."""
+"""wav2lip-trt: Wav2Lip lip-sync with S3FD detection, reference-exact in PyTorch, fast on TensorRT.
+
+Public API (imported on first use, so ``import wav2lip_trt`` stays light)::
+
+    from wav2lip_trt import InferenceOptions, run_inference
+    result = run_inference(InferenceOptions(checkpoint_path=..., face=..., audio=..., outfile=...))
+
+Engines: :mod:`wav2lip_trt.build_engines`; comparisons: :func:`run_parity`; timing: :func:`run_bench`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "InferenceOptions": "options",
+    "InferenceResult": "pipeline",
+    "run_inference": "pipeline",
+    "ParityOptions": "parity",
+    "run_parity": "parity",
+    "BenchOptions": "bench",
+    "run_bench": "bench",
+    "Wav2LipTrtError": "errors",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
