@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..detect import CANDIDATE_THRESHOLD, FACE_THRESHOLD, NMS_THRESHOLD, VARIANCES, Box, decode_boxes
+from ..detect import CANDIDATE_THRESHOLD, FACE_THRESHOLD, NMS_THRESHOLD, Box, decode_boxes
 from ..runners.base import S3FD_OUTPUTS
 from .backend import Impl, cdiv, launch, resolve_impl, triton_kernels
 
