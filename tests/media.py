@@ -94,3 +94,22 @@ def decode_frames(path: Path) -> np.ndarray:
         frames.append(frame)
     cap.release()
     return np.stack(frames)
+
+
+def random_s3fd_outputs(rng, batch, height, width, scale=3.0, quantum=None, loc_scale=1.0):
+    """Raw S3FD head outputs of the right shapes: face logits ~N(-3, scale), optionally quantised
+    (to force exact ties), and box offsets ~N(0, loc_scale)."""
+    import torch
+
+    from wav2lip_trt.models.s3fd import head_map_sizes
+
+    outputs = []
+    for h, w in head_map_sizes(height, width):
+        cls = rng.normal(0, scale, (batch, 2, h, w)) - np.array([0, 3.0])[None, :, None, None]
+        if quantum:
+            cls = np.round(cls / quantum) * quantum
+        outputs += [
+            torch.from_numpy(cls.astype(np.float32)),
+            torch.from_numpy(rng.normal(0, loc_scale, (batch, 4, h, w)).astype(np.float32)),
+        ]
+    return outputs

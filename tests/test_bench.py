@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from wav2lip_trt.measure import library_versions
 from wav2lip_trt.models.s3fd import head_map_sizes
 from wav2lip_trt.bench import (
-    BenchOptions, BenchReport, BenchRunError, Spread, hot_stage_cases, library_versions, model_cases,
+    BenchOptions, BenchReport, BenchRunError, Spread, hot_stage_cases, model_cases,
     synthetic_s3fd_outputs, time_callable, time_cases,
 )
 from wav2lip_trt.cli import main

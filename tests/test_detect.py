@@ -1,3 +1,4 @@
+import functools
 import math
 
 import numpy as np
@@ -17,6 +18,8 @@ from wav2lip_trt.detect import (
 from wav2lip_trt.runners.base import S3FD_INPUTS, S3FD_OUTPUTS
 from wav2lip_trt.runners.torch_runner import TorchRunner
 from wav2lip_trt.models.s3fd import head_map_sizes
+
+from media import random_s3fd_outputs
 
 BACKGROUND = -10.0  # face logit of an empty position: score sigmoid(-10) ~ 4.5e-5
 
@@ -65,17 +68,7 @@ def reference_candidates(outputs, batch):
     return np.array(rows) if rows else np.zeros((1, batch, 5))
 
 
-def random_outputs(rng, batch, height=64, width=96, scale=3.0, quantum=None):
-    outputs = []
-    for h, w in head_map_sizes(height, width):
-        cls = rng.normal(0, scale, (batch, 2, h, w)) - np.array([0, 3.0])[None, :, None, None]
-        if quantum:
-            cls = np.round(cls / quantum) * quantum
-        outputs += [
-            torch.from_numpy(cls.astype(np.float32)),
-            torch.from_numpy(rng.normal(0, 1.0, (batch, 4, h, w)).astype(np.float32)),
-        ]
-    return outputs
+random_outputs = functools.partial(random_s3fd_outputs, height=64, width=96)
 
 
 def first_after_nms(dets: np.ndarray):

@@ -6,6 +6,8 @@ checks the Triton kernel and its torch reference on this machine.
 
 from __future__ import annotations
 
+import functools
+
 import math
 
 import numpy as np
@@ -21,6 +23,8 @@ from wav2lip_trt.kernels import (
     s3fd_preprocess,
 )
 from wav2lip_trt.models.s3fd import head_map_sizes
+
+from media import random_s3fd_outputs
 
 pytest.importorskip("triton")
 
@@ -42,17 +46,7 @@ def place(outputs, level, image, h, w, logit, loc=(0.0, 0.0, 0.0, 0.0)) -> None:
     outputs[2 * (level - 1) + 1][image, :, h, w] = torch.tensor(loc)
 
 
-def random_outputs(rng, batch, height=48, width=80, scale=3.0, quantum=None, loc_scale=1.0):
-    outputs = []
-    for h, w in head_map_sizes(height, width):
-        cls = rng.normal(0, scale, (batch, 2, h, w)) - np.array([0, 3.0])[None, :, None, None]
-        if quantum:
-            cls = np.round(cls / quantum) * quantum
-        outputs += [
-            torch.from_numpy(cls.astype(np.float32)),
-            torch.from_numpy(rng.normal(0, loc_scale, (batch, 4, h, w)).astype(np.float32)),
-        ]
-    return outputs
+random_outputs = functools.partial(random_s3fd_outputs, height=48, width=80)
 
 
 def top_boxes(outputs) -> list[set]:

@@ -14,12 +14,10 @@ The timing helpers (:func:`time_callable`, :class:`Spread`) and the hot-stage ca
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import shlex
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,29 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, Wav2LipTrtError
+from .files import work_dir
 from .options import check_clip_inputs
 
 MODES = ("reference", "torch", "onnxruntime", "tensorrt", "auto")
 """``reference`` = the original algorithm (torch FP32 on the CPU); the others are ``infer --backend``."""
 
-_VERSIONED = ("torch", "numpy", "opencv-python-headless", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
-              "tensorrt-cu12", "tensorrt-cu13", "tensorrt_rtx_cu13_bindings", "triton", "nvidia-dali-cuda130",
-              "imageio-ffmpeg")
-
 
 class BenchRunError(Wav2LipTrtError):
     """A measured run failed; the message carries the run's own error line."""
-
-
-def library_versions() -> dict[str, str]:
-    """Installed versions of the packages that change the numbers (read from metadata, nothing imported)."""
-    found = {}
-    for name in _VERSIONED:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,12 +530,12 @@ def _jsonable(value: Any) -> Any:
 
 def run_bench(options: BenchOptions, *, log: Callable[[str], None] | None = None) -> BenchReport:
     """Measure every mode on one clip: warm-up runs, then ``repeats`` rounds with the modes taking turns."""
-    from .measure import machine_info
+    from .measure import machine_record
 
     options.validate()
     say = log or (lambda _: None)
     started = time.perf_counter()
-    with _work_dir(options.work_dir) as work:
+    with work_dir(options.work_dir, "wav2lip-trt-bench-") as work:
         clip = _clip(options, work)
         say(f"clip: {clip.width}x{clip.height}, {clip.frames} frames, {clip.audio_seconds:.2f} s of audio")
         runs: dict[str, list[Run]] = {m: [] for m in options.modes}
@@ -578,18 +562,8 @@ def run_bench(options: BenchOptions, *, log: Callable[[str], None] | None = None
             cases += model_cases(options.checkpoint_path, options.s3fd_checkpoint, seed=options.seed,
                                  device=str(resolve_device(options.device)), s3fd_size=(clip.height, clip.width))
             micro = time_cases(cases, repeats=options.repeats, warmup=max(1, options.warmup))
-    machine = {**machine_info(), "versions": library_versions()}
+    machine = machine_record()
     return BenchReport(clip, modes, options, machine, time.perf_counter() - started, micro, options.command())
-
-
-@contextmanager
-def _work_dir(path: Path | None) -> Iterator[Path]:
-    if path is not None:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        yield Path(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="wav2lip-trt-bench-") as tmp:
-        yield Path(tmp)
 
 
 def _clip(options: BenchOptions, work: Path) -> Clip:

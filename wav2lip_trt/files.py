@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 import tempfile
 import threading
 from pathlib import Path
@@ -51,3 +53,14 @@ def publish(tmp: Path, path: Path) -> None:
     os.umask(mask)
     os.chmod(tmp, 0o666 & ~mask)  # mkstemp made it 0600
     os.replace(tmp, path)
+
+
+@contextmanager
+def work_dir(path: Path | None, prefix: str) -> Iterator[Path]:
+    """The given folder (created, kept), or a temporary one removed afterwards."""
+    if path is not None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as tmp:
+        yield Path(tmp)

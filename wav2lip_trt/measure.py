@@ -5,12 +5,17 @@ Shared by the ``bench`` command and the ``benchmarks/`` suite, so both report th
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+
+_VERSIONED = ("torch", "numpy", "opencv-python-headless", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
+              "tensorrt-cu12", "tensorrt-cu13", "tensorrt_rtx_cu13_bindings", "triton", "nvidia-dali-cuda130",
+              "imageio-ffmpeg")
 
 
 @dataclass(frozen=True)
@@ -53,3 +58,19 @@ def machine_info() -> dict[str, object]:
         info.update(gpu=props.name, gpu_capability=f"{props.major}.{props.minor}", gpu_memory_bytes=props.total_memory,
                     cuda_runtime=torch.version.cuda)
     return info
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the packages that change the numbers (read from metadata, nothing imported)."""
+    found = {}
+    for name in _VERSIONED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def machine_record() -> dict[str, object]:
+    """``machine_info()`` plus the installed versions: what every committed result file records."""
+    return {**machine_info(), "versions": library_versions()}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import InputError, MissingDependencyError, Wav2LipTrtError
+from .files import work_dir
 from .options import check_clip_inputs
 
 if TYPE_CHECKING:
@@ -609,14 +609,13 @@ def run_parity(options: ParityOptions, *, log: Callable[[str], None] | None = No
     The reference itself failing (a bad checkpoint, an unreadable clip) is the user's error and
     raises; every other rung's error is reported against that rung.
     """
-    from .bench import library_versions
-    from .measure import machine_info
+    from .measure import machine_record
 
     options.validate()
     say = log or (lambda _: None)
     started = time.perf_counter()
     wanted = [r for r in RUNGS if r is REFERENCE or not options.rungs or r.name in options.rungs]
-    with _work_dir(options.work_dir) as work:
+    with work_dir(options.work_dir, "wav2lip-trt-parity-") as work:
         clip = _load_clip(options, work) if options.inputs != "random" or options.end_to_end else None
         feeds = _feeds(options, clip)
         say(f"{REFERENCE.name}: running the reference")
@@ -638,21 +637,8 @@ def run_parity(options: ParityOptions, *, log: Callable[[str], None] | None = No
             say(f"{rung.name}: running")
             results.append(_run_rung(rung, options, work, feeds, reference))
     inputs = _describe_inputs(options, clip)
-    machine = {**machine_info(), "versions": library_versions()}
+    machine = machine_record()
     return ParityReport(tuple(results), dict(options.tolerances), inputs, machine, time.perf_counter() - started)
-
-
-@contextmanager
-def _work_dir(path: Path | None) -> Iterator[Path]:
-    if path is not None:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        yield Path(path)
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="wav2lip-trt-parity-"))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _unavailable(rung: Rung, flavor: str) -> str | None:
