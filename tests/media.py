@@ -113,3 +113,29 @@ def random_s3fd_outputs(rng, batch, height, width, scale=3.0, quantum=None, loc_
             torch.from_numpy(rng.normal(0, loc_scale, (batch, 4, h, w)).astype(np.float32)),
         ]
     return outputs
+
+
+S3FD_BACKGROUND = -10.0  # face logit of an empty position: score sigmoid(-10) ~ 4.5e-5
+
+
+def blank_s3fd_outputs(batch: int, height: int = 64, width: int = 64) -> list:
+    """Raw S3FD head outputs with no face anywhere, to place hand-made faces into."""
+    import torch
+
+    from wav2lip_trt.models.s3fd import head_map_sizes
+
+    outputs = []
+    for h, w in head_map_sizes(height, width):
+        cls = torch.zeros(batch, 2, h, w)
+        cls[:, 1] = S3FD_BACKGROUND
+        outputs += [cls, torch.zeros(batch, 4, h, w)]
+    return outputs
+
+
+def place_face(outputs: list, level: int, image: int, h: int, w: int, logit: float,
+               loc: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)) -> None:
+    """Put a face logit (background logit 0, so score = sigmoid(logit)) and loc at a position."""
+    import torch
+
+    outputs[2 * (level - 1)][image, :, h, w] = torch.tensor([0.0, logit])
+    outputs[2 * (level - 1) + 1][image, :, h, w] = torch.tensor(loc)

@@ -19,24 +19,10 @@ from wav2lip_trt.runners.base import S3FD_INPUTS, S3FD_OUTPUTS
 from wav2lip_trt.runners.torch_runner import TorchRunner
 from wav2lip_trt.models.s3fd import head_map_sizes
 
+from media import S3FD_BACKGROUND as BACKGROUND
+from media import blank_s3fd_outputs as blank_outputs
+from media import place_face as place
 from media import random_s3fd_outputs
-
-BACKGROUND = -10.0  # face logit of an empty position: score sigmoid(-10) ~ 4.5e-5
-
-
-def blank_outputs(batch: int, height: int, width: int) -> list[torch.Tensor]:
-    outputs = []
-    for h, w in head_map_sizes(height, width):
-        cls = torch.zeros(batch, 2, h, w)
-        cls[:, 1] = BACKGROUND
-        outputs += [cls, torch.zeros(batch, 4, h, w)]
-    return outputs
-
-
-def place(outputs, level, image, h, w, logit, loc=(0.0, 0.0, 0.0, 0.0)):
-    """Put a face logit (background logit 0, so score = sigmoid(logit)) and loc at a position."""
-    outputs[2 * (level - 1)][image, :, h, w] = torch.tensor([0.0, logit])
-    outputs[2 * (level - 1) + 1][image, :, h, w] = torch.tensor(loc)
 
 
 def sigmoid32(logit: float) -> np.float32:

@@ -24,26 +24,13 @@ from wav2lip_trt.kernels import (
 )
 from wav2lip_trt.models.s3fd import head_map_sizes
 
+from media import blank_s3fd_outputs as blank_outputs
+from media import place_face as place
 from media import random_s3fd_outputs
 
 pytest.importorskip("triton")
 
 IMPLS = ["torch", "triton"]
-BACKGROUND = -10.0
-
-
-def blank_outputs(batch: int, height: int = 64, width: int = 64) -> list[torch.Tensor]:
-    outputs = []
-    for h, w in head_map_sizes(height, width):
-        cls = torch.zeros(batch, 2, h, w)
-        cls[:, 1] = BACKGROUND
-        outputs += [cls, torch.zeros(batch, 4, h, w)]
-    return outputs
-
-
-def place(outputs, level, image, h, w, logit, loc=(0.0, 0.0, 0.0, 0.0)) -> None:
-    outputs[2 * (level - 1)][image, :, h, w] = torch.tensor([0.0, logit])
-    outputs[2 * (level - 1) + 1][image, :, h, w] = torch.tensor(loc)
 
 
 random_outputs = functools.partial(random_s3fd_outputs, height=48, width=80)
