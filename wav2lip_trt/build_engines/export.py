@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingDependencyError
-from ..runners.base import S3FD_INPUTS, S3FD_OUTPUTS, WAV2LIP_INPUTS, WAV2LIP_OUTPUTS
+from ..tensor_names import S3FD_INPUTS, S3FD_OUTPUTS, WAV2LIP_INPUTS, WAV2LIP_OUTPUTS
 from ..files import atomic_write_bytes, sha256_bytes
 from .precision import PRECISIONS, convert_to_fp16, fp32_scopes
 
