@@ -35,3 +35,10 @@ bench: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache
+
+# GPU check for a bare GPU machine (its image's python3 + staged wheels in /tmp/site; no venv, no
+# network): results in one folder, at most 8 minutes. Without a GPU it prints one line and exits 0.
+.PHONY: gpu-check
+OUT ?= benchmarks/results/gpu-check-$(shell date -u +%Y%m%dT%H%M%SZ)
+gpu-check:
+	@PYTHONPATH=$(CURDIR):/tmp/site$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) scripts/gpu_check.py --out $(OUT) $(GPU_CHECK_ARGS)
