@@ -21,7 +21,25 @@ from .errors import FFmpegError, InputError
 from .ffmpeg import find_ffmpeg
 from .files import publish, temporary_sibling
 
-FASTSTART_SUFFIXES = frozenset({".mp4", ".mov", ".m4v"})
+# Output containers that hold H.264 video with AAC audio, tried one by one with imageio-ffmpeg's ffmpeg
+# (.webm, .gif, .wav, .mpg, .ogv, .mxf, .dv, .h264 refuse the pair; .divx, .qt are no known muxer).
+# The value says whether it is an MP4/QuickTime-family muxer, which takes -movflags +faststart.
+CONTAINERS: dict[str, bool] = {
+    ".mp4": True, ".m4v": True, ".mov": True, ".3gp": True, ".3g2": True,
+    ".mkv": False, ".avi": False, ".ts": False, ".m2ts": False, ".mts": False, ".flv": False,
+}
+FASTSTART_SUFFIXES = frozenset(suffix for suffix, faststart in CONTAINERS.items() if faststart)
+
+
+def check_container(path: str | os.PathLike[str], label: str = "output") -> None:
+    """Raise :class:`InputError` unless ``path``'s extension names a container for H.264 + AAC."""
+    suffix = Path(path).suffix.lower()
+    accepted = ", ".join(CONTAINERS)
+    if suffix == "":
+        raise InputError(f"{label} {path} needs a file extension such as .mp4 (one of {accepted})")
+    if suffix not in CONTAINERS:
+        raise InputError(f"{label} {path}: a {suffix} file cannot hold H.264 video with AAC audio; "
+                         f"use one of {accepted}")
 
 
 def frame_rate_arg(fps: float) -> str:
@@ -50,8 +68,7 @@ class VideoWriter:
         preset: str = "medium",
     ) -> None:
         self.outfile = Path(outfile)
-        if self.outfile.suffix == "":
-            raise InputError(f"{self.outfile}: output needs a file extension such as .mp4")
+        check_container(self.outfile)
         self.width, self.height, self.fps = width, height, fps
         self.audio = Path(audio) if audio is not None else None
         self.ffmpeg = find_ffmpeg(ffmpeg)
@@ -90,8 +107,11 @@ class VideoWriter:
         except OSError as exc:
             raise InputError(f"cannot write {self.outfile}: {exc.strerror or exc}") from None
         try:
+            # Its own session: a Ctrl-C at the terminal reaches only this process, which stops ffmpeg
+            # itself (in __exit__) instead of racing ffmpeg's own "Exiting normally, received signal 2".
             self._proc = subprocess.Popen(
-                self.command(self._tmp), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log
+                self.command(self._tmp), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
+                start_new_session=True,
             )
         except OSError as exc:
             self._cleanup()
@@ -123,8 +143,7 @@ class VideoWriter:
             if proc is None:
                 return
             if exc_type is not None:
-                proc.kill()
-                proc.wait()
+                self._stop()
                 return
             assert proc.stdin is not None
             try:
@@ -138,8 +157,25 @@ class VideoWriter:
             assert self._tmp is not None
             publish(self._tmp, self.outfile)
             self._tmp = None
+        except BaseException:  # e.g. an interrupt while ffmpeg finishes: it must not outlive the run
+            self._stop()
+            raise
         finally:
             self._cleanup()
+
+    def _stop(self) -> None:
+        """Kill ffmpeg (if still running) and reap it."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdin is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
 
     def _cleanup(self) -> None:
         if self._tmp is not None:
