@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
 from .runners.base import S3FD_INPUTS, S3FD_OUTPUTS, Runner
 from .stages import StageTimes
 
@@ -28,6 +29,19 @@ VARIANCES = (0.1, 0.2)  # SSD box-coding variances for (centre, size)
 
 Box = tuple[int, int, int, int]
 """(x1, y1, x2, y2) in pixels, clipped at 0 from below only (x2/y2 may exceed the frame)."""
+
+MIN_FRAME_SIDE = 32
+"""Smallest frame height and width S3FD runs on: its five 2x2 max-pools need 32 pixels (31 leaves an
+empty map in pool5; tried side by side from 1 to 40). The engines' ``MIN_S3FD_SIDE`` is the same."""
+
+
+def check_frame_size(width: int, height: int, where: str = "frame") -> None:
+    """Raise :class:`InputError` for a frame too small for S3FD, suggesting a fixed ``--box``."""
+    if min(width, height) < MIN_FRAME_SIDE:
+        raise InputError(
+            f"{where}: too small for the S3FD face detector, which needs at least {MIN_FRAME_SIDE}x"
+            f"{MIN_FRAME_SIDE} pixels; give the face box with --box y1 y2 x1 x2 to skip detection"
+        )
 
 
 def preprocess(frames: np.ndarray) -> torch.Tensor:
@@ -190,6 +204,8 @@ class FaceDetector:
 
     def detect(self, frames: np.ndarray) -> list[Box | None]:
         """frames: (B, H, W, 3) uint8 BGR, all the same size. Returns B boxes in frame order."""
+        if len(frames):
+            check_frame_size(int(frames.shape[2]), int(frames.shape[1]), f"a {frames.shape[2]}x{frames.shape[1]} frame")
         faces: list[Box | None] = []
         start = 0
         while start < len(frames):

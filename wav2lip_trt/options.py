@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import os
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .files import check_output_dir, check_output_file
 
 ON_MISSING_FACE = ("error", "skip", "previous")
 DEVICES = ("auto", "cpu", "cuda")
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISION_CHOICES = ("auto", "fp32", "fp16")
+MAX_FPS = 1000.0  # one output frame per 1/fps s of audio: a rate beyond this is a typo, not a video
 
 
 @dataclass(frozen=True)
@@ -61,19 +63,18 @@ class InferenceOptions:
                 f"S3FD checkpoint not found: {self.s3fd_checkpoint} (download s3fd.pth as described in "
                 "checkpoints/README.md, pass --s3fd-checkpoint, or give a fixed --box)"
             )
-        out = Path(self.outfile).resolve()
-        for label, path in (("--face", self.face), ("--audio", self.audio), ("--checkpoint_path", self.checkpoint_path)):
-            if Path(path).resolve() == out:
-                raise InputError(f"--outfile {self.outfile} is the same file as {label}; inputs are never overwritten")
-        if out.is_dir():
-            raise InputError(f"--outfile {self.outfile} is a directory; give a file name such as result.mp4")
-        existing = next(p for p in (out.parent, *out.parent.parents) if p.exists())
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            raise InputError(f"--outfile {self.outfile}: cannot write under {existing}")
-        if Path(self.outfile).suffix == "":
-            raise InputError(f"--outfile {self.outfile} needs a file extension such as .mp4")
+        from .encode import check_container  # here, not at the top: the CLI imports this module to start
+
+        inputs = {"--face": self.face, "--audio": self.audio, "--checkpoint_path": self.checkpoint_path,
+                  "--s3fd-checkpoint": None if self.uses_fixed_box else self.s3fd_checkpoint}
+        check_output_file(self.outfile, "--outfile", inputs)
+        check_container(self.outfile, "--outfile")
+        for label, folder in (("--save-frames", self.save_frames), ("--dump-intermediates", self.dump_intermediates)):
+            if folder is not None:
+                check_output_dir(folder, label, inputs, {"--outfile": self.outfile})
+        if not (math.isfinite(self.fps) and 0 < self.fps <= MAX_FPS):
+            raise InputError(f"--fps must be a frame rate above 0 and at most {MAX_FPS:g}, got {self.fps}")
         positive = {
-            "--fps": self.fps,
             "--face_det_batch_size": self.face_det_batch_size,
             "--wav2lip_batch_size": self.wav2lip_batch_size,
             "--resize_factor": self.resize_factor,
@@ -99,6 +100,27 @@ class InferenceOptions:
             raise InputError("--blend must be none or feather")
         if not 0 <= self.crf <= 51:
             raise InputError(f"--crf must be in 0..51, got {self.crf}")
+
+    def check_face_source(self) -> None:
+        """The checks that need the face input opened (its first frame decoded), before any model loads.
+
+        S3FD cannot run on a frame under 32 pixels on a side (after --resize_factor/--rotate/--crop),
+        and a fixed --box must lie inside the frame.
+        """
+        from .detect import check_frame_size
+        from .video import FaceSource, FrameTransform
+
+        transform = FrameTransform(self.resize_factor, self.rotate, tuple(self.crop))
+        source = FaceSource(self.face, fps=self.fps, transform=transform)
+        info = source.info
+        if self.uses_fixed_box:
+            y1, y2, x1, x2 = self.box
+            if y2 > info.height or x2 > info.width:
+                raise InputError(f"--box {list(self.box)} reaches outside the {info.width}x{info.height} frames of "
+                                 f"{self.face}")
+        else:
+            resized = "" if source.transform.is_identity else " after --resize_factor/--rotate/--crop"
+            check_frame_size(info.width, info.height, f"{self.face}: its frames are {info.width}x{info.height}{resized}")
 
 
 def check_clip_inputs(face: Path | None, audio: Path | None) -> None:

@@ -8,6 +8,7 @@ in its order: resize, rotate, crop. Images ignore those three options, as in the
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 
 from .errors import InputError
+from .options import MAX_FPS
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
@@ -73,8 +75,8 @@ class FaceSource:
         self.path = Path(path)
         if not self.path.exists():
             raise InputError(f"face input not found: {self.path}")
-        if fps <= 0:
-            raise InputError(f"--fps must be positive, got {fps}")
+        if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+            raise InputError(f"--fps must be a frame rate above 0 and at most {MAX_FPS:g}, got {fps}")
         self._files: list[Path] = []
         if self.path.is_dir():
             kind = "frames"
@@ -116,6 +118,9 @@ class FaceSource:
             cap.release()
         if not fps or not np.isfinite(fps) or fps <= 0:
             fps = fallback_fps
+        if fps > MAX_FPS:  # one output frame per 1/fps s of audio: this would be millions of frames
+            raise InputError(f"{self.path}: the video says it runs at {fps:g} frames/s, more than {MAX_FPS:g}; "
+                             "re-encode it at its real rate (ffmpeg -i IN -r 25 OUT.mp4)")
         return fps, (count if count > 0 else None)
 
     def _raw_frames(self) -> Iterator[np.ndarray]:
