@@ -257,11 +257,13 @@ def _generate_batch(
 
 
 def run_inference(
-    options: InferenceOptions, *, on_frame: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None
+    options: InferenceOptions, *, on_frame: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> InferenceResult:
     """Lip-sync ``options.face`` to ``options.audio`` and write ``options.outfile``.
 
-    ``on_start(total_frames)`` and ``on_frame(frames_done)`` let a caller drive a progress bar.
+    ``on_start(total_frames)`` and ``on_frame(frames_done)`` let a caller drive a progress bar;
+    ``on_phase(label)`` (what the run is doing) is accepted and not called yet.
     """
     started = time.perf_counter()
     times = StageTimes()
