@@ -194,7 +194,9 @@ def test_aliases_build_the_same_options_as_the_original_flags(inputs, tmp_path, 
 
     monkeypatch.setattr("wav2lip_trt.pipeline.run_inference", capture)
     runner = CliRunner()
-    common = ["infer", "--checkpoint_path", str(inputs["wav2lip"]), "--audio", str(inputs["wav"])]
+    # the CLI validates the options (files included) before it calls run_inference
+    common = ["infer", "--checkpoint_path", str(inputs["wav2lip"]), "--s3fd-checkpoint", str(inputs["s3fd"]),
+              "--audio", str(inputs["wav"])]
     out = str(tmp_path / "o.mp4")
     runner.invoke(cli, common + ["--face", str(inputs["dir"]), "--outfile", out])
     runner.invoke(cli, common + ["--video", str(inputs["dir"]), "--output", out])

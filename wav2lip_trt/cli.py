@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ import click
 
 from . import __version__
 from .build_engines.command import build_engines_command
-from .cli_errors import user_errors
+from .cli_errors import install_signal_handlers, interrupted_exit, setup_logging, user_errors
 from .errors import InputError
+from .files import atomic_write_text, check_output_dir, check_output_file
 from .options import BACKEND_CHOICES, DEVICES, ON_MISSING_FACE, PRECISION_CHOICES, InferenceOptions
 
 TRUE_WORDS = {"true", "1", "yes", "y", "on"}
@@ -33,10 +35,6 @@ def parse_bool(ctx: click.Context, param: click.Parameter, value: str | bool | N
     raise click.BadParameter(f"expected true or false, got {value!r}")
 
 
-def setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr, force=True)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wav2lip-trt")
 def cli() -> None:
@@ -44,17 +42,46 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: usage mistakes, like user errors, are one ``Error:`` line and exit 1."""
+    """Console entry point: usage mistakes, like user errors, are one ``Error:`` line and exit 1.
+
+    SIGINT, SIGTERM and SIGHUP unwind the stack (see :mod:`wav2lip_trt.cli_errors`), so an
+    interrupted run stops ffmpeg, removes its temporary file and exits with 128 + the signal number.
+    """
     # OpenCV's FFmpeg backend prints demuxer noise ("moov atom not found") before our own message.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    install_signal_handlers()
     try:
         cli.main(args=argv, prog_name="wav2lip-trt", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Interrupted; no output was written.", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:  # an interrupt outside a command's own handling
+        interrupted_exit(exc.__cause__ or exc.__context__)
     except click.ClickException as exc:
         click.echo(f"Error: {exc.format_message()}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt as exc:
+        interrupted_exit(exc)
+
+
+def _to_stdout(json_path: Path | None) -> bool:
+    return json_path is not None and str(json_path) == "-"
+
+
+def check_json_path(json_path: Path | None, inputs: Mapping[str, Path | None],
+                    outputs: Mapping[str, Path | None] | None = None) -> None:
+    """``--json PATH`` must be writable as a file, before the run: not a folder, not an input, not another output."""
+    if json_path is not None and not _to_stdout(json_path):
+        check_output_file(json_path, "--json", inputs, outputs)
+
+
+def write_json(json_path: Path, data: Any) -> None:
+    """The JSON report: to stdout for ``-``, else to a file written whole (temporary file + rename)."""
+    text = json.dumps(data, indent=2)
+    if _to_stdout(json_path):
+        click.echo(text)
+        return
+    try:
+        atomic_write_text(json_path, text + "\n")
+    except OSError as exc:
+        raise InputError(f"--json {json_path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _one_of(names: dict[str, Any], what: str) -> Any:
@@ -77,8 +104,10 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
               help="Use only the first frame. Bare flag or True/False.")
 @click.option("--fps", type=float, default=25.0, show_default=True, help="Frame rate for an image or a frames folder.")
 @click.option("--pads", nargs=4, type=int, default=(0, 10, 0, 0), show_default=True, help="Box padding: top bottom left right.")
-@click.option("--face_det_batch_size", "--face-det-batch-size", "face_det_batch_size", type=int, default=16, show_default=True)
-@click.option("--wav2lip_batch_size", "--wav2lip-batch-size", "wav2lip_batch_size", type=int, default=128, show_default=True)
+@click.option("--face_det_batch_size", "--face-det-batch-size", "face_det_batch_size", type=int, default=16, show_default=True,
+              help="Frames per S3FD face-detection batch (lower it if the GPU runs out of memory).")
+@click.option("--wav2lip_batch_size", "--wav2lip-batch-size", "wav2lip_batch_size", type=int, default=128, show_default=True,
+              help="Faces per Wav2Lip generator batch (lower it if memory runs out).")
 @click.option("--resize_factor", "--resize-factor", "resize_factor", type=int, default=1, show_default=True,
               help="Shrink video frames by this factor first.")
 @click.option("--crop", nargs=4, type=int, default=(0, -1, 0, -1), show_default=True,
@@ -89,7 +118,8 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
 @click.option("--nosmooth", is_flag=True, help="Do not smooth detected boxes over time.")
 @click.option("--s3fd-checkpoint", "--s3fd_checkpoint", "s3fd_checkpoint", type=click.Path(path_type=Path),
               default=Path("checkpoints/s3fd.pth"), show_default=True, help="S3FD face detector weights.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where to run: auto = CUDA if torch sees a GPU, else the CPU.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="torch", show_default=True,
               help="Where the networks run; auto = TensorRT engines if usable, else torch (FP16 on CUDA).")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
@@ -114,7 +144,7 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
               help="H.264 encoder; auto = NVENC when the GPU has it (H100/H200 do not), else libx264.")
 @click.option("--blend", type=click.Choice(("none", "feather")), default="none", show_default=True,
               help="Paste-back: the original's hard box, or feathered edges that hide the box seam.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or info messages.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and the JSON of --json -).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report of the run here ('-' = stdout).")
 @user_errors
 def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Path | None, output: Path | None,
@@ -129,23 +159,31 @@ def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Pa
     out_path = _one_of({"--outfile": outfile, "--output": output}, "outputs") or Path("results/result_voice.mp4")
     setup_logging(quiet)
     options = InferenceOptions(face=face_path, outfile=out_path, **kwargs)
+    # Everything that can be checked before models load and frames decode is checked here.
+    options.validate()
+    check_json_path(json_path, {"--face": options.face, "--audio": options.audio,
+                                "--checkpoint_path": options.checkpoint_path, "--s3fd-checkpoint": options.s3fd_checkpoint},
+                    {"--outfile": options.outfile, "--save-frames": options.save_frames,
+                     "--dump-intermediates": options.dump_intermediates})
+    options.check_face_source()
     with Progress("lip-sync", unit="frame", enabled=not quiet) as progress:
-        result = run_inference(options, on_start=progress.start, on_frame=progress.update)
+        result = run_inference(options, on_start=progress.start, on_frame=progress.update, on_phase=progress.phase)
+    video_seconds = result.frames / result.fps
     report = {
         "outfile": str(result.outfile), "frames": result.frames, "fps": result.fps, "width": result.width,
-        "height": result.height, "audio_seconds": result.audio_seconds, "device": result.device,
-        "backend": result.backend, "precision": result.precision,
+        "height": result.height, "audio_seconds": result.audio_seconds, "video_seconds": round(video_seconds, 3),
+        "device": result.device, "backend": result.backend, "precision": result.precision,
         "seconds": round(result.seconds, 3), "frames_per_second": round(result.frames / result.seconds, 3),
         "realtime_factor": round(result.audio_seconds / result.seconds, 3), "stages": result.stages,
     }
     if json_path is not None:
-        text = json.dumps(report, indent=2)
-        click.echo(text) if str(json_path) == "-" else json_path.write_text(text + "\n")
-    if show_profile:
+        write_json(json_path, report)
+    if show_profile:  # asked for explicitly, so printed even with --quiet
         click.echo(_stage_table(result.stages), err=True)
     if not quiet:
-        click.echo(f"Wrote {result.outfile} ({result.frames} frames, {result.seconds:.1f} s, "
-                   f"{report['frames_per_second']} frames/s)", err=True)
+        click.echo(f"Wrote {result.outfile}: {result.frames} frames, {video_seconds:.2f} s of video, in "
+                   f"{result.seconds:.1f} s wall time ({result.frames / result.seconds:.1f} frames/s, "
+                   f"{video_seconds / result.seconds:.2f}x real time)", err=True)
 
 
 def _stage_table(rows: list[dict]) -> str:
@@ -172,11 +210,19 @@ def _size(text: str) -> tuple[int, int]:
 
 def _emit_report(text: str, data: dict[str, Any], json_path: Path | None) -> None:
     """The table goes to stdout, or to stderr when the JSON report takes stdout (``--json -``)."""
-    to_stdout = json_path is not None and str(json_path) == "-"
-    click.echo(text, err=to_stdout)
+    click.echo(text, err=_to_stdout(json_path))
     if json_path is not None:
-        dumped = json.dumps(data, indent=2)
-        click.echo(dumped) if to_stdout else json_path.write_text(dumped + "\n")
+        write_json(json_path, data)
+
+
+def _check_run_outputs(kwargs: dict[str, Any], json_path: Path | None) -> None:
+    """parity and bench: --json and --work-dir are writable, before the clip and the models are made."""
+    inputs = {name: kwargs.get(key) for name, key in (
+        ("--checkpoint_path", "checkpoint_path"), ("--s3fd-checkpoint", "s3fd_checkpoint"), ("--face", "face"),
+        ("--audio", "audio"))}
+    if kwargs.get("work_dir") is not None:
+        check_output_dir(kwargs["work_dir"], "--work-dir", inputs)
+    check_json_path(json_path, inputs, {"--work-dir": kwargs.get("work_dir")})
 
 
 _CHECKPOINT_OPTIONS = (
@@ -232,6 +278,7 @@ def parity(rungs: tuple[str, ...], tolerances: tuple[str, ...], s3fd_size: str, 
     from .parity import ParityOptions, run_parity, tolerances_with
 
     setup_logging(quiet)
+    _check_run_outputs(kwargs, json_path)
     options = ParityOptions(rungs=_listed(rungs), tolerances=tolerances_with(tolerances), s3fd_size=_size(s3fd_size),
                             clip_size=_size(clip_size), **kwargs)
     report = run_parity(options, log=logging.getLogger("wav2lip_trt.parity").info)
@@ -255,17 +302,18 @@ def parity(rungs: tuple[str, ...], tolerances: tuple[str, ...], s3fd_size: str, 
 @click.option("--warmup", type=int, default=1, show_default=True, help="Discarded runs per mode first.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Device of the pipeline modes (the reference runs on the CPU).")
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
+              help="Precision of the pipeline modes; auto = FP16 for engines and CUDA, FP32 on CPU.")
 @click.option("--engines", "--engines-dir", "engines_dir", type=click.Path(path_type=Path), default=Path("engines"),
               show_default=True, help="Engines for the tensorrt mode.")
 @click.option("--flavor", "--flavour", "flavor", type=click.Choice(("auto", "tensorrt", "tensorrt-rtx")),
-              default="auto", show_default=True)
+              default="auto", show_default=True, help="TensorRT flavour of the tensorrt mode.")
 @click.option("--box", nargs=4, type=int, default=(-1, -1, -1, -1), show_default=True,
               help="Fixed face box y1 y2 x1 x2 instead of detection.")
 @click.option("--face_det_batch_size", "--face-det-batch-size", "face_det_batch_size", type=int, default=16,
-              show_default=True)
+              show_default=True, help="Frames per S3FD face-detection batch.")
 @click.option("--wav2lip_batch_size", "--wav2lip-batch-size", "wav2lip_batch_size", type=int, default=128,
-              show_default=True)
+              show_default=True, help="Faces per Wav2Lip generator batch.")
 @click.option("--on-missing-face", "--on_missing_face", "on_missing_face", type=click.Choice(ON_MISSING_FACE),
               default="error", show_default=True, help="Pipeline modes; the reference always stops.")
 @click.option("--micro", is_flag=True, help="Also time the hot stages and both networks in-process.")
@@ -279,6 +327,7 @@ def bench(modes: tuple[str, ...], size: str, json_path: Path | None, quiet: bool
     from .bench import BenchOptions, run_bench
 
     setup_logging(quiet)
+    _check_run_outputs(kwargs, json_path)
     if modes:
         kwargs["modes"] = _listed(modes)
     options = BenchOptions(size=_size(size), **kwargs)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..cli_errors import user_errors
+from ..cli_errors import setup_logging, user_errors
+from ..errors import InputError
+from ..files import atomic_write_text, check_output_dir, check_output_file
 
 if TYPE_CHECKING:
     from .options import BuildOptions
@@ -48,6 +48,14 @@ def options_from_params(params: dict[str, Any]) -> "BuildOptions":
         onnx_only=params["onnx_only"],
         force=params["force"],
     )
+
+
+def check_outputs(params: dict[str, Any], json_path: Path | None) -> None:
+    """--out is a folder this user can write (or create), --json a writable file; checked before any export."""
+    inputs = {"--checkpoint_path": params["checkpoint_path"], "--s3fd-checkpoint": params["s3fd_checkpoint"]}
+    check_output_dir(params["out"], "--out", inputs)
+    if json_path is not None and str(json_path) != "-":
+        check_output_file(json_path, "--json", inputs, {"--out": params["out"]})
 
 
 @click.command("build-engines")
@@ -88,17 +96,23 @@ def options_from_params(params: dict[str, Any]) -> "BuildOptions":
 @click.option("--force", is_flag=True, help="Rebuild even when the engines are up to date.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report here ('-' = stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or info messages.")
-@user_errors
+@user_errors(interrupted="engines finished before it were kept, nothing half-written was left")
 def build_engines_command(quiet: bool, json_path: Path | None, **kwargs: Any) -> None:
     """Export S3FD and Wav2Lip to ONNX and build TensorRT engines (skipped when up to date)."""
     from . import build_engines
 
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr,
-                        force=True)
+    setup_logging(quiet)
+    check_outputs(kwargs, json_path)
     report = build_engines(options_from_params(kwargs), show_progress=not quiet)
     if json_path is not None:
         text = json.dumps(report.to_json(), indent=2)
-        click.echo(text) if str(json_path) == "-" else json_path.write_text(text + "\n")
+        if str(json_path) == "-":
+            click.echo(text)
+        else:
+            try:
+                atomic_write_text(json_path, text + "\n")
+            except OSError as exc:
+                raise InputError(f"--json {json_path}: cannot write: {exc.strerror or exc}") from None
     if not quiet:
         for r in report.results:
             artifact = r.engine if r.engine is not None else r.onnx
