@@ -1,0 +1,167 @@
+"""Per-frame face boxes as a JSON file: what ``wav2lip-trt detect --json`` writes and ``infer --boxes`` reads.
+
+A boxes file lets a user run detection once, inspect or edit it (for instance keep the speaker's box
+when a video shows several faces) and feed it back. The boxes are RAW S3FD-style boxes, before
+``--pads`` and smoothing, so a run reading them behaves exactly as if S3FD had found them: pads,
+smoothing and the missing-face policy still apply afterwards.
+
+Format (version 1)::
+
+    {
+      "format": "wav2lip-trt-boxes",
+      "version": 1,
+      "source": "speaker.mp4",      # the face input it was made from (informative)
+      "width": 1280, "height": 720,  # frame size after --resize_factor/--crop/--rotate
+      "fps": 25.0,
+      "frames": 3,                   # = len(boxes)
+      "order": "x1 y1 x2 y2",
+      "boxes": [
+        [412, 96, 604, 330],
+        null,                        # no face in this frame
+        [415, 97, 606, 331]
+      ]
+    }
+
+Coordinates are integer pixels, x to the right and y down, x2/y2 exclusive as in S3FD's output:
+0 <= x1 < x2, 0 <= y1 < y2, and the box must overlap the frame (it may reach past its right or
+bottom edge, as S3FD boxes do). A bare JSON list of boxes (``[[x1, y1, x2, y2] | null, ...]``) is
+accepted too, for users' own tools; it gets the same checks on count and values. Every problem is
+one :class:`~wav2lip_trt.errors.InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ..errors import InputError
+from ..files import atomic_write_text
+
+FORMAT = "wav2lip-trt-boxes"
+VERSION = 1
+ORDER = "x1 y1 x2 y2"
+Box = tuple[int, int, int, int]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def box_problem(box: object, width: int, height: int) -> str | None:
+    """What is wrong with one box (a plain JSON value) for a ``width`` x ``height`` frame, or None.
+
+    Shared by the reader and the writer, so a file :func:`write_boxes` wrote always reads back.
+    """
+    if box is None:
+        return None
+    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_int(v) for v in box):
+        shown = json.dumps(box) if _jsonable(box) else repr(box)
+        return f"is {shown}; a box is 4 integers [{', '.join(ORDER.split())}] or null"
+    x1, y1, x2, y2 = box
+    if min(box) < 0:
+        return f"{list(box)} has a negative coordinate"
+    if x2 <= x1 or y2 <= y1:
+        return f"{list(box)} is empty: it needs x2 > x1 and y2 > y1"
+    if x1 >= width or y1 >= height:
+        return f"{list(box)} lies wholly outside the {width}x{height} frame"
+    return None
+
+
+def _jsonable(value: object) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def write_boxes(path: Path, boxes: Iterable[Sequence[int] | None], *, source: str | Path, width: int, height: int,
+                fps: float) -> None:
+    """Write ``boxes`` (x1, y1, x2, y2 or None per frame) as a version-1 boxes file, atomically.
+
+    Raises ValueError for a box :func:`read_boxes` would refuse (the caller decides, e.g. writes None).
+    """
+    width, height = operator.index(width), operator.index(height)
+    if width < 1 or height < 1:
+        raise ValueError(f"width and height must be positive, got {width} x {height}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    rows: list[list[int] | None] = []
+    for index, box in enumerate(boxes):
+        try:
+            row = None if box is None else [operator.index(v) for v in box]
+        except TypeError:
+            raise ValueError(f"box {index} is {box!r}; a box is 4 integers or None") from None
+        problem = box_problem(row, width, height)
+        if problem is not None:
+            raise ValueError(f"box {index} {problem}")
+        rows.append(row)
+    header = {"format": FORMAT, "version": VERSION, "source": str(source), "width": width, "height": height,
+              "fps": float(fps), "frames": len(rows), "order": ORDER}
+    lines = [f"  {json.dumps(name)}: {json.dumps(value)}," for name, value in header.items()]
+    body = ",\n".join(f"    {json.dumps(row)}" for row in rows)
+    text = "{\n" + "\n".join(lines) + '\n  "boxes": [\n' + body + ("\n" if rows else "") + "  ]\n}\n"
+    atomic_write_text(Path(path), text)
+
+
+def read_boxes(path: Path, *, frames: int | None, width: int, height: int) -> list[Box | None]:
+    """The boxes of a boxes file, checked against the face input (``frames`` None: count unknown, not checked).
+
+    Raises :class:`InputError` naming the file for: not JSON, not this format, another version, a
+    count other than ``frames``, another frame size, and any box :func:`box_problem` refuses.
+    """
+    path = Path(path)
+    label = f"boxes file {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{label} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{label}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"{label} is not JSON ({exc})") from None
+    if isinstance(data, list):
+        boxes = data
+    elif isinstance(data, dict):
+        boxes = _checked_document(data, label, width, height)
+    else:
+        raise InputError(f"{label} is not a {FORMAT} file: it holds a JSON {type(data).__name__}, "
+                         "expected an object or a list of boxes")
+    if frames is not None and len(boxes) != frames:
+        raise InputError(f"{label} has {len(boxes)} boxes, the face input has {frames} frames; "
+                         "give one box (or null) per frame")
+    result: list[Box | None] = []
+    for index, box in enumerate(boxes):
+        problem = box_problem(box, width, height)
+        if problem is not None:
+            raise InputError(f"{label}: box {index} {problem}")
+        result.append(None if box is None else (box[0], box[1], box[2], box[3]))
+    return result
+
+
+def _checked_document(data: dict, label: str, width: int, height: int) -> list:
+    """The ``boxes`` list of a version-1 document, after checking its header."""
+    if data.get("format") != FORMAT:
+        raise InputError(f"{label} is not a {FORMAT} file (its \"format\" is {json.dumps(data.get('format'))})")
+    if data.get("version") != VERSION:
+        raise InputError(f"{label} is version {json.dumps(data.get('version'))}; this wav2lip-trt reads "
+                         f"version {VERSION}")
+    if data.get("order", ORDER) != ORDER:
+        raise InputError(f"{label}: order {json.dumps(data.get('order'))} is not supported; boxes must be {ORDER!r}")
+    for name in ("width", "height"):
+        if not _is_int(data.get(name)) or data[name] < 1:
+            raise InputError(f"{label}: \"{name}\" is {json.dumps(data.get(name))}, expected a positive integer")
+    if (data["width"], data["height"]) != (width, height):
+        raise InputError(f"{label} was made for {data['width']}x{data['height']} frames, the face input's frames "
+                         f"are {width}x{height} (after --resize_factor, --crop, --rotate)")
+    boxes = data.get("boxes")
+    if not isinstance(boxes, list):
+        raise InputError(f"{label}: \"boxes\" is {json.dumps(boxes)[:40]}, expected a list of boxes")
+    if "frames" in data and data["frames"] != len(boxes):
+        raise InputError(f"{label}: \"frames\" says {json.dumps(data['frames'])} but it has {len(boxes)} boxes")
+    return boxes
