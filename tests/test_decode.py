@@ -20,6 +20,8 @@ from wav2lip_trt.decode import (
     transform_frames,
 )
 from wav2lip_trt.errors import InputError, MissingDependencyError
+from wav2lip_trt.execution import ReadyBatch
+from wav2lip_trt.stages import prefetch
 from wav2lip_trt.video import FaceSource, FrameTransform
 
 TRANSFORMS = [
@@ -63,10 +65,22 @@ def reference(path: Path, transform: FrameTransform = FrameTransform(), limit: i
 
 
 def decoded(decoder, limit: int | None = None) -> tuple[np.ndarray, list[int]]:
-    batches = list(decoder.frames(limit))
-    for batch in batches:
+    """Consume like the pipeline: in another thread than the decoder's, on a stream of its own."""
+    consumer = torch.cuda.Stream(decoder.device) if decoder.device.type == "cuda" else None
+    ready = list(prefetch(decoder.frames(limit), 2, "decode"))  # produced in a worker thread
+    batches = []
+    for item in ready:
+        assert isinstance(item, ReadyBatch)
+        batch = item.wait(consumer)
         assert batch.dtype == torch.uint8 and batch.ndim == 4 and batch.shape[-1] == 3
         assert batch.device == decoder.device
+        if consumer is None:
+            batches.append(batch)
+            continue
+        with torch.cuda.stream(consumer):
+            batches.append(batch.clone())  # consumer work, ordered only by the batch's event
+    if consumer is not None:
+        consumer.synchronize()
     return torch.cat(batches).cpu().numpy(), [b.shape[0] for b in batches]
 
 
@@ -245,13 +259,9 @@ def test_opencv_cuda_ring_equals_face_source(clip: Path, ring: int) -> None:
     transform = FrameTransform(resize_factor=2, crop=(1, -1, 0, 40))
     decoder = open_decoder(clip, kind="opencv", device="cuda", transform=transform, batch=3, ring=ring)
     assert decoder.name == "opencv"
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):  # frames are ready for the stream current when frames() is called
-        batches = list(decoder.frames())
-        copies = [b.clone() for b in batches]  # consumer work on that stream
-    stream.synchronize()
-    assert [b.shape[0] for b in copies] == [3, 3, 3, 1]
-    np.testing.assert_array_equal(torch.cat(copies).cpu().numpy(), reference(clip, transform))
+    got, sizes = decoded(decoder)
+    assert sizes == [3, 3, 3, 1]
+    np.testing.assert_array_equal(got, reference(clip, transform))
 
 
 @pytest.mark.gpu

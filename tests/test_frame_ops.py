@@ -11,6 +11,7 @@ from wav2lip_trt.checkpoints import load_s3fd, load_wav2lip
 from wav2lip_trt.decode import OpenCVDecoder
 from wav2lip_trt.detect import FaceDetector
 from wav2lip_trt.errors import InputError
+from wav2lip_trt.execution import DeviceContext
 from wav2lip_trt.frame_ops import DeviceOps, HostOps, frame_ops_for
 from wav2lip_trt.options import InferenceOptions
 from wav2lip_trt.pipeline import Detection, face_items, generate
@@ -35,9 +36,9 @@ def setup(checkpoints):
 def test_ops_choice_follows_the_device(setup, tmp_path) -> None:
     chunks, frames = setup[0], setup[1]
     source = FaceSource(write_video(tmp_path / "v.mp4", list(frames), 25.0))
-    assert isinstance(frame_ops_for(CPU, chunks, source), HostOps)
+    assert isinstance(frame_ops_for(DeviceContext(CPU), chunks, source), HostOps)
     with pytest.raises(InputError, match="--decoder dali needs --device cuda"):
-        frame_ops_for(CPU, chunks, source, decoder="dali")
+        frame_ops_for(DeviceContext(CPU), chunks, source, decoder="dali")
 
 
 def test_device_frames_through_the_whole_pipeline(setup, checkpoints, tmp_path) -> None:
@@ -53,10 +54,16 @@ def test_device_frames_through_the_whole_pipeline(setup, checkpoints, tmp_path) 
     for ops in (host, device):
         detection = Detection(FaceDetector(s3fd, StageTimes(), ops), options, source, None, ops)
         items = face_items(source, len(chunks), options, detection, ops)
-        outputs.append([(it.index, it.box, ops.to_host(it.frame)) for it in generate(items, ops, wav2lip, 8, None)])
-    (host_out, device_out) = outputs
-    assert len(host_out) == len(device_out) == len(chunks) > 12  # the 12-frame video loops
-    assert [(i, b) for i, b, _ in host_out] == [(i, b) for i, b, _ in device_out]
+        seen: list = []
+        boxes = (seen.append((it.index, it.box)) or it for it in items)
+        batches = list(generate(boxes, ops, wav2lip, 8, None))
+        outputs.append((seen, [f for batch in batches for f in batch.host_frames()]))
+        assert [b.first_index for b in batches] == list(range(0, len(chunks), 8))
+    (host_boxes, host_frames), (device_boxes, device_frames) = outputs
+    assert len(host_frames) == len(device_frames) == len(chunks) > 12  # the 12-frame video loops
+    assert host_boxes == device_boxes
+    host_out = [(None, None, f) for f in host_frames]
+    device_out = [(None, None, f) for f in device_frames]
     diff = np.abs(np.stack([f for *_, f in device_out]).astype(int) - np.stack([f for *_, f in host_out]))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
@@ -75,13 +82,29 @@ def test_device_lip_sync_within_one_level_of_host(setup) -> None:
     boxes = [(10, 80, 20, 110), (0, 96, 0, 128), (30, 50, 40, 45), (5, 70, 60, 127), (12, 81, 19, 111), (1, 2, 3, 4)]
     indices = [0, 3, 7, 8, 20, len(chunks) - 1]
     host_frames, device_frames = [f.copy() for f in frames], [f.copy() for f in frames]
-    host_pred = HostOps(chunks).lip_sync(wav2lip, host_frames, boxes, indices, StageTimes())
-    device_pred = DeviceOps(chunks, CPU).lip_sync(wav2lip, device_frames, boxes, indices, StageTimes())
+    host_done, host_pred = HostOps(chunks).lip_sync(wav2lip, host_frames, boxes, indices, StageTimes(), keep_pred=True)
+    device_done, device_pred = DeviceOps(chunks, CPU).lip_sync(wav2lip, device_frames, boxes, indices, StageTimes(),
+                                                               keep_pred=True)
     assert host_pred.shape == device_pred.shape == (6, 3, 96, 96)
     assert (device_pred - host_pred).abs().max() < 1e-4
-    diff = np.abs(np.stack(device_frames).astype(int) - np.stack(host_frames))
+    host_out, device_out = np.stack(host_done.host_frames()), np.stack(device_done.host_frames())
+    diff = np.abs(device_out.astype(int) - host_out)
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
-    assert not np.array_equal(np.stack(host_frames), frames)
+    assert not np.array_equal(host_out, frames)
+
+
+def test_frames_without_a_box_pass_through_and_keep_their_place(setup) -> None:
+    chunks, frames, _, wav2lip = setup
+    boxes = [(10, 80, 20, 110), None, (5, 70, 60, 127), None]
+    for ops in (HostOps(chunks), DeviceOps(chunks, CPU)):
+        given = [f.copy() for f in frames[:4]]
+        done, pred = ops.lip_sync(wav2lip, given if isinstance(ops, HostOps) else [torch.from_numpy(f) for f in given],
+                                  boxes, [0, 1, 2, 3], StageTimes(), keep_pred=True)
+        out = np.stack(done.host_frames())
+        assert pred.shape == (2, 3, 96, 96) and done.first_index == 0
+        np.testing.assert_array_equal(out[[1, 3]], frames[[1, 3]])
+        assert not np.array_equal(out[0], frames[0]) and not np.array_equal(out[2], frames[2])
+        np.testing.assert_array_equal(out[0][:10], frames[0][:10])  # outside the box
 
 
 def test_feather_blend_softens_only_the_box_edges(setup) -> None:

@@ -144,6 +144,9 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
               help="H.264 encoder; auto = NVENC when the GPU has it (H100/H200 do not), else libx264.")
 @click.option("--blend", type=click.Choice(("none", "feather")), default="none", show_default=True,
               help="Paste-back: the original's hard box, or feathered edges that hide the box seam.")
+@click.option("--frame-memory", "--frame_memory", "frame_memory", type=float, default=256.0, show_default=True,
+              metavar="MIB", help="Memory for frames in flight (generator batch, encoder queue, decode look-ahead); "
+              "large frames get smaller generator batches, with the same output.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and the JSON of --json -).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report of the run here ('-' = stdout).")
 @user_errors

@@ -1,11 +1,13 @@
 """Face frames as batches of torch tensors on the device that will use them.
 
 Two decoders behind one small interface (``info`` and ``frames(limit)``, yielding
-(B, H, W, 3) uint8 BGR tensors):
+:class:`~wav2lip_trt.execution.ReadyBatch` es of (B, H, W, 3) uint8 BGR tensors, each with the
+event after which it may be read; see :mod:`wav2lip_trt.execution` for the execution model):
 
 - :class:`OpenCVDecoder` wraps :class:`~wav2lip_trt.video.FaceSource`, so its frames are the
   reference's frames bit for bit. On CUDA the batches go through a small ring of pinned host
-  buffers and an asynchronous copy on a separate stream, so the upload overlaps decoding.
+  buffers and an asynchronous copy on the decoder's own copy stream, so the upload overlaps
+  decoding; each batch carries the event recorded after its copy.
 - :class:`DaliDecoder` decodes with NVIDIA DALI: NVDEC for videos and nvJPEG for images on
   CUDA, DALI's CPU decoders elsewhere (VP8, VP9 and MJPEG videos only). DALI's YUV->RGB
   conversion (on the GPU its own BT.601 kernel with bilinear chroma) is not FFmpeg's swscale, so
@@ -45,6 +47,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, MissingDependencyError
+from .execution import ReadyBatch
 from .kernels import resize_linear
 from .video import IMAGE_SUFFIXES, FaceSource, FaceSourceInfo, FrameTransform, natural_key
 
@@ -80,8 +83,9 @@ class Decoder(Protocol):
     batch: int  # frames per yielded batch; only the last one may be shorter
     info: FaceSourceInfo  # geometry after the transform, rate, the container's frame count
 
-    def frames(self, limit: int | None = None) -> Iterator[torch.Tensor]:
-        """(B, H, W, 3) uint8 BGR batches on ``device``, at most ``limit`` frames in all."""
+    def frames(self, limit: int | None = None) -> Iterator[ReadyBatch]:
+        """(B, H, W, 3) uint8 BGR batches on ``device``, at most ``limit`` frames in all, each with
+        its ready event (the consumer waits on it with :meth:`ReadyBatch.wait`)."""
         ...
 
 
@@ -118,14 +122,14 @@ def transform_frames(frames: torch.Tensor, transform: FrameTransform) -> torch.T
     """:class:`FrameTransform` (resize, rotate, crop) on a (B, H, W, C) uint8 batch, on its device.
 
     The resize is OpenCV's INTER_LINEAR bit for bit (:func:`wav2lip_trt.kernels.resize_linear`),
-    one frame at a time to keep the int32 intermediates small.
+    one frame at a time to keep the int32 intermediates small, its taps uploaded once per batch.
     """
     if transform.resize_factor > 1:
         h, w = frames.shape[1:3]
         size = (w // transform.resize_factor, h // transform.resize_factor)
         if min(size) < 1:
             raise InputError(f"--resize_factor {transform.resize_factor} leaves nothing of a {w}x{h} frame")
-        frames = torch.stack([resize_linear(frame, *size) for frame in frames])
+        frames = resize_linear(frames, *size)
     if transform.rotate:
         frames = torch.rot90(frames, -1, dims=(1, 2))  # cv2.ROTATE_90_CLOCKWISE
     y1, y2, x1, x2 = transform.crop
@@ -141,7 +145,8 @@ class OpenCVDecoder:
 
     name = "opencv"
 
-    def __init__(self, source: FaceSource, *, device: str | torch.device = "cpu", batch: int = 16, ring: int = 2) -> None:
+    def __init__(self, source: FaceSource, *, device: str | torch.device = "cpu", batch: int = 16, ring: int = 2,
+                 stream: torch.cuda.Stream | None = None) -> None:
         self.source = source
         self.info = source.info
         self.device = torch.device(device)
@@ -151,16 +156,17 @@ class OpenCVDecoder:
         self.ring = ring  # pinned host batches in flight; 2 lets one upload overlap the next decode
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device {self.device} requested but torch sees no CUDA GPU")
+        self.stream = _copy_stream(self.device, stream)
 
-    def frames(self, limit: int | None = None) -> Iterator[torch.Tensor]:
-        """Batches ready for work queued on the CUDA stream that is current when this is called."""
+    def frames(self, limit: int | None = None) -> Iterator[ReadyBatch]:
         groups = _groups(self.source.frames(limit), self.batch)
         if self.device.type != "cuda":
-            return (torch.from_numpy(np.stack(group)).to(self.device) for group in groups)
-        return self._uploaded(groups, torch.cuda.current_stream(self.device))
+            return (ReadyBatch(torch.from_numpy(np.stack(group)).to(self.device)) for group in groups)
+        return self._uploaded(groups)
 
-    def _uploaded(self, groups: Iterator[list[np.ndarray]], consumer: torch.cuda.Stream) -> Iterator[torch.Tensor]:
-        copy_stream = torch.cuda.Stream(self.device)
+    def _uploaded(self, groups: Iterator[list[np.ndarray]]) -> Iterator[ReadyBatch]:
+        copy_stream = self.stream
+        assert copy_stream is not None
         shape = (self.batch, self.info.height, self.info.width, 3)
         slots: list[torch.Tensor | None] = [None] * self.ring
         copied: list[torch.cuda.Event | None] = [None] * self.ring
@@ -172,15 +178,20 @@ class OpenCVDecoder:
                 slots[k] = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
             host = slots[k][: len(group)]
             np.stack(group, out=host.numpy())
-            with torch.cuda.stream(copy_stream):
+            with torch.cuda.device(self.device), torch.cuda.stream(copy_stream):
                 frames = torch.empty(host.shape, dtype=torch.uint8, device=self.device)
                 frames.copy_(host, non_blocking=True)
                 event = torch.cuda.Event()
                 event.record(copy_stream)
             copied[k] = event
-            consumer.wait_event(event)
-            frames.record_stream(consumer)  # allocated on the copy stream, freed after the consumer's use
-            yield frames
+            yield ReadyBatch(frames, event)
+
+
+def _copy_stream(device: torch.device, stream: torch.cuda.Stream | None) -> torch.cuda.Stream | None:
+    """The decoder's own stream for uploads: the one given (the run's copy stream) or one made once here."""
+    if device.type != "cuda":
+        return None
+    return stream if stream is not None else torch.cuda.Stream(device)
 
 
 def dali_available() -> bool:
@@ -230,15 +241,14 @@ def _dali_reason(exc: BaseException) -> str:
 
 
 class _EventHold:
-    """Keeps DALI's output buffers alive until the consumer stream has finished reading them."""
+    """Keeps DALI's output buffers alive until the work that copies them out has completed."""
 
     def __init__(self, depth: int = 2) -> None:
         self.depth = depth
         self._held: deque[tuple[torch.cuda.Event, object]] = deque()
 
-    def hold(self, stream: torch.cuda.Stream, *owners: object) -> None:
-        event = torch.cuda.Event()
-        event.record(stream)
+    def hold(self, event: torch.cuda.Event, *owners: object) -> None:
+        """Keep ``owners`` until ``event`` (recorded after the last read of them) has completed."""
         self._held.append((event, owners))
         while self._held and (len(self._held) > self.depth or self._held[0][0].query()):
             self._held.popleft()[0].synchronize()
@@ -253,7 +263,8 @@ class DaliDecoder:
 
     name = "dali"
 
-    def __init__(self, source: FaceSource, *, device: str | torch.device = "cuda", batch: int = 16) -> None:
+    def __init__(self, source: FaceSource, *, device: str | torch.device = "cuda", batch: int = 16,
+                 stream: torch.cuda.Stream | None = None) -> None:
         _import_dali()
         self.source = source
         self.info = source.info
@@ -272,6 +283,7 @@ class DaliDecoder:
             self._backend, self._device_id = "cpu", None
         else:
             raise InputError(f"--decoder dali runs on CUDA or CPU devices, not {self.device}")
+        self.stream = _copy_stream(self.device, stream)
         self.rotation = 0
         self._files: list[Path] = []
         if source.kind == "video":
@@ -288,12 +300,24 @@ class DaliDecoder:
         else:
             self._files = [self.path] if source.kind == "image" else _frame_files(self.path)
 
-    def frames(self, limit: int | None = None) -> Iterator[torch.Tensor]:
-        """Batches ready for work queued on the CUDA stream that is current when this is called."""
-        consumer = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+    def frames(self, limit: int | None = None) -> Iterator[ReadyBatch]:
+        stream = self.stream
         if self.source.kind == "video":
-            return self._video(limit, consumer)
-        return self._images(limit, consumer)
+            return self._video(limit, stream)
+        return self._images(limit, stream)
+
+    def _own(self, raw: torch.Tensor, rotation: int, stream: torch.cuda.Stream | None, hold: _EventHold | None,
+             owner: object) -> ReadyBatch:
+        """DALI's output turned into our own memory on ``stream``, with the event after that work."""
+        if stream is None:
+            return ReadyBatch(self._finish(raw, rotation, self.transform))
+        assert hold is not None
+        with torch.cuda.device(self.device), torch.cuda.stream(stream):
+            frames = self._finish(raw, rotation, self.transform)
+            event = torch.cuda.Event()
+            event.record(stream)
+        hold.hold(event, owner, raw)
+        return ReadyBatch(frames, event)
 
     def _threads(self) -> int:
         return max(1, min(4, os.cpu_count() or 1))
@@ -345,13 +369,13 @@ class DaliDecoder:
                 f"{self.info.width}x{self.info.height}; use --decoder opencv"
             )
 
-    def _video(self, limit: int | None, consumer: torch.cuda.Stream | None) -> Iterator[torch.Tensor]:
+    def _video(self, limit: int | None, stream: torch.cuda.Stream | None) -> Iterator[ReadyBatch]:
         if limit is not None and limit <= 0:
             return
         pipe = self._video_pipeline()
         encoded = np.memmap(self.path, dtype=np.uint8, mode="r")  # must outlive the pipeline (no_copy)
         pipe.feed_input("encoded", [encoded])
-        hold = _EventHold() if consumer is not None else None
+        hold = _EventHold() if stream is not None else None
         produced, last_full = 0, False
         try:
             while limit is None or produced < limit:
@@ -362,19 +386,17 @@ class DaliDecoder:
                         return  # the previous batch ended the video exactly
                     raise InputError(f"{self.path}: DALI could not decode frame {produced}: {_dali_reason(exc)}; "
                                      "use --decoder opencv") from None
-                sequence = out[0]
-                with torch.cuda.stream(consumer) if consumer is not None else contextlib.nullcontext():
-                    raw = torch.from_dlpack(sequence)  # (F, H, W, 3) BGR; waits for DALI's stream
-                    frames = self._finish(raw, self.rotation, self.transform)
-                    if hold is not None:
-                        hold.hold(consumer, out, raw)
+                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                    raw = torch.from_dlpack(out[0])  # (F, H, W, 3) BGR; ``stream`` waits for DALI's work
+                ready = self._own(raw, self.rotation, stream, hold, out)
+                frames = ready.tensor
                 if produced == 0:
                     self._check(frames, str(self.path))
                 last_full = frames.shape[0] == self.batch
                 if limit is not None and produced + frames.shape[0] > limit:
-                    frames = frames[: limit - produced]
-                produced += frames.shape[0]
-                yield frames
+                    ready = ReadyBatch(frames[: limit - produced], ready.ready)
+                produced += ready.tensor.shape[0]
+                yield ready
                 if not last_full:
                     return
         finally:
@@ -382,12 +404,12 @@ class DaliDecoder:
                 hold.drain()
             del pipe, encoded
 
-    def _images(self, limit: int | None, consumer: torch.cuda.Stream | None) -> Iterator[torch.Tensor]:
+    def _images(self, limit: int | None, stream: torch.cuda.Stream | None) -> Iterator[ReadyBatch]:
         files = self._files if limit is None else self._files[: max(limit, 0)]
         if not files:
             return
         pipe = self._image_pipeline(files)
-        hold = _EventHold() if consumer is not None else None
+        hold = _EventHold() if stream is not None else None
         done = 0
         try:
             while done < len(files):
@@ -401,14 +423,12 @@ class DaliDecoder:
                 if not out.is_dense_tensor():
                     odd = next(i for i in range(len(out)) if tuple(out[i].shape()) != tuple(out[0].shape()))
                     raise InputError(f"{files[done + odd]}: size differs from the first frame's; all frames must share one size")
-                with torch.cuda.stream(consumer) if consumer is not None else contextlib.nullcontext():
+                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                     raw = torch.from_dlpack(out.as_tensor())  # (B, H, W, 3) BGR
-                    frames = self._finish(raw, 0, self.transform)
-                    if hold is not None:
-                        hold.hold(consumer, out, raw)
-                self._check(frames, str(files[done]))
-                done += frames.shape[0]
-                yield frames
+                ready = self._own(raw, 0, stream, hold, out)
+                self._check(ready.tensor, str(files[done]))
+                done += ready.tensor.shape[0]
+                yield ready
         finally:
             if hold is not None:
                 hold.drain()
@@ -440,6 +460,7 @@ def open_decoder(
     transform: FrameTransform = FrameTransform(),
     batch: int = 16,
     ring: int = 2,
+    stream: torch.cuda.Stream | None = None,
 ) -> Decoder:
     """The decoder for ``--decoder kind``: ``auto`` is DALI on CUDA where it applies, else OpenCV.
 
@@ -451,8 +472,8 @@ def open_decoder(
     device = torch.device(device)
     source = FaceSource(path, fps=fps, transform=transform)
     if kind == "dali" or (kind == "auto" and dali_handles(source, device)):
-        decoder: Decoder = DaliDecoder(source, device=device, batch=batch)
+        decoder: Decoder = DaliDecoder(source, device=device, batch=batch, stream=stream)
     else:
-        decoder = OpenCVDecoder(source, device=device, batch=batch, ring=ring)
+        decoder = OpenCVDecoder(source, device=device, batch=batch, ring=ring, stream=stream)
     log.info("decoding %s with %s on %s", source.path, decoder.name, device)
     return decoder

@@ -4,7 +4,8 @@
 (including the channels-last tensors its CPU convolutions see). :class:`DeviceOps` runs the same
 steps as batched kernels (``wav2lip_trt.kernels``) next to the networks, so a GPU pipeline moves
 each frame batch to the device once per stage and copies back only boxes and finished frames.
-The pipeline picks one with :func:`frame_ops_for`; nothing else in it knows the difference.
+The pipeline picks one with :func:`frame_ops_for`; nothing else in it knows the difference. On a
+GPU every launch here goes to the run's compute stream (see :mod:`wav2lip_trt.execution`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from .detect import run_detector
 from .faces import Box, crop_faces, generator_inputs, paste_back, prediction_to_uint8
 from .runners.base import S3FD_INPUTS, S3FD_OUTPUTS, WAV2LIP_INPUTS, Runner
 from .errors import InputError
+from .execution import DeviceContext, FinishedBatch
+from .execution.budget import CPU_GENERATOR_CHUNK, chunk_sizes
+from .execution.handoff import upload
 from .stages import StageTimes
 from .video import FaceSource
 
@@ -46,17 +50,22 @@ class FrameOps(Protocol):
         ...
 
     def to_host(self, frame: Frame) -> np.ndarray:
+        """One frame on the host, now (a blocking copy on the GPU path: for dumps, not the hot path)."""
         ...
 
-    def detect(self, runner: Runner, frames: np.ndarray, times: StageTimes) -> list[DetBox | None]:
+    def detect(self, runner: Runner, frames: Frame, times: StageTimes) -> list[DetBox | None]:
         """S3FD on (B, H, W, 3) uint8 BGR frames: the chosen (x1, y1, x2, y2) per frame, or None."""
         ...
 
     def lip_sync(
-        self, runner: Runner, frames: Sequence[np.ndarray], boxes: Sequence[Box], indices: Sequence[int],
-        times: StageTimes,
-    ) -> torch.Tensor:
-        """Crop, run Wav2Lip, paste into ``frames`` in place; returns pred (B, 3, 96, 96) in [0, 1]."""
+        self, runner: Runner, frames: Sequence[Frame], boxes: Sequence[Box | None], indices: Sequence[int],
+        times: StageTimes, *, keep_pred: bool = False,
+    ) -> tuple[FinishedBatch, torch.Tensor | None]:
+        """Crop, run Wav2Lip, paste the faces of the frames that have a box.
+
+        Returns the finished frames (all of them, in order, on their way to the host) and, with
+        ``keep_pred``, the predictions of the boxed frames as a host (F, 3, 96, 96) float32 tensor.
+        """
         ...
 
 
@@ -83,86 +92,132 @@ class HostOps:
         return run_detector(runner, frames, times)
 
     def lip_sync(
-        self, runner: Runner, frames: Sequence[np.ndarray], boxes: Sequence[Box], indices: Sequence[int],
-        times: StageTimes,
-    ) -> torch.Tensor:
-        with times.stage("crop", len(frames)):
-            mel, face = generator_inputs(crop_faces(frames, boxes), self.chunks.gather(indices))
-        with times.stage("generate", len(frames)):
-            pred = runner.infer({WAV2LIP_INPUTS[0]: mel, WAV2LIP_INPUTS[1]: face})["pred"].detach().cpu()
-        with times.stage("paste", len(frames)):
+        self, runner: Runner, frames: Sequence[np.ndarray], boxes: Sequence[Box | None], indices: Sequence[int],
+        times: StageTimes, *, keep_pred: bool = False,
+    ) -> tuple[FinishedBatch, torch.Tensor | None]:
+        faced = [i for i, box in enumerate(boxes) if box is not None]
+        finished = FinishedBatch(indices[0] if len(indices) else 0, list(frames))
+        if not faced:
+            return finished, None
+        boxed = [frames[i] for i in faced]
+        face_boxes = [boxes[i] for i in faced]
+        with times.stage("crop", len(faced)):
+            mel, face = generator_inputs(crop_faces(boxed, face_boxes), self.chunks.gather([indices[i] for i in faced]))
+        with times.stage("generate", len(faced)):
+            preds, start = [], 0
+            for size in chunk_sizes(len(faced), CPU_GENERATOR_CHUNK):  # bounded activations, same bits
+                feed = {WAV2LIP_INPUTS[0]: mel[start : start + size], WAV2LIP_INPUTS[1]: face[start : start + size]}
+                preds.append(runner.infer(feed)["pred"].detach().cpu())
+                start += size
+            pred = torch.cat(preds)
+        with times.stage("paste", len(faced)):
             if self.blend == "none":
-                for frame, generated, box in zip(frames, prediction_to_uint8(pred.numpy()), boxes):
-                    paste_back(frame, generated, box)
+                for frame, generated, box in zip(boxed, prediction_to_uint8(pred.numpy()), face_boxes):
+                    paste_back(frame, generated, box)  # type: ignore[arg-type]
             else:
-                _paste_with_kernel(frames, pred, boxes, self.blend)
-        return pred
+                _paste_with_kernel(boxed, pred, face_boxes, self.blend)  # type: ignore[arg-type]
+        return finished, (pred if keep_pred else None)
 
 
 class DeviceOps:
     """Batched kernels on the runners' device (Triton on CUDA, their torch references elsewhere).
 
-    With a ``decoder`` the frames themselves live on the device (pinned-ring uploads or NVDEC)
-    and only finished frames come back to the host; host frames given directly are uploaded.
+    With a ``decoder`` the frames themselves live on the device (pinned-ring uploads or NVDEC);
+    finished frames come back in one copy per batch into a pool of ``buffers`` host buffers of
+    ``batch_frames`` frames. Host frames given directly are uploaded.
     """
 
-    def __init__(self, chunks: MelChunks, device: torch.device, blend: str = "none",
-                 detector_dtype: torch.dtype = torch.float32, decoder: Decoder | None = None) -> None:
-        self.device, self.blend, self.detector_dtype, self.decoder = device, blend, detector_dtype, decoder
-        self.mel = torch.from_numpy(np.ascontiguousarray(chunks.mel, dtype=np.float32)).to(device)
-        self.starts = torch.from_numpy(chunks.starts())
+    def __init__(self, chunks: MelChunks, context: DeviceContext | torch.device, blend: str = "none",
+                 decoder: Decoder | None = None, *, batch_frames: int = 128, buffers: int = 3,
+                 size: tuple[int, int] | None = None) -> None:
+        self.ctx = context if isinstance(context, DeviceContext) else DeviceContext(context)
+        self.device, self.blend, self.decoder = self.ctx.device, blend, decoder
+        with self.ctx.on_compute():
+            self.mel = upload(np.ascontiguousarray(chunks.mel, dtype=np.float32), self.device, self.ctx.compute)
+        self.starts = chunks.starts()
+        self.batch_frames, self.buffers = batch_frames, buffers
+        if size is None and decoder is not None:
+            size = (decoder.info.height, decoder.info.width)
+        self._pool = self.ctx.pinned_pool(buffers, batch_frames, *size) if size is not None else None
 
     def frames(self, limit: int | None) -> Iterator[torch.Tensor]:
         assert self.decoder is not None
         for batch in self.decoder.frames(limit):
-            yield from batch.unbind(0)
+            yield from batch.wait(self.ctx.compute).unbind(0)
 
     def stack(self, frames: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.stack(list(frames))
+        with self.ctx.on_compute():
+            return self._upload(frames)
 
     def copy(self, frame: torch.Tensor) -> torch.Tensor:
-        return frame.clone()
+        with self.ctx.on_compute():
+            return frame.clone()
 
     def to_host(self, frame: torch.Tensor) -> np.ndarray:
-        return frame.cpu().numpy()
+        with self.ctx.on_compute():
+            return frame.cpu().numpy()
 
     def _upload(self, frames: Sequence[Frame] | Frame) -> torch.Tensor:
+        """A (B, H, W, 3) batch on the device, built on the compute stream (call inside ``on_compute``)."""
         if isinstance(frames, torch.Tensor):
             return frames.to(self.device)
         if len(frames) and isinstance(frames[0], torch.Tensor):
             return torch.stack(list(frames)).to(self.device)
-        batch = torch.from_numpy(np.ascontiguousarray(np.stack(frames)))
-        if self.device.type == "cuda":
-            return batch.pin_memory().to(self.device, non_blocking=True)
-        return batch
+        return upload(np.ascontiguousarray(np.stack(frames)), self.device, self.ctx.compute)
 
-    def detect(self, runner: Runner, frames: np.ndarray, times: StageTimes) -> list[DetBox | None]:
-        from .kernels import choose_faces_device, s3fd_preprocess
+    def detect(self, runner: Runner, frames: Frame, times: StageTimes) -> list[DetBox | None]:
+        from .kernels import choose_faces_packed, finish_packed, s3fd_preprocess
 
-        with times.stage("detect", len(frames)):
-            image = s3fd_preprocess(self._upload(frames), self.detector_dtype)
+        with times.stage("detect", len(frames)), self.ctx.on_compute():
+            dtype = runner.input_dtypes.get(S3FD_INPUTS[0], torch.float32)
+            image = s3fd_preprocess(self._upload(frames), dtype)
             out = runner.infer({S3FD_INPUTS[0]: image})
+            outputs = [out[name] for name in S3FD_OUTPUTS]
         with times.stage("postprocess", len(frames)):
-            return choose_faces_device([out[name] for name in S3FD_OUTPUTS]).to_list()
+            with self.ctx.on_compute():
+                packed = choose_faces_packed(outputs)
+                host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=self.ctx.is_cuda)
+            rows = self.ctx.to_host(packed, host).synchronize().tolist()  # the boxes are needed on the host
+            with self.ctx.on_compute():
+                return finish_packed(outputs, rows)
 
     def lip_sync(
-        self, runner: Runner, frames: Sequence[np.ndarray], boxes: Sequence[Box], indices: Sequence[int],
-        times: StageTimes,
-    ) -> torch.Tensor:
+        self, runner: Runner, frames: Sequence[Frame], boxes: Sequence[Box | None], indices: Sequence[int],
+        times: StageTimes, *, keep_pred: bool = False,
+    ) -> tuple[FinishedBatch, torch.Tensor | None]:
         from .kernels import crop_to_generator_input, paste_back_batch
 
-        with times.stage("crop", len(frames)):
-            batch = self._upload(frames)
-            boxes_t = torch.tensor(np.asarray(boxes, dtype=np.int64))
-            mel, face = crop_to_generator_input(batch, boxes_t, self.mel, self.starts[np.asarray(indices)])
-        with times.stage("generate", len(frames)):
-            pred = runner.infer({WAV2LIP_INPUTS[0]: mel, WAV2LIP_INPUTS[1]: face})["pred"]
-        with times.stage("paste", len(frames)):
-            paste_back_batch(batch, pred, boxes_t, self.blend)
-            done = batch if isinstance(frames[0], torch.Tensor) else batch.cpu().numpy()
-            for frame, pasted in zip(frames, done):
-                frame[...] = pasted
-        return pred.detach().float().cpu()
+        faced = [i for i, box in enumerate(boxes) if box is not None]
+        pred = None
+        with times.stage("crop", len(faced)), self.ctx.on_compute():
+            batch = self._upload(frames).contiguous()
+            if faced:
+                host_boxes = np.asarray([boxes[i] for i in faced], dtype=np.int64)
+                starts = self.starts[np.asarray([indices[i] for i in faced])]
+                params = upload(np.concatenate([host_boxes, starts[:, None], np.asarray(faced)[:, None]], axis=1),
+                                self.device, self.ctx.compute)  # one upload of the batch's parameters
+                boxes_d, starts_d, rows_d = params[:, :4], params[:, 4], params[:, 5]
+                every = len(faced) == len(frames)
+                sub = batch if every else batch.index_select(0, rows_d)
+                mel, face = crop_to_generator_input(sub, boxes_d, self.mel, starts_d)
+        if faced:
+            with times.stage("generate", len(faced)):
+                pred = runner.infer({WAV2LIP_INPUTS[0]: mel, WAV2LIP_INPUTS[1]: face})["pred"]
+            with times.stage("paste", len(faced)), self.ctx.on_compute():
+                paste_back_batch(sub, pred, boxes_d, self.blend, host_boxes=host_boxes)
+                if not every:
+                    batch.index_copy_(0, rows_d, sub)
+                if keep_pred:  # only --dump-intermediates brings the predictions back (a blocking copy)
+                    pred = pred.detach().float().cpu()
+        finished = self._finish(batch, indices[0] if len(indices) else 0)
+        return finished, (pred if keep_pred else None)
+
+    def _finish(self, batch: torch.Tensor, first_index: int) -> FinishedBatch:
+        """One asynchronous device-to-host copy of the whole batch into a pooled buffer."""
+        if self._pool is None:
+            self._pool = self.ctx.pinned_pool(self.buffers, max(self.batch_frames, len(batch)), *batch.shape[1:3])
+        out, release = self._pool.acquire(len(batch))
+        return FinishedBatch(first_index, self.ctx.to_host(batch, out), release)
 
 
 def _paste_with_kernel(frames: Sequence[np.ndarray], pred: torch.Tensor, boxes: Sequence[Box], blend: str) -> None:
@@ -174,15 +229,19 @@ def _paste_with_kernel(frames: Sequence[np.ndarray], pred: torch.Tensor, boxes: 
         frame[...] = done
 
 
-def frame_ops_for(device: torch.device, chunks: MelChunks, source: FaceSource, *, blend: str = "none",
-                  decoder: str = "auto", batch: int = 16) -> FrameOps:
-    """Device frames and kernels next to GPU runners; the exact host path everywhere else."""
-    if device.type != "cuda":
+def frame_ops_for(context: DeviceContext, chunks: MelChunks, source: FaceSource, *, blend: str = "none",
+                  decoder: str = "auto", batch: int = 16, batch_frames: int = 128, buffers: int = 3) -> FrameOps:
+    """Device frames and kernels next to GPU runners; the exact host path everywhere else.
+
+    ``batch`` is the decode batch; ``batch_frames`` and ``buffers`` size the pool of host buffers
+    that finished frames return in.
+    """
+    if not context.is_cuda:
         if decoder == "dali":
             raise InputError("--decoder dali needs --device cuda (DALI decodes on the GPU here)")
         return HostOps(chunks, blend, source)
     from .decode import open_decoder
 
-    frames = open_decoder(source.path, kind=decoder, device=device, fps=source.info.fps, transform=source.transform,
-                          batch=batch)
-    return DeviceOps(chunks, device, blend, decoder=frames)
+    frames = open_decoder(source.path, kind=decoder, device=context.device, fps=source.info.fps,
+                          transform=source.transform, batch=batch, stream=context.copy)
+    return DeviceOps(chunks, context, blend, decoder=frames, batch_frames=batch_frames, buffers=buffers)

@@ -48,6 +48,7 @@ class InferenceOptions:
     decoder: str = "auto"  # GPU path only: auto | opencv (pinned-ring uploads) | dali (NVDEC); CPU uses OpenCV
     encoder: str = "auto"  # auto = h264_nvenc when the GPU and ffmpeg can, else libx264
     blend: str = "none"  # paste-back: none (the original's hard box) | feather (soft edges, no seam)
+    frame_memory: float = 256.0  # MiB of frames in flight (generator batch, encoder queue, decode look-ahead)
 
     @property
     def uses_fixed_box(self) -> bool:
@@ -98,6 +99,8 @@ class InferenceOptions:
             raise InputError("--decoder must be auto, opencv or dali")
         if self.blend not in ("none", "feather"):
             raise InputError("--blend must be none or feather")
+        if not (math.isfinite(self.frame_memory) and self.frame_memory > 0):
+            raise InputError(f"--frame-memory must be a positive number of MiB, got {self.frame_memory}")
         if not 0 <= self.crf <= 51:
             raise InputError(f"--crf must be in 0..51, got {self.crf}")
 

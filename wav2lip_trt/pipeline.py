@@ -3,10 +3,12 @@
     audio -> mel -> chunks (N output frames)
     face source -> frames -> S3FD in batches -> pads -> forward smoothing (4-frame look-ahead)
         -> (frame, box) per output frame, looping the video when the audio is longer
-        -> 96x96 crops + mel -> Wav2Lip in batches -> paste-back -> ffmpeg (H.264 + audio)
+        -> 96x96 crops + mel -> Wav2Lip in batches -> paste-back -> writer thread -> ffmpeg
 
-Only a detection batch, the smoothing look-ahead and one generator batch of frames are alive at
-once, so memory does not grow with the video's length (the reference keeps every frame).
+Frames in flight are bounded by bytes (``--frame-memory``): the decoder's look-ahead, one
+generator batch and the encoder's queue (see :mod:`wav2lip_trt.execution` for the threads, CUDA
+streams and hand-offs), so memory depends neither on the video's length nor, beyond the budget,
+on its resolution (the reference keeps every frame).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from .dump import IntermediateDump
 from .encode import VideoWriter
 from .encoders import choose_encoder
 from .errors import AudioError, InputError, NoFaceError
+from .execution import DeviceContext, FinishedBatch, WriterThread, plan_batches
+from .execution.budget import chunk_sizes
+from .execution.memory import bound_allocator
 from .ffmpeg import find_ffmpeg
 from .faces import IMG_SIZE, Box
 from .frame_ops import Frame, FrameOps, frame_ops_for
@@ -149,34 +154,20 @@ class Detection:
         )
 
 
-def on_stream(items: Iterable[FaceItem], stream: "torch.cuda.Stream") -> Iterator[FaceItem]:
-    """Produce each item with ``stream`` current in the producing thread (stream choice is per thread).
-
-    Items carry host frames and boxes only, so nothing on this stream is read by another one.
-    """
-    it = iter(items)
-    while True:
-        with torch.cuda.stream(stream):
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-            stream.synchronize()
-        yield item
-
-
 def face_items(
     source: FaceSource, count: int, options: InferenceOptions, detection: Detection | None, ops: FrameOps,
-    times: StageTimes | None = None,
+    times: StageTimes | None = None, decode_ahead: int | None = None,
 ) -> Iterator[FaceItem]:
     """One item per output frame: the reference's frame choice (looping, or frame 0 when static).
 
-    Frames are decoded in a worker thread, a detection batch ahead of the detector.
+    Frames are decoded in a worker thread, ``decode_ahead`` frames (default: a detection batch)
+    ahead of the consumer.
     """
     times = times if times is not None else StageTimes()
+    ahead = decode_ahead if decode_ahead is not None else options.face_det_batch_size
 
     def decoded(limit: int) -> Iterator[Frame]:
-        return prefetch(timed(ops.frames(limit), times, "decode"), options.face_det_batch_size, "decode")
+        return prefetch(timed(ops.frames(limit), times, "decode"), ahead, "decode")
 
     static = options.static or source.kind == "image"
     limit = 1 if static else count
@@ -218,42 +209,56 @@ def face_items(
 
 def generate(
     items: Iterable[FaceItem], ops: FrameOps, runner: Runner, batch_size: int, dump: IntermediateDump | None,
-    times: StageTimes | None = None, chunks: MelChunks | None = None,
-) -> Iterator[FaceItem]:
-    """Run Wav2Lip on batches of ``batch_size`` faces and paste the results into the frames.
+    times: StageTimes | None = None, chunks: MelChunks | None = None, *, reference_batch: int | None = None,
+    total: int | None = None,
+) -> Iterator[FinishedBatch]:
+    """Run Wav2Lip on batches of at most ``batch_size`` faces; yield the finished frames per batch.
 
-    ``chunks`` is needed only for ``dump`` (``mel_chunks.npy``).
+    The original runs batches of ``reference_batch`` (``--wav2lip_batch_size``) faces; holding that
+    many full frames is what the frame budget forbids, so each of its batches is cut into near-equal
+    parts of at most ``batch_size``. Every part has at least two faces unless the original's batch
+    had one (a lone face takes another CPU convolution path), which keeps the predictions
+    bit-identical. ``total`` (output frames) tells where the original's last batch ends. A run of
+    frames without a face is flushed at ``batch_size`` frames too. ``chunks`` is needed only for
+    ``dump`` (``mel_chunks.npy``).
     """
     times = times if times is not None else StageTimes()
+    reference_batch = reference_batch or batch_size
+    parts: deque[int] = deque()
     pending: list[FaceItem] = []
     with_face = 0
     for item in items:
+        if not parts:
+            left = reference_batch if total is None else min(reference_batch, max(1, total - item.index))
+            parts.extend(chunk_sizes(left, batch_size))
         pending.append(item)
         with_face += item.box is not None
-        if with_face >= batch_size:
-            yield from _generate_batch(pending, ops, runner, dump, times, chunks)
+        if with_face >= parts[0] or len(pending) >= max(batch_size, parts[0]):
+            parts[0] -= with_face
+            if parts[0] <= 0:
+                parts.popleft()
+            yield _generate_batch(pending, ops, runner, dump, times, chunks)
             pending, with_face = [], 0
     if pending:
-        yield from _generate_batch(pending, ops, runner, dump, times, chunks)
+        yield _generate_batch(pending, ops, runner, dump, times, chunks)
 
 
 def _generate_batch(
     items: list[FaceItem], ops: FrameOps, runner: Runner, dump: IntermediateDump | None, times: StageTimes,
     chunks: MelChunks | None,
-) -> list[FaceItem]:
-    faced = [it for it in items if it.box is not None]
-    if faced:
-        pred = ops.lip_sync(runner, [it.frame for it in faced], [it.box for it in faced],  # type: ignore[misc]
-                            [it.index for it in faced], times)
+) -> FinishedBatch:
+    finished, pred = ops.lip_sync(runner, [it.frame for it in items], [it.box for it in items],
+                                  [it.index for it in items], times, keep_pred=dump is not None)
     if dump is not None:
         assert chunks is not None
-        by_index = dict(zip((it.index for it in faced), pred.numpy())) if faced else {}
+        faced = [it.index for it in items if it.box is not None]
+        by_index = dict(zip(faced, pred.numpy())) if pred is not None else {}
         nan = np.full((3, IMG_SIZE, IMG_SIZE), np.nan, dtype=np.float32)
         dump.append("mel_chunks", chunks.gather([it.index for it in items]))
         dump.append("boxes", np.array([it.box if it.box is not None else _NO_BOX for it in items], dtype=np.int64))
         dump.append("pred", np.stack([by_index.get(it.index, nan) for it in items]).astype(np.float32))
-        dump.append("frames", np.stack([ops.to_host(it.frame) for it in items]))
-    return items
+        dump.append("frames", np.stack(finished.host_frames()))
+    return finished
 
 
 def run_inference(
@@ -262,12 +267,16 @@ def run_inference(
 ) -> InferenceResult:
     """Lip-sync ``options.face`` to ``options.audio`` and write ``options.outfile``.
 
-    ``on_start(total_frames)`` and ``on_frame(frames_done)`` let a caller drive a progress bar;
-    ``on_phase(label)`` (what the run is doing) is accepted and not called yet.
+    ``on_phase(label)`` says what the run is doing (reading audio, loading models, detecting
+    faces, lip-syncing); ``on_start(total_frames)`` and ``on_frame(frames_written)`` drive a
+    progress bar (``on_frame`` is called from the writer thread, once per frame).
     """
     started = time.perf_counter()
     times = StageTimes()
+    phase = on_phase if on_phase is not None else (lambda label: None)
     options.validate()
+    options.check_face_source()
+    bound_allocator()
     device = resolve_device(options.device)
     transform = FrameTransform(options.resize_factor, options.rotate, tuple(options.crop))
     source = FaceSource(options.face, fps=options.fps, transform=transform)
@@ -275,6 +284,7 @@ def run_inference(
         log.warning("--resize_factor/--rotate/--crop are ignored for a still image (as in the original)")
     info = source.info
 
+    phase("reading audio")
     with times.stage("audio"):
         try:
             wav = load_audio(options.audio, ffmpeg=options.ffmpeg)
@@ -286,49 +296,56 @@ def run_inference(
             msg = str(exc)
             raise AudioError(msg if str(options.audio) in msg else f"{options.audio}: {msg}") from None
     total = len(chunks)
+    times.add("audio", 0.0, total)
     log.info("%s: %s %dx%d at %.3f fps; %d output frames for %.2f s of audio",
              info.path, info.kind, info.width, info.height, info.fps, total, audio_seconds)
+    plan = plan_batches(info.width, info.height, budget_mb=options.frame_memory,
+                        wav2lip_batch_size=options.wav2lip_batch_size, face_det_batch_size=options.face_det_batch_size)
+    log.info("frame memory %g MiB: %s", options.frame_memory, plan.describe())
 
+    context = DeviceContext(device)
     request = RunnerRequest(
         checkpoint_path=options.checkpoint_path,
         s3fd_checkpoint=None if options.uses_fixed_box else options.s3fd_checkpoint,
         device=device, precision=options.precision, engines_dir=options.engines_dir, flavor=options.flavor,
+        stream=context.compute, generator_batch=plan.generator_batch,
     )
-    with create_runners(options.backend, request) as runners:
+    phase("loading models")
+    with times.stage("load"):
+        runners = create_runners(options.backend, request)
+        _warm_up(runners.generator, plan.generator_batch, context)
+    with runners:
         log.info("running %s %s on %s", runners.backend, runners.precision, runners.generator.device)
         dump = IntermediateDump(options.dump_intermediates) if options.dump_intermediates else None
         if options.save_frames is not None:
             Path(options.save_frames).mkdir(parents=True, exist_ok=True)
-        if on_start is not None:
-            on_start(total)
         try:
             if dump is not None:
                 dump.save("mel", mel.astype(np.float32))
-            ops = frame_ops_for(runners.generator.device, chunks, source, blend=options.blend,
-                                decoder=options.decoder, batch=options.face_det_batch_size)
+            ops = frame_ops_for(context, chunks, source, blend=options.blend, decoder=options.decoder,
+                                batch=options.face_det_batch_size, batch_frames=plan.generator_batch,
+                                buffers=plan.buffers)
             detection = None
             if runners.detector is not None:
                 detection = Detection(FaceDetector(runners.detector, times, ops), options, source, dump, ops)
-            items = face_items(source, total, options, detection, ops, times)
-            if runners.generator.device.type == "cuda":
-                # On a GPU, S3FD (on its own CUDA stream, in a worker thread) overlaps Wav2Lip; on a
-                # CPU the two would only fight over the same cores.
-                detect_stream = torch.cuda.Stream(runners.generator.device)
-                items = prefetch(on_stream(items, detect_stream), options.wav2lip_batch_size, "detect")
-            done = generate(items, ops, runners.generator, options.wav2lip_batch_size, dump, times, chunks)
+            items = face_items(source, total, options, detection, ops, times, plan.decode_ahead)
+            batches = generate(items, ops, runners.generator, plan.generator_batch, dump, times, chunks,
+                               reference_batch=options.wav2lip_batch_size, total=total)
             ffmpeg = find_ffmpeg(options.ffmpeg)
+            phase("detecting faces" if detection is not None else "lip-syncing")
+            if on_start is not None:
+                on_start(total)
             with VideoWriter(
                 options.outfile, width=info.width, height=info.height, fps=info.fps, audio=options.audio,
                 ffmpeg=ffmpeg, crf=options.crf, encoder=choose_encoder(options.encoder, ffmpeg),
-            ) as writer:
-                for item in done:
-                    with times.stage("encode", 1):
-                        frame = ops.to_host(item.frame)
-                        writer.write(frame)
-                        if options.save_frames is not None:
-                            cv2.imwrite(str(Path(options.save_frames) / f"frame_{item.index:06d}.png"), frame)
-                    if on_frame is not None:
-                        on_frame(writer.frames_written)
+            ) as writer, WriterThread(
+                writer, depth=plan.writer_batches, on_frame=on_frame, extra=_frame_saver(options.save_frames),
+                busy=lambda seconds, frames: times.add("encode", seconds, frames),
+            ) as frames_out:
+                for n, batch in enumerate(batches):
+                    if n == 0 and detection is not None:
+                        phase("lip-syncing")
+                    frames_out.put(batch)
         finally:
             if dump is not None:
                 dump.close()
@@ -337,3 +354,31 @@ def run_inference(
         audio_seconds=audio_seconds, device=str(runners.generator.device), backend=runners.backend,
         precision=runners.precision, seconds=time.perf_counter() - started, stages=times.rows(),
     )
+
+
+def _warm_up(runner: Runner, batch: int, context: DeviceContext) -> None:
+    """On a GPU, one generator batch before any worker thread starts.
+
+    The torch runner captures its CUDA graph on its first batch; capturing here, while this thread
+    is the only one using the GPU, means no other thread can enqueue work into the capture (the
+    decoder's copy stream may even be the same pooled stream in a long-lived process). It also
+    moves cuDNN's algorithm search and TensorRT's lazy set-up out of the first real batch.
+    """
+    if not context.is_cuda:
+        return
+    with context.on_compute():
+        mel = torch.zeros((batch, 1, 80, 16), device=context.device)
+        face = torch.zeros((batch, 6, IMG_SIZE, IMG_SIZE), device=context.device)
+    runner.infer({"mel": mel, "face": face})
+
+
+def _frame_saver(folder: Path | None) -> Callable[[int, np.ndarray], None] | None:
+    if folder is None:
+        return None
+
+    def save(index: int, frame: np.ndarray) -> None:
+        path = Path(folder) / f"frame_{index:06d}.png"
+        if not cv2.imwrite(str(path), frame):
+            raise InputError(f"--save-frames {folder}: cannot write {path.name}")
+
+    return save

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-STAGE_ORDER = ("audio", "decode", "detect", "postprocess", "crop", "generate", "paste", "encode")
+STAGE_ORDER = ("audio", "load", "decode", "detect", "postprocess", "crop", "generate", "paste", "encode")
 
 
 class StageTimes:

@@ -11,7 +11,15 @@ Both give the reference pipeline's numbers (see each module for the exact contra
 from .backend import ENV_VAR, IMPLS, Impl, resolve_impl, triton_available
 from .crop import crop_faces_device, crop_to_generator_input, unit_table
 from .paste import BLENDS, FEATHER_DIVISOR, feather_weights, paste_back_batch
-from .postprocess import DeviceFaces, choose_faces_device, detections_device, nms_indices, nms_sorted
+from .postprocess import (
+    DeviceFaces,
+    choose_faces_device,
+    choose_faces_packed,
+    detections_device,
+    finish_packed,
+    nms_indices,
+    nms_sorted,
+)
 from .preprocess import s3fd_preprocess
 from .resize import resize_linear
 
@@ -23,10 +31,12 @@ __all__ = [
     "IMPLS",
     "Impl",
     "choose_faces_device",
+    "choose_faces_packed",
     "crop_faces_device",
     "crop_to_generator_input",
     "detections_device",
     "feather_weights",
+    "finish_packed",
     "nms_indices",
     "nms_sorted",
     "paste_back_batch",

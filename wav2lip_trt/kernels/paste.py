@@ -32,13 +32,15 @@ def paste_back_batch(
     blend: str = "none",
     *,
     impl: Impl = "auto",
+    host_boxes: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Write each prediction into its frame's box, in place; returns ``frames``.
 
     frames: (B, H, W, 3) uint8 BGR; pred: (B, 3, 96, 96) float32/float16 sigmoid output, BGR;
     boxes: (B, 4) y1, y2, x1, x2. The reference requires the box inside the frame; here box
     pixels outside the frame are dropped, and empty boxes leave the frame unchanged. The grid
-    is sized from the largest box, so boxes on the GPU cost one small copy to the host.
+    is sized from the largest box, read from ``host_boxes`` (the same boxes, on the host) when
+    given; otherwise device boxes cost one blocking copy to the host.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
         raise ValueError(f"expected (B, H, W, 3) uint8 BGR frames, got {tuple(frames.shape)} {frames.dtype}")
@@ -47,7 +49,9 @@ def paste_back_batch(
         raise ValueError(f"expected {expected} predictions, got {tuple(pred.shape)}")
     if blend not in BLENDS:
         raise ValueError(f"unknown blend {blend!r}; choose one of {', '.join(BLENDS)}")
-    host_boxes = np.asarray(boxes.cpu() if isinstance(boxes, torch.Tensor) else boxes, dtype=np.int64).reshape(-1, 4)
+    if host_boxes is None:
+        host_boxes = np.asarray(boxes.cpu() if isinstance(boxes, torch.Tensor) else boxes, dtype=np.int64)
+    host_boxes = np.asarray(host_boxes, dtype=np.int64).reshape(-1, 4)
     if len(host_boxes) != frames.shape[0]:
         raise ValueError(f"expected one (y1, y2, x1, x2) box per frame ({frames.shape[0]}), got {len(host_boxes)}")
     if resolve_impl(impl, frames.device) == "torch":
@@ -60,7 +64,8 @@ def paste_back_batch(
     if largest == 0:
         return frames
     kernels = triton_kernels(frames.device)
-    boxes_t = torch.from_numpy(host_boxes).to(frames.device)
+    on_device = isinstance(boxes, torch.Tensor) and boxes.device == frames.device
+    boxes_t = boxes.to(torch.int64).reshape(-1, 4).contiguous() if on_device else torch.from_numpy(host_boxes).to(frames.device)
     launch(
         kernels.paste_kernel, (cdiv(largest, BLOCK), frames.shape[0]),
         frames, pred.contiguous(), boxes_t, frames.shape[1], frames.shape[2], FEATHER_DIVISOR,

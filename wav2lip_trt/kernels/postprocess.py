@@ -69,6 +69,28 @@ def choose_faces_device(outputs: Sequence[torch.Tensor], *, impl: Impl = "auto")
     return DeviceFaces(boxes, found)
 
 
+def choose_faces_packed(outputs: Sequence[torch.Tensor], *, impl: Impl = "auto") -> torch.Tensor:
+    """:func:`choose_faces_device` without its device sync: (B, 6) int64 rows on the outputs' device.
+
+    Each row is ``x1, y1, x2, y2, found, needs_nms``; the caller copies the rows to the host once
+    (with an event) and finishes the rare NaN images with :func:`finish_packed`.
+    """
+    levels = _levels(outputs)
+    device = levels[0][0].device
+    faces, needs_nms = (_choose_torch if resolve_impl(impl, device) == "torch" else _choose_triton)(levels)
+    return torch.cat([faces.boxes, faces.found[:, None].to(torch.int64), needs_nms[:, None].to(torch.int64)], dim=1)
+
+
+def finish_packed(outputs: Sequence[torch.Tensor], rows: Sequence[Sequence[int]], *, impl: Impl = "auto") -> list[Box | None]:
+    """Boxes from host copies of :func:`choose_faces_packed` rows; images with NaN scores take full NMS."""
+    faces: list[Box | None] = [tuple(int(v) for v in row[:4]) if row[4] else None for row in rows]  # type: ignore[misc]
+    if any(row[5] for row in rows):
+        for i, dets in enumerate(detections_device(outputs, impl=impl)):
+            if rows[i][5]:
+                faces[i] = tuple(int(v) for v in _truncate(dets[0, :4]).tolist()) if len(dets) else None  # type: ignore[assignment]
+    return faces
+
+
 def choose_faces_torch(outputs: Sequence[torch.Tensor]) -> DeviceFaces:
     """Reference implementation of :func:`choose_faces_device` with plain torch ops."""
     return choose_faces_device(outputs, impl="torch")

@@ -75,21 +75,43 @@ def vertical_pass(h0: torch.Tensor, h1: torch.Tensor, v0: torch.Tensor, v1: torc
 
 
 def resize_linear(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """``cv2.resize(image, (width, height))`` for one (h, w, C) uint8 image, on any device."""
-    if image.ndim != 3 or image.dtype != torch.uint8:
-        raise ValueError(f"expected an (h, w, C) uint8 image, got {tuple(image.shape)} {image.dtype}")
-    h, w = image.shape[:2]
+    """``cv2.resize(image, (width, height))`` for one (h, w, C) uint8 image, or each of a (B, h, w, C) batch.
+
+    The taps are computed on the host once per call and reach the device in one non-blocking
+    copy on the current stream; a batch is resized one image at a time to keep the int32
+    intermediates at one image's size.
+    """
+    if image.ndim not in (3, 4) or image.dtype != torch.uint8:
+        raise ValueError(f"expected an (h, w, C) or (B, h, w, C) uint8 image, got {tuple(image.shape)} {image.dtype}")
+    h, w = image.shape[-3:-1]
     if h < 1 or w < 1 or width < 1 or height < 1:
         raise ValueError(f"cannot resize {w}x{h} to {width}x{height}")
-    device = image.device
-    cols = linear_taps(_sizes(w, device), _sizes(width, device), width, columns=True)
-    rows = linear_taps(_sizes(h, device), _sizes(height, device), height, columns=False)
+    x0, x1, a0, a1, y0, y1, v0, v1 = _device_taps(h, w, height, width, image.device)
+    if image.ndim == 4:
+        return torch.stack([_resize_one(frame, x0, x1, a0, a1, y0, y1, v0, v1) for frame in image]) if len(image) else \
+            image.new_empty((0, height, width, image.shape[-1]))
+    return _resize_one(image, x0, x1, a0, a1, y0, y1, v0, v1)
+
+
+def _device_taps(h: int, w: int, height: int, width: int, device: torch.device) -> list[torch.Tensor]:
+    cpu = torch.device("cpu")
+    cols = linear_taps(_sizes(w, cpu), _sizes(width, cpu), width, columns=True)
+    rows = linear_taps(_sizes(h, cpu), _sizes(height, cpu), height, columns=False)
+    parts = [cols.i0[0], cols.i1[0], cols.w0[0], cols.w1[0], rows.i0[0], rows.i1[0], rows.w0[0], rows.w1[0]]
+    packed = torch.cat([p.to(torch.int64) for p in parts])
+    if device.type == "cuda":
+        packed = packed.pin_memory().to(device, non_blocking=True)
+    else:
+        packed = packed.to(device)
+    x0, x1, a0, a1, y0, y1, v0, v1 = torch.split(packed, [width] * 4 + [height] * 4)
+    return [x0, x1, a0.to(torch.int32), a1.to(torch.int32), y0, y1, v0.to(torch.int32), v1.to(torch.int32)]
+
+
+def _resize_one(image: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, a0: torch.Tensor, a1: torch.Tensor,
+                y0: torch.Tensor, y1: torch.Tensor, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     px = image.to(torch.int32)
-    x0, x1 = cols.i0[0], cols.i1[0]
-    a0, a1 = cols.w0[0][None, :, None], cols.w1[0][None, :, None]
-    horizontal = px[:, x0] * a0 + px[:, x1] * a1  # (h, width, C)
-    v0, v1 = rows.w0[0][:, None, None], rows.w1[0][:, None, None]
-    return vertical_pass(horizontal[rows.i0[0]], horizontal[rows.i1[0]], v0, v1)
+    horizontal = px[:, x0] * a0[None, :, None] + px[:, x1] * a1[None, :, None]  # (h, width, C)
+    return vertical_pass(horizontal[y0], horizontal[y1], v0[:, None, None], v1[:, None, None])
 
 
 def _sizes(value: int, device: torch.device) -> torch.Tensor:

@@ -1,0 +1,53 @@
+"""How a run uses threads, CUDA streams and memory: the one execution model of the pipeline.
+
+Threads (every hand-off is a bounded queue, so a slow stage stalls the ones before it):
+
+- **decode** (worker): reads frames (OpenCV, or DALI on a GPU). On a GPU it enqueues each batch's
+  upload on the decoder's own *copy* stream and records an event after it; the batch travels as a
+  :class:`ReadyBatch` (tensor + event).
+- **pipeline** (the caller's thread): detection (S3FD and the kernels around it) and generation
+  (crop, Wav2Lip, paste-back), all on the single *compute* stream of the run's
+  :class:`DeviceContext`. Before it touches a decoded batch, the compute stream waits on the
+  batch's event and the tensor is ``record_stream``-ed to it, so the caching allocator cannot hand
+  the memory to the copy stream while the compute stream still reads it. Finished frames leave
+  the device in one non-blocking copy per batch into a pinned buffer of a :class:`PinnedPool`,
+  with an event recorded after the copy.
+- **writer** (worker, :class:`WriterThread`): waits on each finished batch's event on the host,
+  feeds the frames to ffmpeg one by one (the progress bar moves per frame), and returns the
+  pinned buffer to its pool. An error in the writer reaches the pipeline thread at its next
+  hand-off and at the end; an error in the pipeline stops the writer.
+
+Streams: the compute stream is created once per run and handed to the runners when they are built
+(``RunnerRequest.stream``); the copy stream belongs to the decoder. No code reads
+``torch.cuda.current_stream()`` to decide where work goes, and nothing runs on the legacy default
+stream: where a library launches on "the current stream" (Triton, torch ops) the caller enters
+``torch.cuda.stream(ctx.compute)`` explicitly around that stage. S3FD needs its boxes on the host
+for smoothing, so detection ends in one explicit event wait per batch (a small pinned copy of the
+packed boxes); that is the only place the pipeline thread waits for the GPU. One stream for both
+networks is deliberate: S3FD at 1080p fills an H100 by itself, and the overlap that pays is
+between host work (decode, encode, Python) and GPU work.
+
+CUDA graphs: only Wav2Lip, at the run's fixed generator batch (a shorter tail batch is padded to
+it), captured once on the compute stream under a process-wide lock in ``thread_local`` capture
+mode; never S3FD (one graph per frame size, each with a private memory pool).
+
+Memory: frames in flight are bounded by bytes, not by count. :func:`plan_batches` turns the
+``--frame-memory`` budget into the generator batch (frames held until their faces return), the
+decode look-ahead and the writer queue, so any resolution runs with default flags.
+"""
+
+from .budget import DEFAULT_FRAME_MEMORY_MB, BatchPlan, plan_batches
+from .context import DeviceContext
+from .handoff import PinnedPool, ReadyBatch
+from .writer import FinishedBatch, WriterThread
+
+__all__ = [
+    "DEFAULT_FRAME_MEMORY_MB",
+    "BatchPlan",
+    "DeviceContext",
+    "FinishedBatch",
+    "PinnedPool",
+    "ReadyBatch",
+    "WriterThread",
+    "plan_batches",
+]
