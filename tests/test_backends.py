@@ -11,7 +11,7 @@ import torch
 from wav2lip_trt.backends import RunnerRequest, create_runners
 from wav2lip_trt.errors import EngineError, InputError
 from wav2lip_trt.options import InferenceOptions
-from wav2lip_trt.pipeline import run_inference
+from wav2lip_trt.session import run_inference
 from wav2lip_trt.samples import float_to_int16, speechlike_audio, talking_face_frames, write_video, write_wav
 
 

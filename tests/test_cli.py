@@ -109,7 +109,7 @@ def test_static_bare_flag_and_value_reach_the_options(inputs, tmp_path, monkeypa
         seen.append(options.static)
         raise SystemExit(0)
 
-    monkeypatch.setattr("wav2lip_trt.pipeline.run_inference", fake_run)
+    monkeypatch.setattr("wav2lip_trt.session.run_inference", fake_run)
     runner = CliRunner()
     common = [str(a) for a in base_args(inputs, tmp_path / "x.mp4")]
     for extra in (["--static"], ["--static", "False"], ["--static", "True"], [], ["--static", "--nosmooth"]):
@@ -192,7 +192,7 @@ def test_aliases_build_the_same_options_as_the_original_flags(inputs, tmp_path, 
         seen.append(options)
         raise SystemExit(0)
 
-    monkeypatch.setattr("wav2lip_trt.pipeline.run_inference", capture)
+    monkeypatch.setattr("wav2lip_trt.session.run_inference", capture)
     runner = CliRunner()
     # the CLI validates the options (files included) before it calls run_inference
     common = ["infer", "--checkpoint_path", str(inputs["wav2lip"]), "--s3fd-checkpoint", str(inputs["s3fd"]),

@@ -17,7 +17,8 @@ from wav2lip_trt.detect import FaceDetector
 from wav2lip_trt.errors import NoFaceError
 from wav2lip_trt.frame_ops import HostOps
 from wav2lip_trt.options import InferenceOptions
-from wav2lip_trt.pipeline import Detection, face_items, generate, run_inference
+from wav2lip_trt.pipeline import Detection, face_items, generate
+from wav2lip_trt.session import run_inference
 from wav2lip_trt.reference import run_reference
 from wav2lip_trt.runners.base import S3FD_INPUTS, S3FD_OUTPUTS, WAV2LIP_INPUTS, WAV2LIP_OUTPUTS
 from wav2lip_trt.runners.torch_runner import TorchRunner

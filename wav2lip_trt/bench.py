@@ -682,7 +682,7 @@ def _child(spec_path: Path) -> None:
             result = {"frames": len(outputs.frames), "backend": "reference", "precision": "fp32", "device": "cpu",
                       "stages": []}
         else:
-            from .pipeline import run_inference
+            from .session import run_inference
 
             run = run_inference(options)
             seconds = time.perf_counter() - start

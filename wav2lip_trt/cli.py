@@ -153,7 +153,7 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
 def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Path | None, output: Path | None,
           quiet: bool, json_path: Path | None, show_profile: bool, **kwargs: Any) -> None:
     """Lip-sync a face video or image to an audio track."""
-    from .pipeline import run_inference
+    from .session import run_inference
     from .progress import Progress
 
     face_path = _one_of({"--face": face, "--image": image, "--video": video}, "face inputs")

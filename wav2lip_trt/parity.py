@@ -871,7 +871,7 @@ def _run_pipeline(rung: Rung, options: ParityOptions, clip: _Clip, work: Path) -
     """The public pipeline on the clip with this rung's backend, its intermediates dumped; a frame
     without a face passes through, so a rung that misses a face is compared, not stopped."""
     from .options import InferenceOptions
-    from .pipeline import run_inference
+    from .session import run_inference
 
     run_dir = work / "end-to-end" / rung.name
     shutil.rmtree(run_dir, ignore_errors=True)

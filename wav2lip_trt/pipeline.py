@@ -14,35 +14,26 @@ on its resolution (the reference keeps every frame).
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
 
-from .audio import MelChunks, load_audio, melspectrogram
-from .backends import RunnerRequest, create_runners, resolve_device
+from .audio import MelChunks
 from .boxes import pad_box, smooth_stream
 from .detect import FaceDetector
 from .dump import IntermediateDump
-from .encode import VideoWriter
-from .encoders import choose_encoder
-from .errors import AudioError, InputError, NoFaceError
-from .execution import DeviceContext, FinishedBatch, WriterThread, plan_batches
+from .errors import InputError, NoFaceError
+from .execution import FinishedBatch
 from .execution.budget import chunk_sizes
-from .execution.memory import bound_allocator
-from .ffmpeg import find_ffmpeg
 from .faces import IMG_SIZE, Box
-from .frame_ops import Frame, FrameOps, frame_ops_for
+from .frame_ops import Frame, FrameOps
 from .options import InferenceOptions
 from .runners.base import Runner
 from .stages import StageTimes, prefetch, timed
-from .video import FaceSource, FrameTransform
+from .video import FaceSource
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +49,6 @@ class FaceItem:
     frame: Frame  # (H, W, 3) uint8 BGR, private to this item (paste-back writes into it); a NumPy
     # array on the host path, a device tensor on the GPU path
     box: Box | None  # (y1, y2, x1, x2); None = no face, the frame passes through unchanged
-
-
-@dataclass(frozen=True)
-class InferenceResult:
-    outfile: Path
-    frames: int
-    fps: float
-    width: int
-    height: int
-    audio_seconds: float
-    device: str
-    backend: str
-    precision: str
-    seconds: float
-    stages: list[dict] = field(default_factory=list)  # per-stage busy time (StageTimes.rows())
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -259,126 +235,3 @@ def _generate_batch(
         dump.append("pred", np.stack([by_index.get(it.index, nan) for it in items]).astype(np.float32))
         dump.append("frames", np.stack(finished.host_frames()))
     return finished
-
-
-def run_inference(
-    options: InferenceOptions, *, on_frame: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None,
-    on_phase: Callable[[str], None] | None = None,
-) -> InferenceResult:
-    """Lip-sync ``options.face`` to ``options.audio`` and write ``options.outfile``.
-
-    ``on_phase(label)`` says what the run is doing (reading audio, loading models, detecting
-    faces, lip-syncing); ``on_start(total_frames)`` and ``on_frame(frames_written)`` drive a
-    progress bar (``on_frame`` is called from the writer thread, once per frame).
-    """
-    started = time.perf_counter()
-    times = StageTimes()
-    phase = on_phase if on_phase is not None else (lambda label: None)
-    options.validate()
-    options.check_face_source()
-    bound_allocator()
-    device = resolve_device(options.device)
-    transform = FrameTransform(options.resize_factor, options.rotate, tuple(options.crop))
-    source = FaceSource(options.face, fps=options.fps, transform=transform)
-    if source.kind == "image" and not transform.is_identity:
-        log.warning("--resize_factor/--rotate/--crop are ignored for a still image (as in the original)")
-    info = source.info
-
-    phase("reading audio")
-    with times.stage("audio"):
-        try:
-            wav = load_audio(options.audio, ffmpeg=options.ffmpeg)
-            audio_seconds = len(wav) / 16000
-            mel = melspectrogram(wav)
-            del wav  # 230 MB per hour of audio; only the mel (a third of that) is needed from here on
-            chunks = MelChunks(mel, info.fps)
-        except AudioError as exc:
-            msg = str(exc)
-            raise AudioError(msg if str(options.audio) in msg else f"{options.audio}: {msg}") from None
-    total = len(chunks)
-    times.add("audio", 0.0, total)
-    log.info("%s: %s %dx%d at %.3f fps; %d output frames for %.2f s of audio",
-             info.path, info.kind, info.width, info.height, info.fps, total, audio_seconds)
-    plan = plan_batches(info.width, info.height, budget_mb=options.frame_memory,
-                        wav2lip_batch_size=options.wav2lip_batch_size, face_det_batch_size=options.face_det_batch_size)
-    log.info("frame memory %g MiB: %s", options.frame_memory, plan.describe())
-
-    context = DeviceContext(device)
-    request = RunnerRequest(
-        checkpoint_path=options.checkpoint_path,
-        s3fd_checkpoint=None if options.uses_fixed_box else options.s3fd_checkpoint,
-        device=device, precision=options.precision, engines_dir=options.engines_dir, flavor=options.flavor,
-        stream=context.compute, generator_batch=plan.generator_batch,
-    )
-    phase("loading models")
-    with times.stage("load"):
-        runners = create_runners(options.backend, request)
-        _warm_up(runners.generator, plan.generator_batch, context)
-    with runners:
-        log.info("running %s %s on %s", runners.backend, runners.precision, runners.generator.device)
-        dump = IntermediateDump(options.dump_intermediates) if options.dump_intermediates else None
-        if options.save_frames is not None:
-            Path(options.save_frames).mkdir(parents=True, exist_ok=True)
-        try:
-            if dump is not None:
-                dump.save("mel", mel.astype(np.float32))
-            ops = frame_ops_for(context, chunks, source, blend=options.blend, decoder=options.decoder,
-                                batch=options.face_det_batch_size, batch_frames=plan.generator_batch,
-                                buffers=plan.buffers)
-            detection = None
-            if runners.detector is not None:
-                detection = Detection(FaceDetector(runners.detector, times, ops), options, source, dump, ops)
-            items = face_items(source, total, options, detection, ops, times, plan.decode_ahead)
-            batches = generate(items, ops, runners.generator, plan.generator_batch, dump, times, chunks,
-                               reference_batch=options.wav2lip_batch_size, total=total)
-            ffmpeg = find_ffmpeg(options.ffmpeg)
-            phase("detecting faces" if detection is not None else "lip-syncing")
-            if on_start is not None:
-                on_start(total)
-            with VideoWriter(
-                options.outfile, width=info.width, height=info.height, fps=info.fps, audio=options.audio,
-                ffmpeg=ffmpeg, crf=options.crf, encoder=choose_encoder(options.encoder, ffmpeg),
-            ) as writer, WriterThread(
-                writer, depth=plan.writer_batches, on_frame=on_frame, extra=_frame_saver(options.save_frames),
-                busy=lambda seconds, frames: times.add("encode", seconds, frames),
-            ) as frames_out:
-                for n, batch in enumerate(batches):
-                    if n == 0 and detection is not None:
-                        phase("lip-syncing")
-                    frames_out.put(batch)
-        finally:
-            if dump is not None:
-                dump.close()
-    return InferenceResult(
-        outfile=Path(options.outfile), frames=total, fps=info.fps, width=info.width, height=info.height,
-        audio_seconds=audio_seconds, device=str(runners.generator.device), backend=runners.backend,
-        precision=runners.precision, seconds=time.perf_counter() - started, stages=times.rows(),
-    )
-
-
-def _warm_up(runner: Runner, batch: int, context: DeviceContext) -> None:
-    """On a GPU, one generator batch before any worker thread starts.
-
-    The torch runner captures its CUDA graph on its first batch; capturing here, while this thread
-    is the only one using the GPU, means no other thread can enqueue work into the capture (the
-    decoder's copy stream may even be the same pooled stream in a long-lived process). It also
-    moves cuDNN's algorithm search and TensorRT's lazy set-up out of the first real batch.
-    """
-    if not context.is_cuda:
-        return
-    with context.on_compute():
-        mel = torch.zeros((batch, 1, 80, 16), device=context.device)
-        face = torch.zeros((batch, 6, IMG_SIZE, IMG_SIZE), device=context.device)
-    runner.infer({"mel": mel, "face": face})
-
-
-def _frame_saver(folder: Path | None) -> Callable[[int, np.ndarray], None] | None:
-    if folder is None:
-        return None
-
-    def save(index: int, frame: np.ndarray) -> None:
-        path = Path(folder) / f"frame_{index:06d}.png"
-        if not cv2.imwrite(str(path), frame):
-            raise InputError(f"--save-frames {folder}: cannot write {path.name}")
-
-    return save

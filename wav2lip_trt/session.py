@@ -1,0 +1,307 @@
+"""A session: the networks loaded once (runners, engines, CUDA graphs), then any number of lip-syncs.
+
+Every way of running inference goes through here: ``infer`` (one job), a batch worker and a Ray
+actor (many jobs on one session). A job is prepared first (options checked, face input opened,
+audio decoded), which needs no model, so a bad input fails before the slow start; then the
+session executes it.
+
+    with Session("checkpoints/wav2lip.pth", "checkpoints/s3fd.pth") as session:
+        session.infer("speaker.mp4", "english.wav", "out/english.mp4")
+        session.infer("speaker.mp4", "german.wav", "out/german.mp4", pads=(0, 20, 0, 0))
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from .audio import MelChunks, load_audio, melspectrogram
+from .backends import RunnerRequest, Runners, create_runners, resolve_device
+from .detect import FaceDetector
+from .dump import IntermediateDump
+from .encode import VideoWriter
+from .encoders import choose_encoder
+from .errors import AudioError, InputError
+from .execution import BatchPlan, DeviceContext, WriterThread, plan_batches
+from .execution.memory import bound_allocator
+from .faces import IMG_SIZE
+from .ffmpeg import find_ffmpeg
+from .frame_ops import frame_ops_for
+from .options import InferenceOptions
+from .pipeline import Detection, face_items, generate
+from .runners.base import Runner
+from .stages import StageTimes
+from .video import FaceSource, FrameTransform
+
+log = logging.getLogger(__name__)
+
+MODEL_OPTIONS = ("checkpoint_path", "s3fd_checkpoint", "device", "backend", "precision", "engines_dir", "flavor")
+"""The :class:`InferenceOptions` fields that decide which models a session loads; every other field
+may change from one call to the next."""
+
+Phase = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    outfile: Path
+    frames: int
+    fps: float
+    width: int
+    height: int
+    audio_seconds: float
+    device: str
+    backend: str
+    precision: str
+    seconds: float
+    stages: list[dict] = field(default_factory=list)  # per-stage busy time (StageTimes.rows())
+
+
+@dataclass
+class Job:
+    """One lip-sync, prepared without any model: checked options, the opened face, the mel chunks."""
+
+    options: InferenceOptions
+    source: FaceSource
+    chunks: MelChunks
+    mel: np.ndarray
+    audio_seconds: float
+    plan: BatchPlan
+    times: StageTimes
+    started: float
+
+
+def prepare_job(options: InferenceOptions, phase: Phase | None = None) -> Job:
+    """Everything about a job that can fail on bad input, before the slow work starts."""
+    started = time.perf_counter()
+    times = StageTimes()
+    options.validate()
+    options.check_face_source()
+    transform = FrameTransform(options.resize_factor, options.rotate, tuple(options.crop))
+    source = FaceSource(options.face, fps=options.fps, transform=transform)
+    if source.kind == "image" and not transform.is_identity:
+        log.warning("--resize_factor/--rotate/--crop are ignored for a still image (as in the original)")
+    info = source.info
+    if phase is not None:
+        phase("reading audio")
+    with times.stage("audio"):
+        try:
+            wav = load_audio(options.audio, ffmpeg=options.ffmpeg)
+            audio_seconds = len(wav) / 16000
+            mel = melspectrogram(wav)
+            del wav  # 230 MB per hour of audio; only the mel (a third of that) is needed from here on
+            chunks = MelChunks(mel, info.fps)
+        except AudioError as exc:
+            msg = str(exc)
+            raise AudioError(msg if str(options.audio) in msg else f"{options.audio}: {msg}") from None
+    times.add("audio", 0.0, len(chunks))
+    log.info("%s: %s %dx%d at %.3f fps; %d output frames for %.2f s of audio",
+             info.path, info.kind, info.width, info.height, info.fps, len(chunks), audio_seconds)
+    plan = plan_batches(info.width, info.height, budget_mb=options.frame_memory,
+                        wav2lip_batch_size=options.wav2lip_batch_size, face_det_batch_size=options.face_det_batch_size)
+    log.info("frame memory %g MiB: %s", options.frame_memory, plan.describe())
+    return Job(options, source, chunks, mel, audio_seconds, plan, times, started)
+
+
+class Session:
+    """Runners (and on a GPU the compute stream and the generator's CUDA graph) shared by every call.
+
+    ``s3fd_checkpoint=None`` loads no face detector: every call must then give ``box``.
+    ``generator_batch`` fixes the batch the generator's CUDA graph is captured at (default: the
+    first call's); a later call with larger frames runs smaller batches padded to it.
+    """
+
+    def __init__(self, checkpoint_path: str | Path, s3fd_checkpoint: str | Path | None = None, *, device: str = "auto",
+                 backend: str = "torch", precision: str = "auto", engines_dir: str | Path = Path("engines"),
+                 flavor: str = "auto", generator_batch: int | None = None) -> None:
+        self.model_options = {
+            "checkpoint_path": Path(checkpoint_path), "s3fd_checkpoint": None if s3fd_checkpoint is None else Path(s3fd_checkpoint),
+            "device": device, "backend": backend, "precision": precision, "engines_dir": Path(engines_dir), "flavor": flavor,
+        }
+        for label, path in (("--checkpoint_path", checkpoint_path), ("--s3fd-checkpoint", s3fd_checkpoint)):
+            if path is not None and not Path(path).exists():
+                raise InputError(f"{label} file not found: {path}")
+        bound_allocator()
+        self.device = resolve_device(device)
+        self.context = DeviceContext(self.device)
+        started = time.perf_counter()
+        request = RunnerRequest(
+            checkpoint_path=Path(checkpoint_path), s3fd_checkpoint=self.model_options["s3fd_checkpoint"], device=self.device,
+            precision=precision, engines_dir=Path(engines_dir), flavor=flavor, stream=self.context.compute,
+            generator_batch=generator_batch,
+        )
+        self.runners: Runners = create_runners(backend, request)
+        self.load_seconds = time.perf_counter() - started
+        self.generator_batch = generator_batch
+        self._load_reported = False
+        self._warm = False
+        log.info("running %s %s on %s", self.runners.backend, self.runners.precision, self.runners.generator.device)
+
+    @classmethod
+    def for_options(cls, options: InferenceOptions, *, generator_batch: int | None = None) -> "Session":
+        """The session ``options`` needs (no detector when it gives a fixed ``box``)."""
+        return cls(options.checkpoint_path, None if options.uses_fixed_box else options.s3fd_checkpoint,
+                   device=options.device, backend=options.backend, precision=options.precision,
+                   engines_dir=options.engines_dir, flavor=options.flavor, generator_batch=generator_batch)
+
+    def options(self, face: str | Path, audio: str | Path, outfile: str | Path = Path("results/result_voice.mp4"),
+                **per_call: Any) -> InferenceOptions:
+        """:class:`InferenceOptions` for a call on this session; model options are the session's."""
+        model = set(per_call) & set(MODEL_OPTIONS)
+        if model:
+            raise InputError(f"{', '.join(sorted(model))}: chosen when the session is created, not per call")
+        known = {f.name for f in fields(InferenceOptions)}
+        unknown = set(per_call) - known
+        if unknown:
+            raise InputError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        base = {k: v for k, v in self.model_options.items() if v is not None}
+        base.setdefault("s3fd_checkpoint", Path("checkpoints/s3fd.pth"))
+        for name in ("pads", "crop", "box"):
+            if name in per_call:
+                per_call[name] = tuple(per_call[name])
+        return InferenceOptions(face=Path(face), audio=Path(audio), outfile=Path(outfile), **base, **per_call)
+
+    def infer(self, face: str | Path, audio: str | Path, outfile: str | Path = Path("results/result_voice.mp4"), *,
+              on_start: Callable[[int], None] | None = None, on_frame: Callable[[int], None] | None = None,
+              on_phase: Phase | None = None, **per_call: Any) -> InferenceResult:
+        """Lip-sync ``face`` to ``audio`` into ``outfile`` with this session's models."""
+        return self.run(self.options(face, audio, outfile, **per_call), on_start=on_start, on_frame=on_frame,
+                        on_phase=on_phase)
+
+    def run(self, options: InferenceOptions, *, on_start: Callable[[int], None] | None = None,
+            on_frame: Callable[[int], None] | None = None, on_phase: Phase | None = None) -> InferenceResult:
+        return self.execute(prepare_job(self._check(options), on_phase), on_start=on_start, on_frame=on_frame,
+                            on_phase=on_phase)
+
+    def _check(self, options: InferenceOptions) -> InferenceOptions:
+        for name in MODEL_OPTIONS:
+            mine, theirs = self.model_options[name], getattr(options, name)
+            if name == "s3fd_checkpoint" and (mine is None or options.uses_fixed_box):
+                continue
+            same = Path(theirs).resolve() == mine.resolve() if isinstance(mine, Path) else mine == theirs
+            if not same:
+                raise InputError(f"this session was loaded with {name}={mine}, the call asks for {theirs}")
+        if not options.uses_fixed_box and self.runners.detector is None:
+            raise InputError("this session has no face detector (it was created without an S3FD checkpoint): give a fixed box")
+        return options
+
+    def execute(self, job: Job, *, on_start: Callable[[int], None] | None = None,
+                on_frame: Callable[[int], None] | None = None, on_phase: Phase | None = None) -> InferenceResult:
+        """Detect, lip-sync and encode a prepared job."""
+        options, source, chunks, plan, times = job.options, job.source, job.chunks, job.plan, job.times
+        self._check(options)
+        phase = on_phase if on_phase is not None else (lambda label: None)
+        info, total = source.info, len(job.chunks)
+        if not self._load_reported:
+            times.add("load", self.load_seconds)
+            self._load_reported = True
+        if not self._warm:
+            with times.stage("load"):
+                _warm_up(self.runners.generator, self.generator_batch or plan.generator_batch, self.context)
+            self._warm = True
+        dump = IntermediateDump(options.dump_intermediates) if options.dump_intermediates else None
+        if options.save_frames is not None:
+            Path(options.save_frames).mkdir(parents=True, exist_ok=True)
+        try:
+            if dump is not None:
+                dump.save("mel", job.mel.astype(np.float32))
+            ops = frame_ops_for(self.context, chunks, source, blend=options.blend, decoder=options.decoder,
+                                batch=options.face_det_batch_size, batch_frames=plan.generator_batch, buffers=plan.buffers)
+            detection = None
+            if not options.uses_fixed_box:
+                assert self.runners.detector is not None
+                detection = Detection(FaceDetector(self.runners.detector, times, ops), options, source, dump, ops)
+            items = face_items(source, total, options, detection, ops, times, plan.decode_ahead)
+            batches = generate(items, ops, self.runners.generator, plan.generator_batch, dump, times, chunks,
+                               reference_batch=options.wav2lip_batch_size, total=total)
+            ffmpeg = find_ffmpeg(options.ffmpeg)
+            phase("detecting faces" if detection is not None else "lip-syncing")
+            if on_start is not None:
+                on_start(total)
+            with VideoWriter(
+                options.outfile, width=info.width, height=info.height, fps=info.fps, audio=options.audio,
+                ffmpeg=ffmpeg, crf=options.crf, encoder=choose_encoder(options.encoder, ffmpeg),
+            ) as writer, WriterThread(
+                writer, depth=plan.writer_batches, on_frame=on_frame, extra=_frame_saver(options.save_frames),
+                busy=lambda seconds, frames: times.add("encode", seconds, frames),
+            ) as frames_out:
+                for n, batch in enumerate(batches):
+                    if n == 0 and detection is not None:
+                        phase("lip-syncing")
+                    frames_out.put(batch)
+        finally:
+            if dump is not None:
+                dump.close()
+        return InferenceResult(
+            outfile=Path(options.outfile), frames=total, fps=info.fps, width=info.width, height=info.height,
+            audio_seconds=job.audio_seconds, device=str(self.runners.generator.device), backend=self.runners.backend,
+            precision=self.runners.precision, seconds=time.perf_counter() - job.started, stages=times.rows(),
+        )
+
+    def close(self) -> None:
+        self.runners.__exit__(None, None, None)
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def run_inference(
+    options: InferenceOptions, *, on_frame: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None,
+    on_phase: Phase | None = None,
+) -> InferenceResult:
+    """Lip-sync ``options.face`` to ``options.audio`` and write ``options.outfile`` (a one-job session).
+
+    ``on_phase(label)`` says what the run is doing (reading audio, loading models, detecting
+    faces, lip-syncing); ``on_start(total_frames)`` and ``on_frame(frames_written)`` drive a
+    progress bar (``on_frame`` is called from the writer thread, once per frame).
+    """
+    job = prepare_job(options, on_phase)
+    if on_phase is not None:
+        on_phase("loading models")
+    with job.times.stage("load"):
+        session = Session.for_options(options, generator_batch=job.plan.generator_batch)
+    session._load_reported = True  # its load time is already in this job's "load" row
+    with session:
+        return session.execute(job, on_start=on_start, on_frame=on_frame, on_phase=on_phase)
+
+
+def _warm_up(runner: Runner, batch: int, context: DeviceContext) -> None:
+    """On a GPU, one generator batch before any worker thread starts.
+
+    The torch runner captures its CUDA graph on its first batch; capturing here, while this thread
+    is the only one using the GPU, means no other thread can enqueue work into the capture (the
+    decoder's copy stream may even be the same pooled stream in a long-lived process). It also
+    moves cuDNN's algorithm search and TensorRT's lazy set-up out of the first real batch.
+    """
+    if not context.is_cuda:
+        return
+    with context.on_compute():
+        mel = torch.zeros((batch, 1, 80, 16), device=context.device)
+        face = torch.zeros((batch, 6, IMG_SIZE, IMG_SIZE), device=context.device)
+    runner.infer({"mel": mel, "face": face})
+
+
+def _frame_saver(folder: Path | None) -> Callable[[int, np.ndarray], None] | None:
+    if folder is None:
+        return None
+
+    def save(index: int, frame: np.ndarray) -> None:
+        path = Path(folder) / f"frame_{index:06d}.png"
+        if not cv2.imwrite(str(path), frame):
+            raise InputError(f"--save-frames {folder}: cannot write {path.name}")
+
+    return save
+
+
