@@ -140,6 +140,7 @@ KEY_CHANGES = {
     "runner": "tensorrt/fp16",
     "detect_every": 3,
     "detect_size": 320,
+    "sparse_frames": 99,
 }
 
 

@@ -12,6 +12,7 @@ from wav2lip_trt.decode import OpenCVDecoder
 from wav2lip_trt.detect import FaceDetector
 from wav2lip_trt.errors import InputError
 from wav2lip_trt.execution import DeviceContext
+from wav2lip_trt.detection.stage import DetectionPass
 from wav2lip_trt.frame_ops import DeviceOps, HostOps, frame_ops_for
 from wav2lip_trt.options import InferenceOptions
 from wav2lip_trt.pipeline import Detection, face_items, generate
@@ -52,7 +53,8 @@ def test_device_frames_through_the_whole_pipeline(setup, checkpoints, tmp_path) 
     device = DeviceOps(chunks, CPU, decoder=OpenCVDecoder(source, device=CPU, batch=4))
     outputs = []
     for ops in (host, device):
-        detection = Detection(FaceDetector(s3fd, StageTimes(), ops), options, source, None, ops)
+        pass_ = DetectionPass(FaceDetector(s3fd, StageTimes(), ops), ops, options, source, StageTimes(), runner_label="torch/fp32")
+        detection = Detection(pass_.run(12).boxes, options, source)
         items = face_items(source, len(chunks), options, detection, ops)
         seen: list = []
         boxes = (seen.append((it.index, it.box)) or it for it in items)

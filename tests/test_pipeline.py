@@ -17,6 +17,8 @@ from wav2lip_trt.detect import FaceDetector
 from wav2lip_trt.errors import NoFaceError
 from wav2lip_trt.frame_ops import HostOps
 from wav2lip_trt.options import InferenceOptions
+from wav2lip_trt.detection.stage import DetectionPass
+from wav2lip_trt.stages import StageTimes
 from wav2lip_trt.pipeline import Detection, face_items, generate
 from wav2lip_trt.session import run_inference
 from wav2lip_trt.reference import run_reference
@@ -150,7 +152,8 @@ def items_for(media, checkpoints, gappy, policy: str):
     options = options_for(media, checkpoints, Path("unused"), face=video, on_missing_face=policy, nosmooth=True)
     source = FaceSource(video)
     ops = HostOps(None, source=source)  # type: ignore[arg-type]  (no generation here)
-    return source, list(face_items(source, 12, options, Detection(detector, options, source, None, ops), ops))
+    raw = DetectionPass(detector, ops, options, source, StageTimes(), runner_label="torch/fp32").run(12).boxes
+    return source, list(face_items(source, 12, options, Detection(raw, options, source), ops))
 
 
 def test_missing_face_error_names_frame_and_time(media, checkpoints, gappy) -> None:
@@ -174,7 +177,8 @@ def test_skip_passes_frames_through_unchanged(media, checkpoints, gappy, tmp_pat
     source = FaceSource(video)
     chunks = MelChunks(melspectrogram(load_audio(media["short"])), 25.0)
     ops = HostOps(chunks, source=source)
-    items = face_items(source, 12, options, Detection(detector, options, source, None, ops), ops)
+    raw = DetectionPass(detector, ops, options, source, StageTimes(), runner_label="torch/fp32").run(12).boxes
+    items = face_items(source, 12, options, Detection(raw, options, source), ops)
     runner = TorchRunner(load_wav2lip(checkpoints[0]), WAV2LIP_INPUTS, WAV2LIP_OUTPUTS)
     out = [(batch.first_index + k, frame) for batch in generate(items, ops, runner, 4, None)
            for k, frame in enumerate(batch.host_frames())]

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class RunnerRequest:
     """What a backend needs to build its runners."""
 
-    checkpoint_path: Path
+    checkpoint_path: Path | None  # None = no generator (detection only: the detect command)
     s3fd_checkpoint: Path | None  # None = no detection needed (--box given)
     device: torch.device
     precision: str = "auto"  # auto = fp16 for engines and CUDA, fp32 on CPU
@@ -42,7 +42,7 @@ class RunnerRequest:
 @dataclass
 class Runners:
     detector: Runner | None
-    generator: Runner
+    generator: Runner | None  # None only for a detection-only request
     backend: str
     precision: str
     notes: list[str] = field(default_factory=list)
@@ -95,9 +95,11 @@ def _torch_runners(request: RunnerRequest) -> Runners:
     stream = _compute_stream(request, request.device)
     # A CUDA graph removes the generator's launch overhead at its one fixed batch; S3FD gets none:
     # it runs at every frame size, and its few large kernels lose little to launches.
-    generator = TorchRunner(load_wav2lip(request.checkpoint_path), WAV2LIP_INPUTS, WAV2LIP_OUTPUTS, name="torch",
-                            device=request.device, dtype=dtype, channels_last=on_gpu, cuda_graphs=on_gpu,
-                            graph_batch=request.generator_batch, stream=stream)
+    generator = None
+    if request.checkpoint_path is not None:
+        generator = TorchRunner(load_wav2lip(request.checkpoint_path), WAV2LIP_INPUTS, WAV2LIP_OUTPUTS, name="torch",
+                                device=request.device, dtype=dtype, channels_last=on_gpu, cuda_graphs=on_gpu,
+                                graph_batch=request.generator_batch, stream=stream)
     detector = None
     if request.s3fd_checkpoint is not None:
         s3fd = load_s3fd(request.s3fd_checkpoint)
@@ -120,7 +122,7 @@ def _onnxruntime_runners(request: RunnerRequest) -> Runners:
             export_onnx(model, checkpoint, path, precision=precision)
             return OnnxRuntimeRunner(path, device=request.device, stream=stream)
 
-        generator = runner("wav2lip", request.checkpoint_path)
+        generator = runner("wav2lip", request.checkpoint_path) if request.checkpoint_path is not None else None
         detector = runner("s3fd", request.s3fd_checkpoint) if request.s3fd_checkpoint is not None else None
     return Runners(detector, generator, "onnxruntime", precision, stream=stream)
 
@@ -137,9 +139,9 @@ def _tensorrt_runners(request: RunnerRequest) -> Runners:
         engine = artifact_paths(request.engines_dir, model, precision).engine
         return TensorRTRunner(engine, checkpoint_path=checkpoint, flavor=request.flavor, device=device, stream=stream)
 
-    generator = runner("wav2lip", request.checkpoint_path)
+    generator = runner("wav2lip", request.checkpoint_path) if request.checkpoint_path is not None else None
     detector = runner("s3fd", request.s3fd_checkpoint) if request.s3fd_checkpoint is not None else None
-    return Runners(detector, generator, "tensorrt", precision, stream=generator.stream)
+    return Runners(detector, generator, "tensorrt", precision, stream=stream)
 
 
 def _auto_runners(request: RunnerRequest) -> Runners:

@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from .build_engines.command import build_engines_command
+from .detection.command import detect_command
 from .cli_errors import install_signal_handlers, interrupted_exit, setup_logging, user_errors
 from .errors import InputError
 from .files import atomic_write_text, check_output_dir, check_output_file
@@ -97,7 +98,9 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
 @click.option("--face", "face", type=click.Path(path_type=Path), help="Video, image or folder of frames with a face.")
 @click.option("--image", "image", type=click.Path(path_type=Path), help="Alias of --face (for a still image).")
 @click.option("--video", "video", type=click.Path(path_type=Path), help="Alias of --face (video or folder of frames).")
-@click.option("--audio", required=True, type=click.Path(path_type=Path), help="Audio (wav, mp3, m4a, or a video's audio track).")
+@click.option("--audio", "audios", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Audio (wav, mp3, m4a, or a video's audio track). Give it several times for one video per audio: "
+                   "--outfile is then a folder or a name with {audio}.")
 @click.option("--outfile", "outfile", type=click.Path(path_type=Path), help="Output video [results/result_voice.mp4].")
 @click.option("--output", "output", type=click.Path(path_type=Path), help="Alias of --outfile.")
 @click.option("--static", is_flag=False, flag_value="true", default="false", callback=parse_bool, metavar="[BOOL]",
@@ -147,13 +150,21 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
 @click.option("--frame-memory", "--frame_memory", "frame_memory", type=float, default=256.0, show_default=True,
               metavar="MIB", help="Memory for frames in flight (generator batch, encoder queue, decode look-ahead); "
               "large frames get smaller generator batches, with the same output.")
+@click.option("--boxes", type=click.Path(path_type=Path),
+              help="Per-frame face boxes (JSON from `detect --json`, or your own list) instead of S3FD.")
+@click.option("--detect-every", "detect_every", type=int, default=1, show_default=True, metavar="K",
+              help="S3FD on every K-th frame (and the last); boxes in between interpolated.")
+@click.option("--detect-size", "detect_size", type=int, metavar="N",
+              help="S3FD on frames scaled down to N px on the longer side; boxes mapped back. [off]")
+@click.option("--cache-dir", "cache_dir", type=click.Path(path_type=Path),
+              help="Detection cache folder [$XDG_CACHE_HOME/wav2lip-trt, else ~/.cache/wav2lip-trt].")
+@click.option("--no-cache", "no_cache", is_flag=True, help="Neither read nor write the detection cache.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and the JSON of --json -).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report of the run here ('-' = stdout).")
 @user_errors
 def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Path | None, output: Path | None,
-          quiet: bool, json_path: Path | None, show_profile: bool, **kwargs: Any) -> None:
-    """Lip-sync a face video or image to an audio track."""
-    from .session import run_inference
+          audios: tuple[Path, ...], quiet: bool, json_path: Path | None, show_profile: bool, **kwargs: Any) -> None:
+    """Lip-sync a face video or image to an audio track (or to several, one video each)."""
     from .progress import Progress
 
     face_path = _one_of({"--face": face, "--image": image, "--video": video}, "face inputs")
@@ -161,32 +172,92 @@ def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Pa
         raise InputError("missing option --face (or --image / --video)")
     out_path = _one_of({"--outfile": outfile, "--output": output}, "outputs") or Path("results/result_voice.mp4")
     setup_logging(quiet)
-    options = InferenceOptions(face=face_path, outfile=out_path, **kwargs)
+    options = InferenceOptions(face=face_path, outfile=out_path, audio=audios[0], **kwargs)
+    if len(audios) > 1:
+        _infer_many(options, audios, quiet, json_path, show_profile)
+        return
+    from .session import run_inference
+
     # Everything that can be checked before models load and frames decode is checked here.
     options.validate()
+    _check_json(json_path, options)
+    options.check_face_source()
+    with Progress("lip-sync", unit="frame", enabled=not quiet) as progress:
+        result = run_inference(options, on_start=progress.start, on_frame=progress.update, on_phase=progress.phase)
+    report = _report(result)
+    if json_path is not None:
+        write_json(json_path, report)
+    _finish(result, report, quiet, show_profile)
+
+
+def _check_json(json_path: Path | None, options: InferenceOptions) -> None:
     check_json_path(json_path, {"--face": options.face, "--audio": options.audio,
                                 "--checkpoint_path": options.checkpoint_path, "--s3fd-checkpoint": options.s3fd_checkpoint},
                     {"--outfile": options.outfile, "--save-frames": options.save_frames,
                      "--dump-intermediates": options.dump_intermediates})
-    options.check_face_source()
-    with Progress("lip-sync", unit="frame", enabled=not quiet) as progress:
-        result = run_inference(options, on_start=progress.start, on_frame=progress.update, on_phase=progress.phase)
+
+
+def _report(result: Any) -> dict[str, Any]:
     video_seconds = result.frames / result.fps
-    report = {
+    return {
         "outfile": str(result.outfile), "frames": result.frames, "fps": result.fps, "width": result.width,
         "height": result.height, "audio_seconds": result.audio_seconds, "video_seconds": round(video_seconds, 3),
         "device": result.device, "backend": result.backend, "precision": result.precision,
+        "detection": result.detection,
         "seconds": round(result.seconds, 3), "frames_per_second": round(result.frames / result.seconds, 3),
         "realtime_factor": round(result.audio_seconds / result.seconds, 3), "stages": result.stages,
     }
-    if json_path is not None:
-        write_json(json_path, report)
+
+
+def _finish(result: Any, report: dict[str, Any], quiet: bool, show_profile: bool) -> None:
     if show_profile:  # asked for explicitly, so printed even with --quiet
         click.echo(_stage_table(result.stages), err=True)
     if not quiet:
+        video_seconds = report["video_seconds"]
         click.echo(f"Wrote {result.outfile}: {result.frames} frames, {video_seconds:.2f} s of video, in "
                    f"{result.seconds:.1f} s wall time ({result.frames / result.seconds:.1f} frames/s, "
                    f"{video_seconds / result.seconds:.2f}x real time)", err=True)
+
+
+def _infer_many(options: InferenceOptions, audios: tuple[Path, ...], quiet: bool, json_path: Path | None,
+                show_profile: bool) -> None:
+    """One video per audio; models and detection once. A failed audio is an Error line; exit 1 if any failed."""
+    from dataclasses import replace
+
+    from .many_audios import outfiles_for, run_many
+    from .progress import Progress
+
+    outs = outfiles_for(options.outfile, audios)
+    replace(options, outfile=outs[0]).validate()  # what all audios share fails once, up front
+    _check_json(json_path, replace(options, outfile=outs[0]))
+    options.check_face_source()
+    bars: list[Progress] = []
+
+    def progress(opts: InferenceOptions) -> dict[str, Any]:
+        bar = Progress(f"lip-sync {Path(opts.audio).name}", unit="frame", enabled=not quiet)
+        bars.append(bar)
+        return {"on_start": bar.start, "on_frame": bar.update, "on_phase": bar.phase}
+
+    reports, failed = [], 0
+    try:
+        for outcome in run_many(options, audios, progress=progress):
+            while bars:
+                bars.pop().__exit__(None, None, None)
+            if outcome.result is None:
+                failed += 1
+                click.echo(f"Error: {outcome.error}", err=True)
+                reports.append({"audio": str(outcome.audio), "outfile": str(outcome.outfile), "error": outcome.error})
+                continue
+            report = {"audio": str(outcome.audio), **_report(outcome.result)}
+            reports.append(report)
+            _finish(outcome.result, report, quiet, show_profile)
+    finally:
+        while bars:
+            bars.pop().__exit__(None, None, None)
+    if json_path is not None:
+        write_json(json_path, {"runs": reports, "failed": failed})
+    if failed:
+        sys.exit(1)
 
 
 def _stage_table(rows: list[dict]) -> str:
@@ -198,6 +269,7 @@ def _stage_table(rows: list[dict]) -> str:
 
 
 cli.add_command(build_engines_command)
+cli.add_command(detect_command)
 
 
 def _listed(values: tuple[str, ...]) -> tuple[str, ...]:

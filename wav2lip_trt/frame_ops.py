@@ -53,6 +53,10 @@ class FrameOps(Protocol):
         """One frame on the host, now (a blocking copy on the GPU path: for dumps, not the hot path)."""
         ...
 
+    def scale(self, frames: Frame, width: int, height: int) -> Frame:
+        """A (B, H, W, 3) batch resized to ``width`` x ``height`` (OpenCV INTER_LINEAR, bit-exact everywhere)."""
+        ...
+
     def detect(self, runner: Runner, frames: Frame, times: StageTimes) -> list[DetBox | None]:
         """S3FD on (B, H, W, 3) uint8 BGR frames: the chosen (x1, y1, x2, y2) per frame, or None."""
         ...
@@ -87,6 +91,11 @@ class HostOps:
 
     def to_host(self, frame: np.ndarray) -> np.ndarray:
         return frame
+
+    def scale(self, frames: np.ndarray, width: int, height: int) -> np.ndarray:
+        from .detection.scaled import scale_frames_host
+
+        return scale_frames_host(frames, width, height)
 
     def detect(self, runner: Runner, frames: np.ndarray, times: StageTimes) -> list[DetBox | None]:
         return run_detector(runner, frames, times)
@@ -132,9 +141,11 @@ class DeviceOps:
                  size: tuple[int, int] | None = None) -> None:
         self.ctx = context if isinstance(context, DeviceContext) else DeviceContext(context)
         self.device, self.blend, self.decoder = self.ctx.device, blend, decoder
-        with self.ctx.on_compute():
-            self.mel = upload(np.ascontiguousarray(chunks.mel, dtype=np.float32), self.device, self.ctx.compute)
-        self.starts = chunks.starts()
+        self.mel, self.starts = None, None  # no chunks: detection only
+        if chunks is not None:
+            with self.ctx.on_compute():
+                self.mel = upload(np.ascontiguousarray(chunks.mel, dtype=np.float32), self.device, self.ctx.compute)
+            self.starts = chunks.starts()
         self.batch_frames, self.buffers = batch_frames, buffers
         if size is None and decoder is not None:
             size = (decoder.info.height, decoder.info.width)
@@ -156,6 +167,12 @@ class DeviceOps:
     def to_host(self, frame: torch.Tensor) -> np.ndarray:
         with self.ctx.on_compute():
             return frame.cpu().numpy()
+
+    def scale(self, frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        from .detection.scaled import scale_frames_device
+
+        with self.ctx.on_compute():
+            return scale_frames_device(self._upload(frames), width, height)
 
     def _upload(self, frames: Sequence[Frame] | Frame) -> torch.Tensor:
         """A (B, H, W, 3) batch on the device, built on the compute stream (call inside ``on_compute``)."""

@@ -49,17 +49,40 @@ class InferenceOptions:
     encoder: str = "auto"  # auto = h264_nvenc when the GPU and ffmpeg can, else libx264
     blend: str = "none"  # paste-back: none (the original's hard box) | feather (soft edges, no seam)
     frame_memory: float = 256.0  # MiB of frames in flight (generator batch, encoder queue, decode look-ahead)
+    boxes: Path | None = None  # per-frame raw boxes (JSON from `detect --json`) instead of S3FD
+    detect_every: int = 1  # S3FD on every K-th frame (and the last); boxes in between interpolated
+    detect_size: int | None = None  # S3FD on frames whose longer side is scaled down to N px
+    cache_dir: Path | None = None  # detection cache folder; None = $XDG_CACHE_HOME/wav2lip-trt or ~/.cache/...
+    no_cache: bool = False  # neither read nor write the detection cache
 
     @property
     def uses_fixed_box(self) -> bool:
         return self.box[0] != -1
+
+    @property
+    def needs_detector(self) -> bool:
+        """S3FD runs unless a fixed --box or a --boxes file says where the face is."""
+        return not self.uses_fixed_box and self.boxes is None
 
     def validate(self) -> None:
         """Raise :class:`InputError` for anything that would fail later, before slow work starts."""
         for label, path in (("--checkpoint_path", self.checkpoint_path), ("--face", self.face), ("--audio", self.audio)):
             if not Path(path).exists():
                 raise InputError(f"{label} file not found: {path}")
-        if not self.uses_fixed_box and not Path(self.s3fd_checkpoint).exists():
+        if self.boxes is not None:
+            if self.uses_fixed_box:
+                raise InputError("give either --box (one box for every frame) or --boxes FILE (a box per frame), not both")
+            if not Path(self.boxes).is_file():
+                raise InputError(f"--boxes file not found: {self.boxes}")
+            if self.detect_every != 1 or self.detect_size is not None:
+                raise InputError("--detect-every/--detect-size apply to S3FD; --boxes gives every frame's box already")
+        if not isinstance(self.detect_every, int) or self.detect_every < 1:
+            raise InputError(f"--detect-every must be a whole number of frames, at least 1, got {self.detect_every}")
+        if self.detect_size is not None:
+            from .detection.scaled import check_detect_size
+
+            check_detect_size(self.detect_size)
+        if self.needs_detector and not Path(self.s3fd_checkpoint).exists():
             raise InputError(
                 f"S3FD checkpoint not found: {self.s3fd_checkpoint} (download s3fd.pth as described in "
                 "checkpoints/README.md, pass --s3fd-checkpoint, or give a fixed --box)"
@@ -67,7 +90,8 @@ class InferenceOptions:
         from .encode import check_container  # here, not at the top: the CLI imports this module to start
 
         inputs = {"--face": self.face, "--audio": self.audio, "--checkpoint_path": self.checkpoint_path,
-                  "--s3fd-checkpoint": None if self.uses_fixed_box else self.s3fd_checkpoint}
+                  "--s3fd-checkpoint": self.s3fd_checkpoint if self.needs_detector else None,
+                  "--boxes": self.boxes}
         check_output_file(self.outfile, "--outfile", inputs)
         check_container(self.outfile, "--outfile")
         for label, folder in (("--save-frames", self.save_frames), ("--dump-intermediates", self.dump_intermediates)):
@@ -121,7 +145,7 @@ class InferenceOptions:
             if y2 > info.height or x2 > info.width:
                 raise InputError(f"--box {list(self.box)} reaches outside the {info.width}x{info.height} frames of "
                                  f"{self.face}")
-        else:
+        elif self.needs_detector:
             resized = "" if source.transform.is_identity else " after --resize_factor/--rotate/--crop"
             check_frame_size(info.width, info.height, f"{self.face}: its frames are {info.width}x{info.height}{resized}")
 

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 
 import numpy as np
 
 from .audio import MelChunks
 from .boxes import pad_box, smooth_stream
-from .detect import FaceDetector
 from .dump import IntermediateDump
 from .errors import InputError, NoFaceError
 from .execution import FinishedBatch
@@ -51,29 +49,22 @@ class FaceItem:
     box: Box | None  # (y1, y2, x1, x2); None = no face, the frame passes through unchanged
 
 
-def batched(items: Iterable, size: int) -> Iterator[list]:
-    it = iter(items)
-    while chunk := list(islice(it, size)):
-        yield chunk
-
-
 class Detection:
-    """S3FD over a frame stream: detect in batches, apply pads, the missing-face policy, smoothing."""
+    """Raw boxes (from :mod:`wav2lip_trt.detection.stage`) turned into the boxes the original uses:
+    pads, the missing-face policy, forward smoothing, over a frame stream."""
 
-    def __init__(self, detector: FaceDetector, options: InferenceOptions, source: FaceSource, dump: IntermediateDump | None,
-                 ops: FrameOps):
-        self.detector, self.options, self.source, self.dump, self.ops = detector, options, source, dump, ops
+    def __init__(self, raw: Sequence[tuple[int, int, int, int] | None], options: InferenceOptions, source: FaceSource) -> None:
+        self.raw_boxes, self.options, self.source = list(raw), options, source
+        if options.on_missing_face == "error" and None in self.raw_boxes:
+            raise self._no_face(self.raw_boxes.index(None), "no face detected")
 
-    def raw(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray, tuple[int, int, int, int] | None]]:
-        """(source index, frame, chosen x1, y1, x2, y2 or None) in input order."""
-        index = 0
-        for batch in batched(frames, self.options.face_det_batch_size):
-            found = self.detector.detect(self.ops.stack(batch))
-            if self.dump is not None:
-                self.dump.append("det_boxes", np.array([_NO_BOX if b is None else b for b in found], dtype=np.int64))
-            for frame, det in zip(batch, found):
-                yield index, frame, det
-                index += 1
+    def raw(self, frames: Iterable[Frame]) -> Iterator[tuple[int, Frame, tuple[int, int, int, int] | None]]:
+        """(source index, frame, raw x1, y1, x2, y2 or None) in input order."""
+        for index, frame in enumerate(frames):
+            if index >= len(self.raw_boxes):
+                raise InputError(f"{self.options.boxes or self.source.path}: no box for frame {index} (there are "
+                                 f"{len(self.raw_boxes)}); the face input has more frames than boxes")
+            yield index, frame, self.raw_boxes[index]
 
     def usable(self, frames: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
         """(source index, frame, padded [x1, y1, x2, y2] or None) with the missing-face policy applied."""

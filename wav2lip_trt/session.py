@@ -35,7 +35,9 @@ from .execution import BatchPlan, DeviceContext, WriterThread, plan_batches
 from .execution.memory import bound_allocator
 from .faces import IMG_SIZE
 from .ffmpeg import find_ffmpeg
-from .frame_ops import frame_ops_for
+from .detection.cache import DetectionCache
+from .detection.stage import DetectionPass, Memo, RawDetections
+from .frame_ops import FrameOps, frame_ops_for
 from .options import InferenceOptions
 from .pipeline import Detection, face_items, generate
 from .runners.base import Runner
@@ -64,6 +66,7 @@ class InferenceResult:
     precision: str
     seconds: float
     stages: list[dict] = field(default_factory=list)  # per-stage busy time (StageTimes.rows())
+    detection: str = "fixed box"  # where the face boxes came from: "cache hit", "cache miss", "boxes file", ...
 
 
 @dataclass
@@ -140,16 +143,19 @@ class Session:
             generator_batch=generator_batch,
         )
         self.runners: Runners = create_runners(backend, request)
+        assert self.runners.generator is not None
+        self.generator: Runner = self.runners.generator
         self.load_seconds = time.perf_counter() - started
         self.generator_batch = generator_batch
         self._load_reported = False
         self._warm = False
-        log.info("running %s %s on %s", self.runners.backend, self.runners.precision, self.runners.generator.device)
+        self.detections: Memo = {}  # raw boxes by detection key: one face, many audios, one detection
+        log.info("running %s %s on %s", self.runners.backend, self.runners.precision, self.generator.device)
 
     @classmethod
     def for_options(cls, options: InferenceOptions, *, generator_batch: int | None = None) -> "Session":
         """The session ``options`` needs (no detector when it gives a fixed ``box``)."""
-        return cls(options.checkpoint_path, None if options.uses_fixed_box else options.s3fd_checkpoint,
+        return cls(options.checkpoint_path, options.s3fd_checkpoint if options.needs_detector else None,
                    device=options.device, backend=options.backend, precision=options.precision,
                    engines_dir=options.engines_dir, flavor=options.flavor, generator_batch=generator_batch)
 
@@ -185,12 +191,12 @@ class Session:
     def _check(self, options: InferenceOptions) -> InferenceOptions:
         for name in MODEL_OPTIONS:
             mine, theirs = self.model_options[name], getattr(options, name)
-            if name == "s3fd_checkpoint" and (mine is None or options.uses_fixed_box):
+            if name == "s3fd_checkpoint" and (mine is None or not options.needs_detector):
                 continue
             same = Path(theirs).resolve() == mine.resolve() if isinstance(mine, Path) else mine == theirs
             if not same:
                 raise InputError(f"this session was loaded with {name}={mine}, the call asks for {theirs}")
-        if not options.uses_fixed_box and self.runners.detector is None:
+        if options.needs_detector and self.runners.detector is None:
             raise InputError("this session has no face detector (it was created without an S3FD checkpoint): give a fixed box")
         return options
 
@@ -206,7 +212,7 @@ class Session:
             self._load_reported = True
         if not self._warm:
             with times.stage("load"):
-                _warm_up(self.runners.generator, self.generator_batch or plan.generator_batch, self.context)
+                _warm_up(self.generator, self.generator_batch or plan.generator_batch, self.context)
             self._warm = True
         dump = IntermediateDump(options.dump_intermediates) if options.dump_intermediates else None
         if options.save_frames is not None:
@@ -216,15 +222,16 @@ class Session:
                 dump.save("mel", job.mel.astype(np.float32))
             ops = frame_ops_for(self.context, chunks, source, blend=options.blend, decoder=options.decoder,
                                 batch=options.face_det_batch_size, batch_frames=plan.generator_batch, buffers=plan.buffers)
-            detection = None
+            detection, origin = None, "fixed box"
             if not options.uses_fixed_box:
-                assert self.runners.detector is not None
-                detection = Detection(FaceDetector(self.runners.detector, times, ops), options, source, dump, ops)
+                phase("detecting faces" if options.needs_detector else "reading boxes")
+                raw = self._raw_boxes(options, source, ops, times, plan, dump, 1 if options.static or source.kind == "image" else total)
+                detection, origin = Detection(raw.boxes, options, source), raw.origin
             items = face_items(source, total, options, detection, ops, times, plan.decode_ahead)
-            batches = generate(items, ops, self.runners.generator, plan.generator_batch, dump, times, chunks,
+            batches = generate(items, ops, self.generator, plan.generator_batch, dump, times, chunks,
                                reference_batch=options.wav2lip_batch_size, total=total)
             ffmpeg = find_ffmpeg(options.ffmpeg)
-            phase("detecting faces" if detection is not None else "lip-syncing")
+            phase("lip-syncing")
             if on_start is not None:
                 on_start(total)
             with VideoWriter(
@@ -234,18 +241,27 @@ class Session:
                 writer, depth=plan.writer_batches, on_frame=on_frame, extra=_frame_saver(options.save_frames),
                 busy=lambda seconds, frames: times.add("encode", seconds, frames),
             ) as frames_out:
-                for n, batch in enumerate(batches):
-                    if n == 0 and detection is not None:
-                        phase("lip-syncing")
+                for batch in batches:
                     frames_out.put(batch)
         finally:
             if dump is not None:
                 dump.close()
         return InferenceResult(
             outfile=Path(options.outfile), frames=total, fps=info.fps, width=info.width, height=info.height,
-            audio_seconds=job.audio_seconds, device=str(self.runners.generator.device), backend=self.runners.backend,
+            audio_seconds=job.audio_seconds, device=str(self.generator.device), backend=self.runners.backend,
             precision=self.runners.precision, seconds=time.perf_counter() - job.started, stages=times.rows(),
+            detection=origin,
         )
+
+    def _raw_boxes(self, options: InferenceOptions, source: FaceSource, ops: FrameOps, times: StageTimes, plan: BatchPlan,
+                   dump: IntermediateDump | None, limit: int) -> RawDetections:
+        """Raw boxes from a --boxes file, this session's memo, the disk cache, or S3FD (in that order)."""
+        detector = FaceDetector(self.runners.detector, times, ops) if self.runners.detector is not None else None
+        cache = None if options.no_cache or not options.needs_detector else DetectionCache(options.cache_dir)
+        label = f"{self.runners.backend}/{self.runners.precision}"
+        return DetectionPass(detector, ops, options, source, times, runner_label=label, cache=cache,
+                             memo=self.detections if options.needs_detector else None,
+                             decode_ahead=plan.decode_ahead).run(limit, dump)
 
     def close(self) -> None:
         self.runners.__exit__(None, None, None)

@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -102,6 +103,13 @@ def prefetch(items: Iterable[T], depth: int, name: str = "stage") -> Iterator[T]
     finally:
         stop.set()
         worker.join()
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last may be shorter)."""
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
 
 
 def timed(items: Iterable[T], times: StageTimes, name: str) -> Iterator[T]:

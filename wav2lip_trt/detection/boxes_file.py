@@ -84,6 +84,12 @@ def write_boxes(path: Path, boxes: Iterable[Sequence[int] | None], *, source: st
 
     Raises ValueError for a box :func:`read_boxes` would refuse (the caller decides, e.g. writes None).
     """
+    atomic_write_text(Path(path), boxes_text(boxes, source=source, width=width, height=height, fps=fps))
+
+
+def boxes_text(boxes: Iterable[Sequence[int] | None], *, source: str | Path, width: int, height: int,
+               fps: float) -> str:
+    """The text of a version-1 boxes file (one box per line); ValueError as :func:`write_boxes`."""
     width, height = operator.index(width), operator.index(height)
     if width < 1 or height < 1:
         raise ValueError(f"width and height must be positive, got {width} x {height}")
@@ -103,8 +109,7 @@ def write_boxes(path: Path, boxes: Iterable[Sequence[int] | None], *, source: st
               "fps": float(fps), "frames": len(rows), "order": ORDER}
     lines = [f"  {json.dumps(name)}: {json.dumps(value)}," for name, value in header.items()]
     body = ",\n".join(f"    {json.dumps(row)}" for row in rows)
-    text = "{\n" + "\n".join(lines) + '\n  "boxes": [\n' + body + ("\n" if rows else "") + "  ]\n}\n"
-    atomic_write_text(Path(path), text)
+    return "{\n" + "\n".join(lines) + '\n  "boxes": [\n' + body + ("\n" if rows else "") + "  ]\n}\n"
 
 
 def read_boxes(path: Path, *, frames: int | None, width: int, height: int) -> list[Box | None]:

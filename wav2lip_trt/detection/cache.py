@@ -129,6 +129,8 @@ class DetectionKey:
     runner: str  # S3FD runner's backend and precision, e.g. "tensorrt/fp16": FP16 engines give other boxes
     detect_every: int = 1  # detect every K-th frame
     detect_size: int | None = None  # detect on frames scaled to N px, None = full size
+    sparse_frames: int | None = None  # frames a --detect-every schedule spans (its last frame is always
+    # detected, so where the clip ends changes the last batch); None when every frame is detected
 
     def __post_init__(self) -> None:
         """Checks and normalises (numpy ints to int, a crop list to a tuple) so equal settings give one digest."""
@@ -137,9 +139,9 @@ class DetectionKey:
                 raise ValueError(f"{name} must be a lower-case hex sha256, got {value!r}")
         if len(crop := tuple(self.crop)) != 4 or not all(_is_int(v) for v in crop):
             raise ValueError(f"crop must be 4 integers, got {self.crop!r}")
-        for name in ("resize_factor", "face_det_batch_size", "detect_every", "detect_size"):
+        for name in ("resize_factor", "face_det_batch_size", "detect_every", "detect_size", "sparse_frames"):
             value = getattr(self, name)
-            if not (value is None and name == "detect_size") and not (_is_int(value) and value >= 1):
+            if not (value is None and name in ("detect_size", "sparse_frames")) and not (_is_int(value) and value >= 1):
                 raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
             object.__setattr__(self, name, None if value is None else int(value))
         if not isinstance(self.runner, str) or not self.runner:
