@@ -1,0 +1,217 @@
+"""Scoring generated faces while they are made: the expert's sync and the discriminator's quality.
+
+:class:`OnlineScorer` takes the generator's faces batch by batch (``add``) and keeps only what
+later batches still need (the last 4 faces, ~19 audio and ~15 face embeddings), so memory does
+not grow with the video. For every 5-frame window it records the expert's cosine similarity and
+sync loss against that window's mel chunk; for every shift k = -vshift..vshift it accumulates
+the mean similarity of face window i with the audio of frame i + k (the offset curve); for every
+face the quality discriminator's probability. ``report()`` gives the ``expert`` and
+``visual_quality`` objects of ``infer --score --json``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models import Wav2LipDiscQual
+from .expert import LOWER_HALF, WINDOW, cosine_loss_terms, faces_to_uint8, faces_to_unit, quality_probabilities
+from .lse import VSHIFT
+from .models import SyncNetColor
+
+MEL_SHAPE = (80, 16)
+BATCH_SIZE = 64  # windows or faces per forward
+
+
+@dataclass(frozen=True)
+class ExpertReport:
+    """The expert's numbers over N output frames (W = N - 4 windows, in output order)."""
+
+    similarity: list[float | None]  # (W,) cos(audio_i, face_i); None where a window lacks a face
+    sync_loss: float | None  # mean of -max(log similarity, -100) over the scored windows
+    av_offset: int | None  # -argmax of the curve: negative means the audio lags the video
+    offset_curve: list[float | None]  # (2 vshift + 1,) mean cos(face_i, audio_{i+k}), k = -vshift..vshift
+    offset_counts: list[int]  # pairs behind each curve point
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sync_loss": self.sync_loss, "similarity": self.similarity, "av_offset": self.av_offset,
+                "offset_curve": self.offset_curve, "offset_counts": self.offset_counts,
+                "windows": len(self.similarity), "scored_windows": sum(s is not None for s in self.similarity)}
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """The quality discriminator's probability that each output face is real."""
+
+    per_frame: list[float | None]  # (N,) None where a frame has no generated face
+    mean: float | None
+    perceptual_loss: float | None  # -mean log p (the generator's GAN loss term), informational
+
+    def to_json(self) -> dict[str, Any]:
+        return {"per_frame": self.per_frame, "mean": self.mean, "perceptual_loss": self.perceptual_loss}
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(np.asarray(values, dtype=np.float64))) if values else None
+
+
+class OnlineScorer:
+    """Streams generated faces through the expert and/or the quality discriminator.
+
+    Call :meth:`add` from one thread, with output frame indices increasing from call to call
+    (gaps allowed: frames without a generated face are simply not added). Models run on
+    ``device`` in eval mode. ``seconds`` accumulates the time spent scoring, for cost reports.
+    """
+
+    def __init__(self, expert: SyncNetColor | None = None, disc: Wav2LipDiscQual | None = None, *,
+                 device: torch.device | str = "cpu", vshift: int = VSHIFT, batch_size: int = BATCH_SIZE) -> None:
+        if expert is None and disc is None:
+            raise ValueError("OnlineScorer needs an expert, a discriminator, or both")
+        self.expert = expert.eval() if expert is not None else None
+        self.disc = disc.eval() if disc is not None else None
+        self.device = torch.device(device)
+        self.vshift = vshift
+        self.batch_size = batch_size
+        self.seconds = 0.0
+        self._last = -1
+        self._lower: dict[int, torch.Tensor] = {}  # frame -> (3, 48, 96) lower half in [0, 1]
+        self._audio: dict[int, torch.Tensor] = {}  # frame -> (512,) audio embedding of its mel chunk
+        self._face: dict[int, torch.Tensor] = {}  # window -> (512,) face embedding
+        self._similarity: dict[int, float] = {}
+        self._bce: dict[int, float] = {}
+        self._quality: dict[int, float] = {}
+        self._sums = np.zeros(2 * vshift + 1, dtype=np.float64)
+        self._counts = np.zeros(2 * vshift + 1, dtype=np.int64)
+
+    def add(self, indices: Sequence[int] | np.ndarray, faces: np.ndarray | torch.Tensor,
+            mel_chunks: np.ndarray | torch.Tensor | None) -> None:
+        """Score one batch of generated faces.
+
+        indices: (B,) output frame numbers, increasing, all above those of earlier calls.
+        faces: (B, 96, 96, 3) uint8 BGR as pasted, or the generator's (B, 3, 96, 96) float output in
+        [0, 1] (then truncated to uint8 here, exactly as the paste step does).
+        mel_chunks: (B, 80, 16) or (B, 1, 80, 16) float32, the chunk each face was generated from;
+        may be None when only the discriminator scores.
+        """
+        start = time.perf_counter()
+        idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+        if any(b <= a for a, b in zip(idx, idx[1:])) or (idx and idx[0] <= self._last):
+            raise ValueError(f"frame indices must increase across add() calls (last was {self._last}), got {idx[:8]}")
+        faces_u8 = faces_to_uint8(faces)
+        if len(idx) != faces_u8.shape[0]:
+            raise ValueError(f"{len(idx)} indices for {faces_u8.shape[0]} faces")
+        if not idx:
+            return
+        unit = faces_to_unit(faces_u8).to(self.device)
+        with torch.no_grad():
+            if self.disc is not None:
+                self._add_quality(idx, unit)
+            if self.expert is not None:
+                if mel_chunks is None:
+                    raise ValueError("the expert needs the mel chunk of every face")
+                self._add_expert(idx, unit, mel_chunks)
+        self._last = idx[-1]
+        self._prune()
+        self.seconds += time.perf_counter() - start
+
+    def _add_quality(self, idx: list[int], unit: torch.Tensor) -> None:
+        for s in range(0, len(idx), self.batch_size):
+            probs = quality_probabilities(self.disc, unit[s: s + self.batch_size]).float().cpu().tolist()
+            self._quality.update(zip(idx[s: s + self.batch_size], probs))
+
+    def _add_expert(self, idx: list[int], unit: torch.Tensor, mel_chunks: np.ndarray | torch.Tensor) -> None:
+        assert self.expert is not None
+        mel = torch.as_tensor(np.asarray(mel_chunks) if not isinstance(mel_chunks, torch.Tensor) else mel_chunks)
+        mel = mel.to(self.device, torch.float32).reshape(-1, 1, *MEL_SHAPE)
+        if mel.shape[0] != len(idx):
+            raise ValueError(f"{len(idx)} faces but {mel.shape[0]} mel chunks")
+        new_audio = []
+        for s in range(0, len(idx), self.batch_size):
+            emb = self.expert.embed_audio(mel[s: s + self.batch_size])
+            for j, e in zip(idx[s: s + self.batch_size], emb):
+                self._audio[j] = e
+                new_audio.append(j)
+        for j, face in zip(idx, unit):
+            self._lower[j] = face[:, LOWER_HALF:]
+        windows = sorted({i for j in idx for i in range(j - WINDOW + 1, j + 1)
+                          if i >= 0 and i not in self._face and all(i + t in self._lower for t in range(WINDOW))})
+        old_windows = sorted(self._face)
+        for s in range(0, len(windows), self.batch_size):
+            chunk = windows[s: s + self.batch_size]
+            x = torch.stack([torch.cat([self._lower[i + t] for t in range(WINDOW)]) for i in chunk])
+            emb = self.expert.embed_face(x)
+            audio = torch.stack([self._audio[i] for i in chunk])
+            sim, bce = cosine_loss_terms(audio, emb)
+            for i, e, d, b in zip(chunk, emb, sim.float().cpu().tolist(), bce.float().cpu().tolist()):
+                self._face[i] = e
+                self._similarity[i] = d
+                self._bce[i] = b
+        self._pair(windows, sorted(self._audio))  # new faces with every audio
+        self._pair(old_windows, new_audio)  # older faces with the new audio
+
+    def _pair(self, windows: list[int], frames: list[int]) -> None:
+        """Adds cos(face_i, audio_j) for |j - i| <= vshift to the offset curve."""
+        if not windows or not frames:
+            return
+        w = torch.tensor(windows)
+        f = torch.tensor(frames)
+        shift = f[None, :] - w[:, None]
+        near = shift.abs() <= self.vshift
+        if not bool(near.any()):
+            return
+        faces = torch.stack([self._face[i] for i in windows])
+        audio = torch.stack([self._audio[j] for j in frames])
+        cos = F.cosine_similarity(faces[:, None, :], audio[None, :, :], dim=-1).double().cpu()
+        k = (shift[near] + self.vshift).numpy()
+        np.add.at(self._sums, k, cos[near].numpy())
+        np.add.at(self._counts, k, 1)
+
+    def _prune(self) -> None:
+        """Drops what no later frame can need (later frames have indices > the last one)."""
+        last = self._last
+        self._lower = {j: v for j, v in self._lower.items() if j > last - WINDOW + 1}
+        first_window = last - WINDOW + 2  # the earliest window a later frame can complete
+        self._audio = {j: v for j, v in self._audio.items() if j >= first_window - self.vshift}
+        self._face = {i: v for i, v in self._face.items() if i >= last + 1 - self.vshift}
+
+    def report(self, total_frames: int | None = None) -> dict[str, Any]:
+        """``{"expert": {...}, "visual_quality": {...}}`` (only the parts a model was given for).
+
+        ``total_frames`` is the number of output frames N (default: the last added index + 1).
+        """
+        n = self._last + 1 if total_frames is None else int(total_frames)
+        out: dict[str, Any] = {}
+        if self.expert is not None:
+            out["expert"] = self.expert_report(n).to_json()
+        if self.disc is not None:
+            out["visual_quality"] = self.quality_report(n).to_json()
+        return out
+
+    def expert_report(self, total_frames: int) -> ExpertReport:
+        """The expert's numbers over ``total_frames`` output frames."""
+        windows = max(0, total_frames - WINDOW + 1)
+        similarity = [self._similarity.get(i) for i in range(windows)]
+        bce = [self._bce[i] for i in range(windows) if i in self._bce]
+        counts = self._counts.copy()
+        curve = np.where(counts > 0, self._sums / np.maximum(counts, 1), -np.inf)
+        best = int(np.argmax(curve)) if counts.any() else None
+        return ExpertReport(
+            similarity=similarity,
+            sync_loss=_mean(bce),
+            av_offset=None if best is None else -(best - self.vshift),
+            offset_curve=[float(c) if n else None for c, n in zip(curve, counts)],
+            offset_counts=[int(c) for c in counts],
+        )
+
+    def quality_report(self, total_frames: int) -> QualityReport:
+        """The discriminator's numbers over ``total_frames`` output frames."""
+        per_frame = [self._quality.get(i) for i in range(total_frames)]
+        probs = [p for p in per_frame if p is not None]
+        logs = [max(float(np.log(p)) if p > 0 else -np.inf, -100.0) for p in probs]
+        return QualityReport(per_frame=per_frame, mean=_mean(probs), perceptual_loss=None if not logs else -_mean(logs))
