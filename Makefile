@@ -18,7 +18,7 @@ $(VENV)/.runtime: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
-	$(BIN)/pip install --quiet -e '.[dev,onnx,rtx,triton,dali]'
+	$(BIN)/pip install --quiet -e '.[dev,onnx,rtx,triton,dali,ray]'
 	touch $@
 
 install: $(VENV)/.runtime

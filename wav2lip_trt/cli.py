@@ -15,6 +15,7 @@ import click
 from . import __version__
 from .build_engines.command import build_engines_command
 from .detection.command import detect_command
+from .jobs.command import batch_command
 from .cli_errors import install_signal_handlers, interrupted_exit, setup_logging, user_errors
 from .errors import InputError
 from .files import atomic_write_text, check_output_dir, check_output_file
@@ -270,6 +271,7 @@ def _stage_table(rows: list[dict]) -> str:
 
 cli.add_command(build_engines_command)
 cli.add_command(detect_command)
+cli.add_command(batch_command)
 
 
 def _listed(values: tuple[str, ...]) -> tuple[str, ...]:

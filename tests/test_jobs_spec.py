@@ -1,0 +1,97 @@
+"""The jobs file: JSONL and CSV give the same jobs; a malformed file is one InputError naming its line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wav2lip_trt.errors import InputError
+from wav2lip_trt.jobs.spec import MODEL_OPTIONS, per_call_options, read_jobs
+from wav2lip_trt.options import InferenceOptions
+from wav2lip_trt.session import MODEL_OPTIONS as SESSION_MODEL_OPTIONS
+
+from jobs_media import write_jsonl
+
+
+def test_jsonl_and_csv_give_the_same_jobs(tmp_path) -> None:
+    jsonl = write_jsonl(tmp_path / "jobs.jsonl", [
+        {"face": "a.mp4", "audio": "a.wav", "outfile": "out/a.mp4", "box": [1, 50, 2, 60], "nosmooth": True,
+         "fps": 30, "detect_size": None},
+        "",
+        "# a comment",
+        {"face": "b.mp4", "audio": "b.wav", "outfile": "out/b.mp4", "pads": [0, 20, 0, 0], "crf": 23,
+         "boxes": "b.boxes.json", "on_missing_face": "previous"},
+    ])
+    csv = tmp_path / "jobs.csv"
+    csv.write_text("face,audio,outfile,box,nosmooth,fps,pads,crf,boxes,on_missing_face\n"
+                   "a.mp4,a.wav,out/a.mp4,1 50 2 60,true,30,,,,\n"
+                   "\n"
+                   'b.mp4,b.wav,out/b.mp4,,,,"[0, 20, 0, 0]",23,b.boxes.json,previous\n')
+    for jobs, lines in ((read_jobs(jsonl), (1, 4)), (read_jobs(csv), (2, 4))):
+        assert [job.line for job in jobs] == list(lines)
+        a, b = jobs
+        assert (a.face, a.audio, a.outfile) == (Path("a.mp4"), Path("a.wav"), Path("out/a.mp4"))
+        assert {k: v for k, v in a.options.items() if v is not None} == {"box": (1, 50, 2, 60), "nosmooth": True,
+                                                                          "fps": 30.0}
+        assert dict(b.options) == {"pads": (0, 20, 0, 0), "crf": 23, "boxes": Path("b.boxes.json"),
+                                   "on_missing_face": "previous"}
+    options = read_jobs(jsonl)[0].inference_options({"checkpoint_path": Path("w.pth"), "device": "cpu"})
+    assert isinstance(options, InferenceOptions) and options.box == (1, 50, 2, 60) and options.device == "cpu"
+    assert options.face == Path.cwd() / "a.mp4" and options.outfile.is_absolute()  # same file for any worker
+
+
+def test_per_call_options_are_the_infer_options_that_keep_the_models() -> None:
+    assert MODEL_OPTIONS == SESSION_MODEL_OPTIONS
+    names = set(per_call_options())
+    assert {"pads", "box", "nosmooth", "static", "crf", "boxes", "detect_every", "blend"} <= names
+    assert not names & {*MODEL_OPTIONS, "face", "audio", "outfile", "cache_dir", "no_cache"}
+
+
+@pytest.mark.parametrize("lines, problem", [
+    (['{"face": "a.mp4", "audio": "a.wav", "outfile": "a_out.mp4"}', '{"face": "b.mp4", "audio": '],
+     r"jobs.jsonl line 2: not valid JSON"),
+    (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4"}', "", '["a.mp4", "a.wav"]'],
+     r"line 3: expected a JSON object"),
+    (['{"face": "a.mp4", "audio": "a.wav"}'], r"line 1: missing outfile"),
+    (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4", "pad": [0, 1, 0, 0]}'], r"line 1: unknown option\(s\) pad;"),
+    (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4", "backend": "tensorrt"}'],
+     r"line 1: backend: shared by every job, give it on the command line"),
+    (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4", "pads": [0, 20, 0]}'], r"line 1: pads: expected 4 whole"),
+    (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4", "nosmooth": "yes"}'], r"line 1: nosmooth: expected true"),
+    (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4", "crf": 18.5}'], r"line 1: crf: expected a whole number"),
+    (['{"face": 3, "audio": "a.wav", "outfile": "o.mp4"}'], r"line 1: face: expected a path"),
+    (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4"}', '{"face": "b.mp4", "audio": "b.wav", "outfile": "o.mp4"}'],
+     r"line 2: outfile o.mp4 is also the outfile of line 1"),
+    (["", "# nothing but a comment"], r"holds no jobs"),
+])
+def test_malformed_jsonl_names_the_line(tmp_path, lines, problem) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=problem) as info:
+        read_jobs(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("face,audio,outfile,box\na.mp4,a.wav,o.mp4,1 2 3\n", r"jobs.csv line 2: box: expected 4 whole numbers"),
+    ("face,audio,outfile\na.mp4,a.wav,o.mp4\nb.mp4,b.wav\n", r"line 3: 2 fields, the header has 3"),
+    ("face,audio,outfile,device\na.mp4,a.wav,o.mp4,cpu\n", r"line 1: device: shared by every job"),
+    ("face,audio,outfile,rotate\na.mp4,a.wav,o.mp4,maybe\n", r"line 2: rotate: expected true or false"),
+    ("face,audio,outfile\n\na.mp4,,o.mp4\n", r"line 3: missing audio"),
+    ("face,face,outfile\n", r"line 1: the CSV header needs a distinct name"),
+])
+def test_malformed_csv_names_the_line(tmp_path, text, problem) -> None:
+    path = tmp_path / "jobs.csv"
+    path.write_text(text)
+    with pytest.raises(InputError, match=problem):
+        read_jobs(path)
+
+
+def test_format_from_the_content_when_the_suffix_says_nothing(tmp_path) -> None:
+    jsonl = write_jsonl(tmp_path / "jobs.txt", [{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4"}])
+    csv = tmp_path / "jobs.list"
+    csv.write_text("face,audio,outfile\na.mp4,a.wav,o.mp4\n")
+    assert read_jobs(jsonl)[0].outfile == read_jobs(csv)[0].outfile == Path("o.mp4")
+    with pytest.raises(InputError, match="jobs file not found"):
+        read_jobs(tmp_path / "missing.jsonl")

@@ -1,0 +1,36 @@
+"""Many lip-syncs: a jobs file run by a pool of workers, each holding one session, locally or on Ray.
+
+    from wav2lip_trt.jobs import BatchOptions, run_batch
+    report = run_batch(BatchOptions(jobs_file=Path("jobs.jsonl"), checkpoint_path=Path("wav2lip.pth")))
+
+The names below are imported on first use, so importing the package loads neither torch nor Ray.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BatchOptions": "batch",
+    "BatchReport": "batch",
+    "run_batch": "batch",
+    "JobSpec": "spec",
+    "read_jobs": "spec",
+    "Outcome": "results",
+    "read_results": "results",
+    "is_done": "results",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,0 +1,102 @@
+"""``wav2lip-trt batch JOBS``: many lip-syncs from a jobs file, on local workers or a Ray cluster."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..cli_errors import setup_logging, user_errors
+from ..errors import InputError
+from ..options import BACKEND_CHOICES, DEVICES, PRECISION_CHOICES
+
+log = logging.getLogger("wav2lip_trt.jobs")
+
+RAY_LOCAL = "local"
+INTERRUPTED = "finished outputs are kept; run the same command again to resume"
+
+
+def check_ray_address(address: str | None) -> None:
+    """``--ray`` takes an optional value, so ``--ray jobs.jsonl`` would take the jobs file as the address."""
+    if address is None or address in (RAY_LOCAL, "auto") or ":" in address:
+        return
+    raise InputError(f"--ray {address}: not a Ray address (auto, ray://HOST:PORT or HOST:PORT); to start a local "
+                     "Ray instance write --ray after JOBS, or --ray=local")
+
+
+@click.command("batch")
+@click.argument("jobs_file", metavar="JOBS", type=click.Path(path_type=Path))
+@click.option("--checkpoint_path", "--checkpoint-path", "checkpoint_path", required=True,
+              type=click.Path(path_type=Path),
+              help="Wav2Lip checkpoint (wav2lip.pth or wav2lip_gan.pth), loaded once per worker.")
+@click.option("--s3fd-checkpoint", "--s3fd_checkpoint", "s3fd_checkpoint", type=click.Path(path_type=Path),
+              default=Path("checkpoints/s3fd.pth"), show_default=True,
+              help="S3FD face detector weights (loaded only when some job detects faces).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where the workers run: auto = CUDA if torch sees a GPU, else the CPU.")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="torch", show_default=True,
+              help="Where the networks run; auto = TensorRT engines if usable, else torch.")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
+              help="auto = FP16 for engines and CUDA, FP32 on CPU.")
+@click.option("--engines", "--engines-dir", "engines_dir", type=click.Path(path_type=Path), default=Path("engines"),
+              show_default=True, help="Folder with engines from build-engines (tensorrt backend).")
+@click.option("--flavor", "--flavour", "flavor", type=click.Choice(("auto", "tensorrt", "tensorrt-rtx")),
+              default="auto", show_default=True, help="TensorRT flavour for the tensorrt backend.")
+@click.option("--cache-dir", "cache_dir", type=click.Path(path_type=Path),
+              help="Detection cache folder, shared by all workers "
+                   "[$XDG_CACHE_HOME/wav2lip-trt, else ~/.cache/wav2lip-trt].")
+@click.option("--no-cache", "no_cache", is_flag=True, help="Neither read nor write the detection cache.")
+@click.option("--workers", type=int, metavar="N",
+              help="Worker processes (Ray actors with --ray), each holding one session. "
+                   "[one per GPU; on a CPU one per 4 cores, at least 1, at most 4]")
+@click.option("--results", type=click.Path(path_type=Path), metavar="PATH",
+              help="Results JSONL, a line per job as it finishes [JOBS_STEM.results.jsonl beside JOBS].")
+@click.option("--ray", "ray", is_flag=False, flag_value=RAY_LOCAL, metavar="[ADDRESS]",
+              help="Run the jobs on Ray actors: a cluster's ADDRESS (auto, ray://HOST:PORT), or with no address a "
+                   "Ray instance started on this machine. Files must be on storage every node sees at the same path. "
+                   "Needs pip install 'wav2lip-trt[ray]'.")
+@click.option("--force", is_flag=True, help="Run every job, even those an earlier run finished.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@user_errors(interrupted=INTERRUPTED)
+def batch_command(quiet: bool, **kwargs: Any) -> None:
+    """Lip-sync every job of a JSONL or CSV jobs file (face, audio, outfile, per-job infer options).
+
+    Re-running the same command skips the jobs whose output is complete and newer than its inputs
+    and options; the exit code is 0 only when every job succeeded.
+    """
+    from ..progress import Progress
+    from .batch import BatchOptions, run_batch
+
+    setup_logging(quiet)
+    check_ray_address(kwargs["ray"])
+    options = BatchOptions(**kwargs)
+    if options.ray is not None:
+        from .ray_runner import import_ray
+
+        import_ray()  # before the jobs file is read: the one thing this machine is missing
+    done = 0
+
+    with Progress("reading jobs", unit="job", enabled=not quiet) as progress:
+
+        def finished(outcome: Any) -> None:
+            nonlocal done
+            if outcome.status == "failed":
+                log.error("Error: line %d (%s): %s", outcome.job, outcome.output, outcome.error)
+            if outcome.status != "skipped":
+                done += 1
+                progress.update(done)
+
+        report = run_batch(options, on_phase=progress.phase, on_start=progress.start, on_outcome=finished,
+                           log_level=logging.ERROR if quiet else logging.WARNING)
+    if not quiet:
+        seconds = report.seconds
+        rate = f" ({report.ran / seconds:.2f} jobs/s)" if report.ran else ""
+        workers = f" with {report.workers} worker{'s' if report.workers != 1 else ''}" if report.workers else ""
+        click.echo(f"{len(report.outcomes)} jobs: {report.count('ok')} done, {report.count('skipped')} already done, "
+                   f"{report.count('failed')} failed, in {seconds:.1f} s{workers}{rate}; results in {report.results}",
+                   err=True)
+    if not report.succeeded:
+        sys.exit(1)

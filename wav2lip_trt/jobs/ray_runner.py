@@ -1,0 +1,201 @@
+"""The same jobs on a Ray cluster: each worker a Ray actor holding one session.
+
+Ray schedules the actors (``num_gpus=1`` each on a cluster with GPUs, so one per GPU, and Ray sets
+each one's ``CUDA_VISIBLE_DEVICES``); this module hands each free actor the next job and takes the
+results back as they finish (``ray.wait``), in whatever order. An actor that dies (its node lost,
+its process killed for memory) is replaced, and the job it was running is retried once on another.
+
+Files travel as paths, never as bytes: every node must see the inputs and write the outputs at the
+same paths (shared storage such as NFS or a mounted bucket). Ray is an optional extra; without it,
+asking for it is one :class:`MissingDependencyError` that says what to install.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .. import errors
+from ..errors import InputError, MissingDependencyError
+from .local import default_workers
+from .results import Outcome
+from .worker import Task, WorkerSpec, failed, open_session, run_task, this_worker
+
+log = logging.getLogger(__name__)
+
+INSTALL = "pip install 'wav2lip-trt[ray]'"
+LOCAL = "local"  # --ray with no address: start a Ray instance on this machine for this batch
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise MissingDependencyError(f"--ray needs Ray, which is not installed: {INSTALL}") from None
+    return ray
+
+
+class SessionActor:
+    """A Ray actor's state: one session, loaded when the actor starts, reused by every job it is handed."""
+
+    def __init__(self, spec: WorkerSpec, log_level: int = logging.WARNING) -> None:
+        logging.basicConfig(level=log_level, format="%(message)s")
+        self.name = this_worker("ray")
+        self.session: Any = None
+        self.error: tuple[str, str] | None = None
+        try:
+            self.session = open_session(spec)
+        except errors.Wav2LipTrtError as exc:  # reported by ready(): every job would hit it
+            self.error = (type(exc).__name__, str(exc))
+
+    def ready(self) -> tuple[str, str] | None:
+        """None once the session is loaded, else the loader's error (class name, message)."""
+        return self.error
+
+    def run(self, task: Task) -> Outcome:
+        return run_task(self.session, task, self.name)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How many actors, and what each asks Ray for."""
+
+    workers: int
+    num_cpus: float
+    num_gpus: int
+    threads: int  # torch threads in each actor
+
+
+def placement(ray: Any, device: str, workers: int | None) -> Placement:
+    """One actor per GPU on a cluster with GPUs; on CPUs a few actors per node's worth of cores, as locally."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
+    if gpus:
+        return Placement(workers or gpus, 1, 1, 0)
+    if device == "cuda":
+        raise InputError("--device cuda: the Ray cluster has no GPU")
+    cpus = max(1, int(resources.get("CPU", 1)))
+    node_cpus = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=cpus)
+    count = workers or default_workers("cpu", cpus)
+    share = min(cpus / count, max(1.0, node_cpus))
+    return Placement(count, share, 0, max(1, int(share)))
+
+
+def connect(ray: Any, address: str, log_level: int) -> bool:
+    """Join ``address`` (``auto``, ``ray://HOST:PORT``, ``HOST:PORT``) or start a local instance; True if started here.
+
+    A Ray already initialised in this process is used as it is (and left running).
+    """
+    if ray.is_initialized():
+        return False
+    try:
+        if address == LOCAL:
+            ray.init(address="local", include_dashboard=False, logging_level=log_level)
+        else:
+            ray.init(address=address, logging_level=log_level)
+    except Exception as exc:  # ConnectionError, a missing ray[client] for ray://, a malformed address, ...
+        raise InputError(f"--ray {address}: cannot connect to the Ray cluster: {exc}") from None
+    return address == LOCAL
+
+
+def run_on_ray(tasks: Sequence[Task], spec: WorkerSpec, *, address: str = LOCAL, workers: int | None = None,
+               on_outcome: Callable[[Outcome], None], on_ready: Callable[[int], None] | None = None,
+               log_level: int = logging.WARNING) -> int:
+    """Run every task on Ray actors holding a session each; ``on_outcome`` per finished job, as it finishes.
+
+    Returns the number of actors.
+    """
+    ray = import_ray()
+    started = connect(ray, address, log_level)
+    try:
+        where = placement(ray, spec.device, workers)
+        spec = replace(spec, threads=where.threads or spec.threads)
+        actor = ray.remote(SessionActor).options(num_cpus=where.num_cpus, num_gpus=where.num_gpus)
+        log.info("Ray: %d actors, %g CPU and %d GPU each", where.workers, where.num_cpus, where.num_gpus)
+        dispatch(ray, lambda: actor.remote(spec, log_level), where.workers, tasks, on_outcome, on_ready)
+        return where.workers
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def dispatch(ray: Any, make_actor: Callable[[], Any], workers: int, tasks: Sequence[Task],
+             on_outcome: Callable[[Outcome], None], on_ready: Callable[[int], None] | None = None) -> None:
+    """Hand tasks to free actors and report each outcome as it arrives; retry once the job of an actor that died.
+
+    ``make_actor()`` returns a new actor handle with ``ready()`` and ``run(task)`` methods.
+    """
+    gone = _lost_worker_errors(ray)
+    pending = deque(tasks)
+    in_flight: dict[Any, tuple[Any, Task | None]] = {}  # object ref -> (actor, its task; None for ready())
+    actors: list[Any] = []
+    idle: list[Any] = []  # loaded actors without a job
+    ready = load_deaths = 0
+    restarts = len(tasks) + workers
+
+    def start() -> None:
+        handle = make_actor()
+        actors.append(handle)
+        in_flight[handle.ready.remote()] = (handle, None)
+
+    try:
+        for _ in range(min(workers, len(pending))):
+            start()
+        while in_flight:
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            handle, task = in_flight.pop(ref)
+            try:
+                value = ray.get(ref)
+            except gone as exc:
+                actors.remove(handle)
+                ray.kill(handle)
+                if task is None:
+                    load_deaths += 1
+                    if load_deaths > 1 and ready == 0:  # a second actor died loading: it will not get better
+                        raise InputError(f"Ray actors die while loading the models: {_first_line(exc)}") from None
+                elif task.attempt == 1:
+                    log.warning("Ray actor died running line %d (%s); retrying it on another", task.line,
+                                _first_line(exc))
+                    pending.appendleft(replace(task, attempt=2))
+                else:
+                    on_outcome(failed(task, f"its Ray actor died twice running it: {_first_line(exc)}", None))
+                if pending and restarts > 0 and len(actors) < min(workers, len(pending) + len(in_flight)):
+                    start()
+                    restarts -= 1
+            except ray.exceptions.RayTaskError as exc:  # a bug inside the actor's method; the actor lives on
+                if task is None:
+                    raise
+                on_outcome(failed(task, f"internal error: {_first_line(exc)}", None))
+                idle.append(handle)
+            else:
+                if task is None:
+                    if value is not None:
+                        raise getattr(errors, value[0], errors.Wav2LipTrtError)(value[1])
+                    ready += 1
+                    if on_ready is not None:
+                        on_ready(ready)
+                else:
+                    on_outcome(value)
+                idle.append(handle)
+            while pending and idle:
+                handle, task = idle.pop(), pending.popleft()
+                in_flight[handle.run.remote(task)] = (handle, task)
+        for lost in pending:  # every actor died and none could be started
+            on_outcome(failed(lost, "no Ray actor left to run it", None))
+    finally:
+        for handle in actors:
+            ray.kill(handle)
+
+
+def _lost_worker_errors(ray: Any) -> tuple[type[BaseException], ...]:
+    """The exceptions that mean the actor (or its process or node) is gone, not that the job failed."""
+    names = ("RayActorError", "WorkerCrashedError", "OutOfMemoryError", "NodeDiedError", "ObjectLostError")
+    return tuple(getattr(ray.exceptions, name) for name in names if hasattr(ray.exceptions, name))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

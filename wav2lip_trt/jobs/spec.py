@@ -1,0 +1,235 @@
+"""The jobs file of ``wav2lip-trt batch``: JSONL or CSV, one lip-sync per line, checked whole before any job runs.
+
+JSONL (``.jsonl``, ``.ndjson``, ``.json``): one object per line with ``face``, ``audio``, ``outfile``
+and any per-call ``infer`` option by its Python name, with JSON types::
+
+    {"face": "clips/anna.mp4", "audio": "de/anna.wav", "outfile": "out/anna_de.mp4", "pads": [0, 20, 0, 0]}
+
+CSV (``.csv``): a header with the same names, one job per row; an empty cell keeps the default, a
+box is ``y1 y2 x1 x2`` (or ``[y1, y2, x1, x2]``), a flag ``true``/``false``. Any other suffix is read
+as JSONL when its first non-blank character is ``{``, else as CSV. Blank lines and JSONL lines that
+start with ``#`` are skipped. Relative paths are relative to the current directory.
+
+The whole file is checked first: a malformed file is refused with one :class:`InputError` naming
+its line, so a typo on line 900 does not surface after 899 finished jobs. Values are checked for
+their type here; what needs the files (a box outside the frame, an unreadable audio) fails that
+job alone, when it runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..options import InferenceOptions
+
+REQUIRED = ("face", "audio", "outfile")
+MODEL_OPTIONS = ("checkpoint_path", "s3fd_checkpoint", "device", "backend", "precision", "engines_dir", "flavor")
+"""Chosen once for every worker's session (the same names as :data:`wav2lip_trt.session.MODEL_OPTIONS`,
+repeated here so reading a jobs file does not import torch)."""
+SHARED_OPTIONS = (*MODEL_OPTIONS, "cache_dir", "no_cache")
+"""Given on the command line for the whole batch; a jobs file that sets one is refused."""
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+TRUE_WORDS = {"true", "1", "yes", "y", "on"}
+FALSE_WORDS = {"false", "0", "no", "n", "off"}
+
+
+def per_call_options() -> dict[str, Any]:
+    """The options a job may set, by Python name, with their types (every ``infer`` option but the shared ones)."""
+    hints = typing.get_type_hints(InferenceOptions)
+    return {f.name: hints[f.name] for f in fields(InferenceOptions) if f.name not in (*REQUIRED, *SHARED_OPTIONS)}
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One line of a jobs file: its place in the file, its files as written, its per-call options."""
+
+    line: int  # 1-based line number in the jobs file (the job's name in the results)
+    face: Path
+    audio: Path
+    outfile: Path
+    options: Mapping[str, Any]  # per-call options, already of InferenceOptions' types (tuples, Paths, ...)
+
+    def inference_options(self, shared: Mapping[str, Any]) -> InferenceOptions:
+        """The full options of this job: ``shared`` (model and cache options) plus its own, paths made absolute.
+
+        Absolute paths mean the same file to a worker whose current directory differs (a Ray actor on
+        another machine sees the same shared storage, mounted at the same place).
+        """
+        own = {k: _absolute(v) if isinstance(v, Path) else v for k, v in self.options.items()}
+        return InferenceOptions(face=_absolute(self.face), audio=_absolute(self.audio), outfile=_absolute(self.outfile),
+                                **shared, **own)
+
+
+def read_jobs(path: str | Path) -> list[JobSpec]:
+    """Every job of ``path``; :class:`InputError` naming the line for the first malformed one."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"jobs file not found: {path}" if not path.exists() else f"jobs file {path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"jobs file {path}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+    jobs = _read_jsonl(path, text) if _is_jsonl(path, text) else _read_csv(path, text)
+    if not jobs:
+        raise InputError(f"jobs file {path} holds no jobs")
+    seen: dict[Path, int] = {}
+    for job in jobs:
+        key = _absolute(job.outfile)
+        if key in seen:
+            raise InputError(f"{path} line {job.line}: outfile {job.outfile} is also the outfile of line {seen[key]}; "
+                             "give each job its own output")
+        seen[key] = job.line
+    return jobs
+
+
+def _is_jsonl(path: Path, text: str) -> bool:
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        return True
+    if path.suffix.lower() == ".csv":
+        return False
+    return text.lstrip().startswith("{")
+
+
+def _read_jsonl(path: Path, text: str) -> list[JobSpec]:
+    jobs = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            record = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path} line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{path} line {number}: expected a JSON object {{\"face\": ..., \"audio\": ..., "
+                             f"\"outfile\": ...}}, got {type(record).__name__}")
+        jobs.append(_job(path, number, record, from_text=False))
+    return jobs
+
+
+def _read_csv(path: Path, text: str) -> list[JobSpec]:
+    reader = csv.reader(text.splitlines())
+    try:
+        header = next(reader)
+    except StopIteration:
+        return []
+    except csv.Error as exc:
+        raise InputError(f"{path} line 1: not a valid CSV header ({exc})") from None
+    names = [name.strip() for name in header]
+    if "" in names or len(set(names)) != len(names):
+        raise InputError(f"{path} line 1: the CSV header needs a distinct name in every column, got {','.join(header)}")
+    _check_names(path, 1, names)
+    jobs = []
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise InputError(f"{path} line {reader.line_num}: not valid CSV ({exc})") from None
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != len(names):
+            raise InputError(f"{path} line {reader.line_num}: {len(row)} fields, the header has {len(names)}")
+        record = {name: cell.strip() for name, cell in zip(names, row) if cell.strip() != ""}
+        jobs.append(_job(path, reader.line_num, record, from_text=True))
+    return jobs
+
+
+def _check_names(path: Path, line: int, names: list[str]) -> None:
+    shared = [n for n in names if n in SHARED_OPTIONS]
+    if shared:
+        raise InputError(f"{path} line {line}: {', '.join(shared)}: shared by every job, give it on the command line "
+                         "(e.g. --checkpoint_path, --device, --cache-dir)")
+    allowed = per_call_options()
+    unknown = [n for n in names if n not in allowed and n not in REQUIRED]
+    if unknown:
+        raise InputError(f"{path} line {line}: unknown option(s) {', '.join(unknown)}; a job takes "
+                         f"{', '.join(REQUIRED)} and the per-call options {', '.join(allowed)}")
+
+
+def _job(path: Path, line: int, record: dict[str, Any], *, from_text: bool) -> JobSpec:
+    _check_names(path, line, list(record))
+    missing = [name for name in REQUIRED if record.get(name) in (None, "")]
+    if missing:
+        raise InputError(f"{path} line {line}: missing {', '.join(missing)} (every job needs face, audio and outfile)")
+    hints = per_call_options()
+    values: dict[str, Any] = {}
+    for name, value in record.items():
+        try:
+            values[name] = _coerce(Path if name in REQUIRED else hints[name], value, from_text)
+        except ValueError as exc:
+            raise InputError(f"{path} line {line}: {name}: {exc}") from None
+    return JobSpec(line, values.pop("face"), values.pop("audio"), values.pop("outfile"), values)
+
+
+def _coerce(hint: Any, value: Any, from_text: bool) -> Any:
+    """``value`` (JSON, or a CSV cell when ``from_text``) as a value of type ``hint``, or ValueError saying why."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if value is None:
+            return None
+        return _coerce(inner[0], value, from_text)
+    if value is None:
+        raise ValueError("null is not allowed here")
+    if typing.get_origin(hint) is tuple:
+        return _int_tuple(value, len(typing.get_args(hint)), from_text)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and value.lower() in TRUE_WORDS | FALSE_WORDS:
+            return value.lower() in TRUE_WORDS
+        raise ValueError(f"expected true or false, got {value!r}")
+    if hint is int:
+        return _int(value, from_text)
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if from_text:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if hint in (str, Path):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"expected a {'path' if hint is Path else 'string'}, got {value!r}")
+        return Path(value) if hint is Path else value
+    raise ValueError(f"cannot be given in a jobs file (type {hint})")  # a new option of a type not handled here
+
+
+def _int(value: Any, from_text: bool) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if from_text and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise ValueError(f"expected a whole number, got {value!r}")
+
+
+def _int_tuple(value: Any, size: int, from_text: bool) -> tuple[int, ...]:
+    if from_text and isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text) if text.startswith("[") else text.replace(",", " ").split()
+        except json.JSONDecodeError:
+            raise ValueError(f"expected {size} whole numbers, got {value!r}") from None
+    if not isinstance(value, (list, tuple)) or len(value) != size:
+        raise ValueError(f"expected {size} whole numbers, got {value!r}")
+    return tuple(_int(item, from_text) for item in value)
+
+
+def _absolute(path: Path) -> Path:
+    return Path(path).expanduser().absolute()
