@@ -344,6 +344,11 @@ def _with_options(options: tuple[Any, ...]) -> Any:
               help="Use the engines in this folder [build them from the same ONNX files in the work folder].")
 @click.option("--flavor", "--flavour", "flavor", type=click.Choice(("auto", "tensorrt", "tensorrt-rtx")),
               default="auto", show_default=True, help="TensorRT flavour.")
+@click.option("--detect-every", "detect_every", type=int, default=1, show_default=True, metavar="K",
+              help="Also measure this detection setting against full detection: per-frame IoU of the chosen "
+              "box and the time (informational unless --tolerance min_iou is given).")
+@click.option("--detect-size", "detect_size", type=int, metavar="N",
+              help="Also measure S3FD on frames scaled to N px against full resolution (as --detect-every).")
 @click.option("--work-dir", type=click.Path(path_type=Path),
               help="Keep ONNX files, engines and pipeline dumps here (reused when up to date) [a temporary folder].")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON report here ('-' = stdout).")

@@ -16,15 +16,17 @@ passes when ``|out - ref| <= atol`` or ``|out - ref| <= rtol * |ref|``.
 Rungs that cannot run on this machine (TensorRT without a GPU, a missing package) are skipped
 with the reason; a rung the user asked for by name fails instead.
 
-The package, along its seams (imports point one way: options <- metrics <- report <- runner):
+The package, along its seams (imports point one way: options <- metrics <- detection <- report <- runner):
 
-    options   the rungs, the tolerances, :class:`ParityOptions`
-    metrics   error statistics of tensors, IoU of chosen boxes
-    feeds     the seeded random inputs
-    report    the checks, the verdict, the table and the JSON
-    runner    :func:`run_parity`, the ladder itself
+    options    the rungs, the tolerances, :class:`ParityOptions`
+    metrics    error statistics of tensors, IoU of chosen boxes
+    feeds      the seeded random inputs
+    detection  ``--detect-every/--detect-size``: chosen boxes against full detection
+    report     the checks, the verdict, the table and the JSON
+    runner     :func:`run_parity`, the ladder itself
 """
 
+from .detection import DetectionCheck
 from .feeds import MEL_RANGE, s3fd_feed, wav2lip_feed
 from .metrics import (
     BoxComparison, TensorComparison, abs_rel_errors, box_iou, compare_boxes, compare_tensors, psnr,
@@ -32,14 +34,15 @@ from .metrics import (
 )
 from .options import (
     DEFAULT_TOLERANCES, INPUT_CHOICES, REFERENCE, RUNG_NAMES, RUNGS, SAME_FACE_IOU, Box, ParityOptions, Rung,
-    Tolerances, parse_tolerance, tolerances_with,
+    ToleranceTable, Tolerances, parse_tolerance, tolerances_with,
 )
 from .report import Check, ParityReport, RungResult
 from .runner import run_parity
 
 __all__ = [
-    "Box", "BoxComparison", "Check", "DEFAULT_TOLERANCES", "INPUT_CHOICES", "MEL_RANGE", "ParityOptions", "ParityReport",
-    "REFERENCE", "RUNGS", "RUNG_NAMES", "Rung", "RungResult", "SAME_FACE_IOU", "TensorComparison", "Tolerances",
-    "abs_rel_errors", "box_iou", "compare_boxes", "compare_tensors", "parse_tolerance", "psnr", "required_tolerances",
-    "run_parity", "s3fd_feed", "tolerances_with", "wav2lip_feed",
+    "Box", "BoxComparison", "Check", "DEFAULT_TOLERANCES", "DetectionCheck", "INPUT_CHOICES", "MEL_RANGE",
+    "ParityOptions", "ParityReport", "REFERENCE", "RUNGS", "RUNG_NAMES", "Rung", "RungResult", "SAME_FACE_IOU",
+    "TensorComparison", "ToleranceTable", "Tolerances", "abs_rel_errors", "box_iou", "compare_boxes",
+    "compare_tensors", "parse_tolerance", "psnr", "required_tolerances", "run_parity", "s3fd_feed",
+    "tolerances_with", "wav2lip_feed",
 ]

@@ -3,7 +3,7 @@ everything the command takes, validated in one place. Every other module of the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -84,6 +84,13 @@ class ParityOptions:
     engines_dir: Path | None = None  # existing TensorRT engines; None = build them in work_dir
     flavor: str = "auto"  # TensorRT flavour for building and running engines
     work_dir: Path | None = None  # ONNX files, engines, pipeline dumps; None = a temporary folder
+    detect_every: int = 1  # with detect_size: a detection setting to measure against full detection ...
+    detect_size: int | None = None  # ... (1 and None = no such check); see parity.detection
+
+    @property
+    def checks_detection(self) -> bool:
+        """Whether a detection setting was given, so the report measures it against full detection."""
+        return self.detect_every != 1 or self.detect_size is not None
 
     def validate(self) -> None:
         for label, path in (("--checkpoint_path", self.checkpoint_path), ("--s3fd-checkpoint", self.s3fd_checkpoint)):
@@ -109,6 +116,11 @@ class ParityOptions:
         for precision in ("fp32", "fp16"):
             if precision not in self.tolerances:
                 raise InputError(f"no tolerances for {precision}")
+        if isinstance(self.detect_every, bool) or not isinstance(self.detect_every, int) or self.detect_every < 1:
+            raise InputError(f"--detect-every must be a whole number of frames, at least 1, got {self.detect_every}")
+        from ..detection.scaled import check_detect_size
+
+        check_detect_size(self.detect_size)
 
 
 def parse_tolerance(text: str) -> tuple[str | None, str, float]:
@@ -131,12 +143,32 @@ def parse_tolerance(text: str) -> tuple[str | None, str, float]:
     return precision or None, name, number
 
 
+class ToleranceTable(dict[str, Tolerances]):
+    """Tolerances per precision that also remember which ``(precision, name)`` pairs the user set.
+
+    A check that is informational by default (the detection setting's ``min_iou``) becomes a gate
+    only when the user gave its tolerance; a value equal to the default still counts as given.
+    """
+
+    def __init__(self, table: Mapping[str, Tolerances] | None = None,
+                 explicit: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(table or {})
+        self.explicit = frozenset(explicit)
+
+
+def is_explicit(tolerances: Mapping[str, Tolerances], precision: str, name: str) -> bool:
+    """Whether ``--tolerance`` set ``name`` for ``precision`` (a plain mapping has nothing explicit)."""
+    return (precision, name) in getattr(tolerances, "explicit", frozenset())
+
+
 def tolerances_with(overrides: Sequence[str],
-                    base: Mapping[str, Tolerances] = DEFAULT_TOLERANCES) -> dict[str, Tolerances]:
-    """The default tolerances with ``--tolerance`` overrides applied, in order."""
+                    base: Mapping[str, Tolerances] = DEFAULT_TOLERANCES) -> ToleranceTable:
+    """The default tolerances with ``--tolerance`` overrides applied, in order (and remembered as given)."""
     result = dict(base)
+    explicit = set()
     for text in overrides:
         precision, name, value = parse_tolerance(text)
         for p in [precision] if precision else list(result):
             result[p] = replace(result[p], **{name: value})
-    return result
+            explicit.add((p, name))
+    return ToleranceTable(result, explicit)

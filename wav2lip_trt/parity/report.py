@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .metrics import BoxComparison, TensorComparison, _num
 from .options import REFERENCE, Rung, Tolerances
+
+if TYPE_CHECKING:
+    from .detection import DetectionCheck
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class ParityReport:
     inputs: Mapping[str, Any]
     machine: Mapping[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    detection: DetectionCheck | None = None  # --detect-every/--detect-size against full detection
 
     def __bool__(self) -> bool:
         return not self.failures()
@@ -65,7 +69,8 @@ class ParityReport:
         return [r for r in self.rungs if r.status == "passed" or (r.status == "failed" and r.broke is not None)]
 
     def failures(self) -> list[str]:
-        """One line per failed rung: which rung broke, what that implicates, and the worst numbers."""
+        """One line per failed rung: which rung broke, what that implicates, and the worst numbers;
+        then the detection setting's, when its min_iou was given and a frame is under it."""
         lines = []
         for r in self.rungs:
             if r.status == "failed":
@@ -73,6 +78,8 @@ class ParityReport:
         if not lines and not self.compared:
             skipped = "; ".join(f"{r.rung.name}: {r.reason}" for r in self.rungs if r.status == "skipped")
             lines.append("no rung was compared with the reference" + (f" ({skipped})" if skipped else ""))
+        if self.detection is not None:
+            lines.extend(self.detection.failures())
         return lines
 
     def _blame(self, result: RungResult) -> str:
@@ -107,7 +114,8 @@ class ParityReport:
             verb = "agrees" if compared == 1 else "agree"
             return f"PASSED: {compared} rung{'s' * (compared != 1)} {verb} with {REFERENCE.name}{extra}"
         failed = sum(r.status == "failed" for r in self.rungs)
-        return f"FAILED: {failed} of {len(self.rungs) - 1} rungs failed{extra}"
+        detection = "" if self.detection is None or self.detection.passed else ", the detection setting failed"
+        return f"FAILED: {failed} of {len(self.rungs) - 1} rungs failed{extra}{detection}"
 
     def table(self) -> str:
         head = (f"  {'check':<15} {'output':<14} {'max abs':>9} {'mean abs':>9} {'med abs':>9} {'p99 abs':>9} "
@@ -149,6 +157,8 @@ class ParityReport:
                     )
                 if check.note:
                     lines.append(f"  {check.name:<15} {check.note}")
+        if self.detection is not None:
+            lines.extend(self.detection.lines())
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -185,6 +195,9 @@ class ParityReport:
                 }
                 for r in self.rungs
             ],
+            "detection": None if self.detection is None else {
+                k: _json_number(v) for k, v in self.detection.to_json().items()
+            },
             "machine": dict(self.machine),
         }
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import MissingDependencyError, Wav2LipTrtError
 from ..files import work_dir
+from .detection import DetectionCheck, check_detection, check_setting_fits
 from .feeds import s3fd_feed, wav2lip_feed
 from .metrics import compare_boxes, compare_tensors
 from .options import REFERENCE, RUNGS, Box, ParityOptions, Rung, Tolerances
@@ -67,7 +68,10 @@ def run_parity(options: ParityOptions, *, log: Callable[[str], None] | None = No
     started = time.perf_counter()
     wanted = [r for r in RUNGS if r is REFERENCE or not options.rungs or r.name in options.rungs]
     with work_dir(options.work_dir, "wav2lip-trt-parity-") as work:
-        clip = _load_clip(options, work) if options.inputs != "random" or options.end_to_end else None
+        needs_clip = options.inputs != "random" or options.end_to_end or options.checks_detection
+        clip = _load_clip(options, work) if needs_clip else None
+        if clip is not None and options.checks_detection:
+            check_setting_fits(options, clip.frames.shape[2], clip.frames.shape[1])
         feeds = _feeds(options, clip)
         say(f"{REFERENCE.name}: running the reference")
         ref_start = time.perf_counter()
@@ -87,9 +91,14 @@ def run_parity(options: ParityOptions, *, log: Callable[[str], None] | None = No
                 continue
             say(f"{rung.name}: running")
             results.append(_run_rung(rung, options, work, feeds, reference))
+        detection: DetectionCheck | None = None
+        if clip is not None and options.checks_detection:
+            say("detection: the pipeline with full detection, then with the setting (torch fp32, cache off)")
+            detection = check_detection(options, clip.face, clip.audio, work)
     inputs = _describe_inputs(options, clip)
     machine = machine_record()
-    return ParityReport(tuple(results), dict(options.tolerances), inputs, machine, time.perf_counter() - started)
+    return ParityReport(tuple(results), dict(options.tolerances), inputs, machine, time.perf_counter() - started,
+                        detection)
 
 
 def _unavailable(rung: Rung, flavor: str) -> str | None:
