@@ -123,3 +123,19 @@ def test_feather_blend_softens_only_the_box_edges(setup) -> None:
     edge = np.zeros_like(outside)
     edge[10:90, 20] = edge[10:90, 119] = edge[10, 20:120] = edge[89, 20:120] = True
     assert np.abs(soft[edge] - original[edge]).mean() < 0.5 * np.abs(hard[edge] - original[edge]).mean()
+
+
+def test_odd_counts_with_two_frame_batches_fit_the_host_buffers(setup) -> None:
+    """A budget that allows 2 frames per batch ends an odd count in a batch of 3 (no lone face): the pool holds it."""
+    from wav2lip_trt.execution import plan_batches
+    from wav2lip_trt.pipeline import FaceItem
+
+    chunks, frames, _, wav2lip = setup
+    plan = plan_batches(1280, 720, budget_mb=1, wav2lip_batch_size=128)  # a budget that allows 2 frames
+    assert plan.generator_batch == 2 and plan.largest_batch == 3
+    ops = DeviceOps(chunks, CPU, batch_frames=plan.largest_batch, buffers=plan.buffers, size=(96, 128))
+    items = [FaceItem(i, i, torch.from_numpy(frames[i].copy()), (10, 80, 20, 110)) for i in range(5)]
+    batches = list(generate(items, ops, wav2lip, plan.generator_batch, None, reference_batch=128, total=5))
+    assert [len(b.host_frames()) for b in batches] == [3, 2]
+    for b in batches:
+        b.release()

@@ -181,7 +181,7 @@ class OpenCVDecoder:
             with torch.cuda.device(self.device), torch.cuda.stream(copy_stream):
                 frames = torch.empty(host.shape, dtype=torch.uint8, device=self.device)
                 frames.copy_(host, non_blocking=True)
-                event = torch.cuda.Event()
+                event = torch.cuda.Event(blocking=True)  # also waited on by this thread (ring reuse)
                 event.record(copy_stream)
             copied[k] = event
             yield ReadyBatch(frames, event)
@@ -314,7 +314,7 @@ class DaliDecoder:
         assert hold is not None
         with torch.cuda.device(self.device), torch.cuda.stream(stream):
             frames = self._finish(raw, rotation, self.transform)
-            event = torch.cuda.Event()
+            event = torch.cuda.Event(blocking=True)  # also waited on by this thread (_EventHold)
             event.record(stream)
         hold.hold(event, owner, raw)
         return ReadyBatch(frames, event)
@@ -325,7 +325,9 @@ class DaliDecoder:
     def _video_pipeline(self) -> Pipeline:
         from nvidia.dali import fn, pipeline_def, types
 
-        @pipeline_def(batch_size=1, num_threads=self._threads(), device_id=self._device_id, prefetch_queue_depth=2)
+        # exec_dynamic: outputs live while referenced (what _EventHold relies on), not until the next run()
+        @pipeline_def(batch_size=1, num_threads=self._threads(), device_id=self._device_id, prefetch_queue_depth=2,
+                      exec_dynamic=True)
         def pipeline():
             frames = fn.experimental.inputs.video(
                 name="encoded", device=self._backend, sequence_length=self.batch,
@@ -345,7 +347,8 @@ class DaliDecoder:
             for start in range(0, len(files), self.batch):
                 yield [np.fromfile(f, dtype=np.uint8) for f in files[start : start + self.batch]]
 
-        @pipeline_def(batch_size=self.batch, num_threads=self._threads(), device_id=self._device_id, prefetch_queue_depth=2)
+        @pipeline_def(batch_size=self.batch, num_threads=self._threads(), device_id=self._device_id, prefetch_queue_depth=2,
+                      exec_dynamic=True)
         def pipeline():
             data = fn.external_source(source=encoded(), name="encoded", dtype=types.UINT8, ndim=1)
             # fancy upsampling is libjpeg-turbo's (OpenCV's) chroma filter; nvJPEG defaults to a cheaper one

@@ -25,7 +25,7 @@ from .errors import InputError
 from .execution import DeviceContext, FinishedBatch
 from .execution.budget import CPU_GENERATOR_CHUNK, chunk_sizes
 from .execution.handoff import upload
-from .stages import StageTimes
+from .stages import StageTimes, prefetch, timed
 from .video import FaceSource
 
 if TYPE_CHECKING:
@@ -39,8 +39,14 @@ BLENDS = ("none", "feather")
 class FrameOps(Protocol):
     """Frames are opaque to the pipeline: NumPy arrays on the host path, device tensors on the GPU path."""
 
-    def frames(self, limit: int | None) -> Iterator[Frame]:
-        """Decoded, transformed (H, W, 3) uint8 BGR frames from the start, at most ``limit``."""
+    def frames(self, limit: int | None, ahead: int, times: StageTimes) -> Iterator[Frame]:
+        """Decoded, transformed (H, W, 3) uint8 BGR frames from the start, at most ``limit``.
+
+        Decoding runs in a worker thread about ``ahead`` frames ahead of the caller (busy time
+        charged to the ``decode`` stage); on the GPU path the caller's thread makes the compute
+        stream wait for each batch's upload only when it takes the batch, so work already queued
+        for earlier frames never waits for later uploads.
+        """
         ...
 
     def stack(self, frames: Sequence[Frame]) -> Frame:
@@ -79,9 +85,9 @@ class HostOps:
     def __init__(self, chunks: MelChunks, blend: str = "none", source: FaceSource | None = None) -> None:
         self.chunks, self.blend, self.source = chunks, blend, source
 
-    def frames(self, limit: int | None) -> Iterator[np.ndarray]:
+    def frames(self, limit: int | None, ahead: int, times: StageTimes) -> Iterator[np.ndarray]:
         assert self.source is not None
-        return self.source.frames(limit)
+        return prefetch(timed(self.source.frames(limit), times, "decode"), ahead, "decode")
 
     def stack(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack(frames)
@@ -151,10 +157,11 @@ class DeviceOps:
             size = (decoder.info.height, decoder.info.width)
         self._pool = self.ctx.pinned_pool(buffers, batch_frames, *size) if size is not None else None
 
-    def frames(self, limit: int | None) -> Iterator[torch.Tensor]:
+    def frames(self, limit: int | None, ahead: int, times: StageTimes) -> Iterator[torch.Tensor]:
         assert self.decoder is not None
-        for batch in self.decoder.frames(limit):
-            yield from batch.wait(self.ctx.compute).unbind(0)
+        batches = max(1, ahead // self.decoder.batch)
+        for batch in prefetch(timed(self.decoder.frames(limit), times, "decode"), batches, "decode"):
+            yield from batch.wait(self.ctx.compute).unbind(0)  # in the consuming thread, when it is needed
 
     def stack(self, frames: Sequence[torch.Tensor]) -> torch.Tensor:
         with self.ctx.on_compute():

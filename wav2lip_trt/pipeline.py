@@ -30,7 +30,7 @@ from .faces import IMG_SIZE, Box
 from .frame_ops import Frame, FrameOps
 from .options import InferenceOptions
 from .runners.base import Runner
-from .stages import StageTimes, prefetch, timed
+from .stages import StageTimes
 from .video import FaceSource
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def face_items(
     ahead = decode_ahead if decode_ahead is not None else options.face_det_batch_size
 
     def decoded(limit: int) -> Iterator[Frame]:
-        return prefetch(timed(ops.frames(limit), times, "decode"), ahead, "decode")
+        return ops.frames(limit, ahead, times)
 
     static = options.static or source.kind == "image"
     limit = 1 if static else count

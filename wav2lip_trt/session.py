@@ -12,6 +12,7 @@ session executes it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -221,7 +222,7 @@ class Session:
             if dump is not None:
                 dump.save("mel", job.mel.astype(np.float32))
             ops = frame_ops_for(self.context, chunks, source, blend=options.blend, decoder=options.decoder,
-                                batch=options.face_det_batch_size, batch_frames=plan.generator_batch, buffers=plan.buffers)
+                                batch=plan.decode_ahead, batch_frames=plan.largest_batch, buffers=plan.buffers)
             detection, origin = None, "fixed box"
             if not options.uses_fixed_box:
                 phase("detecting faces" if options.needs_detector else "reading boxes")
@@ -234,7 +235,7 @@ class Session:
             phase("lip-syncing")
             if on_start is not None:
                 on_start(total)
-            with VideoWriter(
+            with contextlib.closing(batches), VideoWriter(
                 options.outfile, width=info.width, height=info.height, fps=info.fps, audio=options.audio,
                 ffmpeg=ffmpeg, crf=options.crf, encoder=choose_encoder(options.encoder, ffmpeg),
             ) as writer, WriterThread(

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..detect import Box, FaceDetector
 from ..dump import IntermediateDump
 from ..frame_ops import Frame, FrameOps
-from ..stages import StageTimes, batched, prefetch, timed
+from ..stages import StageTimes, batched
 from ..video import FaceSource
 from .cache import CachedDetections, DetectionCache, DetectionKey, array_to_boxes, boxes_to_array, content_sha256
 from .scaled import detect_scale, map_box_back
@@ -158,7 +158,7 @@ class DetectionPass:
     # --- helpers ------------------------------------------------------------------------------------
 
     def _decoded(self, limit: int) -> Iterator[Frame]:
-        return prefetch(timed(self.ops.frames(limit), self.times, "decode"), self.decode_ahead, "decode")
+        return self.ops.frames(limit, self.decode_ahead, self.times)
 
     def _detect(self, frames: list[Frame]) -> list[Box | None]:
         assert self.detector is not None, "a detection pass without boxes needs S3FD"

@@ -23,7 +23,13 @@ class BatchPlan:
     generator_batch: int  # frames held until their faces are generated and pasted
     decode_ahead: int  # decoded frames waiting for detection or generation
     writer_batches: int  # finished batches queued for the encoder
-    buffers: int  # host buffers of ``generator_batch`` frames for finished frames (GPU path)
+    buffers: int  # host buffers of ``largest_batch`` frames for finished frames (GPU path)
+
+    @property
+    def largest_batch(self) -> int:
+        """The most frames one generator batch can hold: :func:`chunk_sizes` folds a lone face into the
+        part before it, so with parts of 2 an odd count ends in a part of 3."""
+        return self.generator_batch + (self.generator_batch == 2)
 
     def describe(self) -> str:
         mib = self.frame_bytes / 2**20

@@ -47,7 +47,7 @@ class DeviceContext:
             return ReadyBatch(out)
         with self.on_compute():
             out.copy_(tensor, non_blocking=True)
-            event = torch.cuda.Event()
+            event = torch.cuda.Event(blocking=True)  # the host waits on it: sleep, do not spin a core
             event.record(self.compute)
         return ReadyBatch(out, event)
 
