@@ -18,7 +18,7 @@ $(VENV)/.runtime: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
-	$(BIN)/pip install --quiet -e '.[dev,onnx,rtx,triton,dali,ray]'
+	$(BIN)/pip install --quiet -e '.[dev,onnx,rtx,triton,dali,ray,score]'
 	touch $@
 
 install: $(VENV)/.runtime
