@@ -11,13 +11,7 @@ import torch
 
 from wav2lip_trt.errors import CheckpointError
 from wav2lip_trt.models import Wav2LipDiscQual
-from wav2lip_trt.random_weights import (
-    random_disc_qual_state_dict,
-    random_s3fd_state_dict,
-    random_wav2lip_state_dict,
-    save_s3fd_checkpoint,
-    save_wav2lip_checkpoint,
-)
+from wav2lip_trt.random_weights import random_disc_qual_state_dict, save_wav2lip_checkpoint
 from wav2lip_trt.scoring.checkpoints import load_disc_qual, load_expert, load_syncnet_v2
 from wav2lip_trt.scoring.models import SyncNetColor, SyncNetV2
 from wav2lip_trt.scoring.random_weights import (
@@ -59,12 +53,11 @@ def states() -> dict[str, OrderedDict[str, torch.Tensor]]:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
+def files(tmp_path_factory, checkpoints) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("scoring-ckpt")
     expert, syncnet, disc = write_random_scoring_checkpoints(folder, seed=0)
-    return {"expert": expert, "syncnet": syncnet, "disc": disc,
-            "wav2lip": save_wav2lip_checkpoint(folder / "wav2lip.pth", random_wav2lip_state_dict(0)),
-            "s3fd": save_s3fd_checkpoint(folder / "s3fd.pth", random_s3fd_state_dict(0))}
+    wav2lip, s3fd = checkpoints  # the session's generator and detector files (conftest)
+    return {"expert": expert, "syncnet": syncnet, "disc": disc, "wav2lip": wav2lip, "s3fd": s3fd}
 
 
 def same_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:

@@ -98,12 +98,10 @@ def test_user_errors_are_one_line(media, monkeypatch, case, fragments):
                  *fragments)
 
 
-def test_no_face_track_is_one_line(media, monkeypatch):
+def test_no_face_track_is_one_line(media, checkpoints, monkeypatch):
     monkeypatch.setattr("wav2lip_trt.scoring.score.detect_all_faces",
                         lambda s3fd, frames, options, device="cpu": [np.zeros((0, 5))] * len(frames))
-    from wav2lip_trt.random_weights import write_random_checkpoints
-
-    _, s3fd = write_random_checkpoints(media["folder"] / "s3fd", seed=0)
+    s3fd = checkpoints[1]  # conftest's random-weight s3fd.pth
     result = invoke("--video", media["crop"], "--syncnet-checkpoint", media["syncnet"], "--s3fd-checkpoint", s3fd,
                     "--min-track", "10")
     assert_error(result, "no face track to score", "in 0 of 20 frames")

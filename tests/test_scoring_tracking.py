@@ -13,7 +13,6 @@ from scipy.interpolate import interp1d
 from wav2lip_trt.checkpoints import load_s3fd
 from wav2lip_trt.detect import detections_per_image, preprocess
 from wav2lip_trt.errors import NoFaceError
-from wav2lip_trt.random_weights import write_random_checkpoints
 from wav2lip_trt.samples import write_talking_clip, write_video
 from wav2lip_trt.scoring.random_weights import write_random_scoring_checkpoints
 from wav2lip_trt.scoring.score import ScoreOptions, score_video
@@ -161,11 +160,10 @@ def test_smoothing_and_crops_are_crop_videos():
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def ckpts(tmp_path_factory, checkpoints):
     folder = tmp_path_factory.mktemp("track-ckpt")
     expert, syncnet, disc = write_random_scoring_checkpoints(folder, seed=1)
-    _, s3fd = write_random_checkpoints(folder, seed=0)
-    return {"expert": expert, "syncnet": syncnet, "disc": disc, "s3fd": s3fd}
+    return {"expert": expert, "syncnet": syncnet, "disc": disc, "s3fd": checkpoints[1]}  # conftest's s3fd.pth
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +186,8 @@ def _frames(video):
     cap.release()
 
 
-def test_detection_at_quarter_scale_maps_boxes_to_the_full_frame(checkpoints):
-    s3fd = load_s3fd(checkpoints["s3fd"])
+def test_detection_at_quarter_scale_maps_boxes_to_the_full_frame(ckpts):
+    s3fd = load_s3fd(ckpts["s3fd"])
     frames = np.random.default_rng(0).integers(0, 255, (2, 160, 200, 3), dtype=np.uint8)
     options = TrackOptions(facedet_scale=0.25, conf_th=0.5)
     got = detect_all_faces(s3fd, frames, options)
@@ -208,7 +206,7 @@ def face_box(frame_index: int) -> np.ndarray:
     return np.array([[45.0, 40.0, 116.0, 88.0, 0.99]]) + np.array([[0.2 * frame_index, 0, 0.2 * frame_index, 0, 0]])
 
 
-def test_tracked_path_scores_each_track(checkpoints, talking, monkeypatch, tmp_path):
+def test_tracked_path_scores_each_track(ckpts, talking, monkeypatch, tmp_path):
     video, _ = talking
     seen = []
 
@@ -218,8 +216,8 @@ def test_tracked_path_scores_each_track(checkpoints, talking, monkeypatch, tmp_p
         return [face_box(i) if i >= 3 else np.zeros((0, 5)) for i in range(start, start + len(frames))]
 
     monkeypatch.setattr("wav2lip_trt.scoring.score.detect_all_faces", fake_detect)
-    options = ScoreOptions(video=video, syncnet_checkpoint=checkpoints["syncnet"], s3fd_checkpoint=checkpoints["s3fd"],
-                           expert_checkpoint=checkpoints["expert"], device="cpu",
+    options = ScoreOptions(video=video, syncnet_checkpoint=ckpts["syncnet"], s3fd_checkpoint=ckpts["s3fd"],
+                           expert_checkpoint=ckpts["expert"], device="cpu",
                            tracking=TrackOptions(min_track=20, min_face_size=40))
     report = score_video(options)
     assert report.frames == 40 and len(report.clips) == 1
@@ -233,11 +231,11 @@ def test_tracked_path_scores_each_track(checkpoints, talking, monkeypatch, tmp_p
     assert len(data["tracks"][0]["expert"]["similarity"]) == 34 - 4  # 1.48 s of audio: 34 mel chunks, as inference.py counts
 
 
-def test_no_face_track_is_a_user_error(checkpoints, talking, monkeypatch):
+def test_no_face_track_is_a_user_error(ckpts, talking, monkeypatch):
     video, _ = talking
     monkeypatch.setattr("wav2lip_trt.scoring.score.detect_all_faces",
                         lambda s3fd, frames, options, device="cpu": [np.zeros((0, 5))] * len(frames))
-    options = ScoreOptions(video=video, syncnet_checkpoint=checkpoints["syncnet"], s3fd_checkpoint=checkpoints["s3fd"],
+    options = ScoreOptions(video=video, syncnet_checkpoint=ckpts["syncnet"], s3fd_checkpoint=ckpts["s3fd"],
                            device="cpu", tracking=TrackOptions(min_track=20, min_face_size=40))
     with pytest.raises(NoFaceError, match="no face track to score.*in 0 of 40 frames"):
         score_video(options)

@@ -106,6 +106,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
               help="Frames per S3FD forward.")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True,
               help="auto: CUDA when torch sees a GPU.")
+@click.option("--backend", type=click.Choice(("torch", "onnxruntime")), default="torch", show_default=True,
+              help="Run the scoring networks on torch, or export them to ONNX and run ONNX Runtime.")
 @click.option("--ffmpeg", type=str, help="ffmpeg executable to use [imageio-ffmpeg's].")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON report here ('-' = stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and the JSON of --json -).")

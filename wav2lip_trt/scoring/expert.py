@@ -10,6 +10,8 @@ entropy of the cosine similarity against 1, with the log clamped at -100.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -57,6 +59,6 @@ def cosine_loss_terms(audio: torch.Tensor, face: torch.Tensor) -> tuple[torch.Te
     return d, -torch.clamp(torch.log(d), min=BCE_LOG_FLOOR)
 
 
-def quality_probabilities(disc: torch.nn.Module, faces_unit: torch.Tensor) -> torch.Tensor:
+def quality_probabilities(disc: Callable[[torch.Tensor], torch.Tensor], faces_unit: torch.Tensor) -> torch.Tensor:
     """(B,) ``Wav2Lip_disc_qual.forward`` on (B, 3, 1, 96, 96): one probability per face, lower half only."""
     return disc(faces_unit[:, :, None]).reshape(-1)

@@ -14,19 +14,35 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models import Wav2LipDiscQual
 from .expert import LOWER_HALF, WINDOW, cosine_loss_terms, faces_to_uint8, faces_to_unit, quality_probabilities
 from .lse import VSHIFT
-from .models import SyncNetColor
 
 MEL_SHAPE = (80, 16)
 BATCH_SIZE = 64  # windows or faces per forward
+
+
+class ExpertNetwork(Protocol):
+    """What the scorer needs from the lip-sync expert (:class:`SyncNetColor` or its ONNX stand-in)."""
+
+    def embed_audio(self, mel: torch.Tensor) -> torch.Tensor: ...
+
+    def embed_face(self, faces: torch.Tensor) -> torch.Tensor: ...
+
+    def eval(self) -> Any: ...
+
+
+class QualityNetwork(Protocol):
+    """The quality discriminator (:class:`~wav2lip_trt.models.Wav2LipDiscQual` or its ONNX stand-in)."""
+
+    def __call__(self, faces: torch.Tensor) -> torch.Tensor: ...
+
+    def eval(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -69,7 +85,7 @@ class OnlineScorer:
     ``device`` in eval mode. ``seconds`` accumulates the time spent scoring, for cost reports.
     """
 
-    def __init__(self, expert: SyncNetColor | None = None, disc: Wav2LipDiscQual | None = None, *,
+    def __init__(self, expert: ExpertNetwork | None = None, disc: QualityNetwork | None = None, *,
                  device: torch.device | str = "cpu", vshift: int = VSHIFT, batch_size: int = BATCH_SIZE) -> None:
         if expert is None and disc is None:
             raise ValueError("OnlineScorer needs an expert, a discriminator, or both")

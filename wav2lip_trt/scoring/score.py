@@ -38,6 +38,7 @@ LSE_FPS = 25.0  # the frame rate LSE assumes (640 samples per frame at 16 kHz)
 EXPERT_CHUNK = 64  # faces handed to the expert/discriminator at a time
 DEFAULT_SYNCNET = Path("checkpoints/syncnet_v2.model")
 DEFAULT_S3FD = Path("checkpoints/s3fd.pth")
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,14 @@ class ScoreOptions:
     vshift: int = VSHIFT  # frames of audio-video shift searched either way
     detect_batch_size: int = 16  # frames per S3FD forward (tracked path)
     device: str = "cpu"  # cpu, cuda or auto
+    backend: str = "torch"  # torch, or onnxruntime (each network exported to ONNX first)
     ffmpeg: str | None = None  # ffmpeg executable [imageio-ffmpeg's]
     tracking: TrackOptions = field(default_factory=TrackOptions)
 
     def check(self) -> None:
         """Raise :class:`InputError` for an unusable option, naming it."""
+        if self.backend not in BACKENDS:
+            raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.vshift < 1:
@@ -126,15 +130,26 @@ class ScoreReport:
 @dataclass
 class _Models:
     syncnet: LseNetwork
-    expert: torch.nn.Module | None
-    disc: torch.nn.Module | None
+    expert: Any  # SyncNetColor or OnnxExpert
+    disc: Any  # Wav2LipDiscQual or OnnxDiscQual
     device: torch.device
 
 
 def _load_models(options: ScoreOptions) -> _Models:
+    device = resolve_device(options.device)
+    if options.backend == "onnxruntime":
+        from .export import OnnxDiscQual, OnnxExpert, OnnxLseNetwork
+
+        with tempfile.TemporaryDirectory(prefix="wav2lip-trt-score-onnx-") as tmp:  # sessions keep the graphs
+            folder = Path(tmp)
+            return _Models(
+                syncnet=OnnxLseNetwork(options.syncnet_checkpoint, folder, device),
+                expert=OnnxExpert(options.expert_checkpoint, folder, device) if options.expert_checkpoint else None,
+                disc=OnnxDiscQual(options.disc_checkpoint, folder, device) if options.disc_checkpoint else None,
+                device=device,
+            )
     from .checkpoints import load_disc_qual, load_expert, load_syncnet_v2
 
-    device = resolve_device(options.device)
     return _Models(
         syncnet=load_syncnet_v2(options.syncnet_checkpoint, device),
         expert=load_expert(options.expert_checkpoint, device) if options.expert_checkpoint else None,
@@ -166,7 +181,7 @@ def _expert_scores(models: _Models, faces: Iterable[np.ndarray], chunks: MelChun
     """Streams (96, 96, 3) uint8 BGR faces, one per frame, through the expert and the discriminator."""
     if models.expert is None and models.disc is None:
         return None, None
-    scorer = OnlineScorer(models.expert, models.disc, device=models.device, vshift=options.vshift)  # type: ignore[arg-type]
+    scorer = OnlineScorer(models.expert, models.disc, device=models.device, vshift=options.vshift)
     limit = len(chunks) if (chunks is not None and models.expert is not None) else None
     batch: list[np.ndarray] = []
     count = 0
