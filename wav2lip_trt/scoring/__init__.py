@@ -14,7 +14,7 @@ Public API (imported on first use, so ``import wav2lip_trt.scoring`` stays light
 Modules: ``models`` (networks), ``checkpoints`` (loading), ``random_weights`` (test checkpoints),
 ``lse`` (LSE computation), ``media`` (upstream decoding and MFCC), ``expert`` (window layout, loss),
 ``online`` (streaming scorer), ``tracking`` (face tracks), ``score`` (the ``score`` command's function),
-``command`` (its CLI).
+``command`` (its CLI), ``export`` (ONNX towers and their ONNX Runtime stand-ins).
 """
 
 from __future__ import annotations
