@@ -260,3 +260,21 @@ def test_misuse_is_a_value_error(expert, generated):
         scorer.add([5], pred[:1], None)
     with pytest.raises(ValueError):
         OnlineScorer()
+
+
+def test_from_checkpoints_and_summary(tmp_path, expert_state, generated):
+    from wav2lip_trt.errors import CheckpointError, InputError
+    from wav2lip_trt.random_weights import save_wav2lip_checkpoint
+    from wav2lip_trt.scoring.online import summary
+
+    path = save_wav2lip_checkpoint(tmp_path / "lipsync_expert.pth", expert_state)
+    scorer = OnlineScorer.from_checkpoints(path)
+    pred, mel = generated
+    scorer.add(np.arange(8), pred[:8], mel[:8])
+    line = summary(scorer.report())
+    assert line.startswith("expert sync loss ") and ", similarity 0." in line and ", offset " in line
+    assert "quality" not in line
+    with pytest.raises(InputError, match="--expert-checkpoint"):
+        OnlineScorer.from_checkpoints(None)
+    with pytest.raises(CheckpointError, match="looks like a lip-sync expert"):
+        OnlineScorer.from_checkpoints(None, path)  # the expert given as the discriminator

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from .expert import LOWER_HALF, WINDOW, cosine_loss_terms, faces_to_uint8, faces_to_unit, quality_probabilities
 from .lse import VSHIFT
 
@@ -73,6 +75,22 @@ class QualityReport:
         return {"per_frame": self.per_frame, "mean": self.mean, "perceptual_loss": self.perceptual_loss}
 
 
+def summary(report: dict[str, Any]) -> str:
+    """The scores for a final line: ``expert sync loss 0.412, similarity 0.663, offset 0; quality 0.52``."""
+    parts = []
+    expert = report.get("expert")
+    if expert is not None:
+        sims = [s for s in expert["similarity"] if s is not None]
+        sim = f"{sum(sims) / len(sims):.3f}" if sims else "-"
+        loss = "-" if expert["sync_loss"] is None else f"{expert['sync_loss']:.3f}"
+        offset = "-" if expert["av_offset"] is None else f"{expert['av_offset']:+d}".replace("+0", "0")
+        parts.append(f"expert sync loss {loss}, similarity {sim}, offset {offset}")
+    quality = report.get("visual_quality")
+    if quality is not None:
+        parts.append("quality " + ("-" if quality["mean"] is None else f"{quality['mean']:.3f}"))
+    return "; ".join(parts)
+
+
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(np.asarray(values, dtype=np.float64))) if values else None
 
@@ -104,6 +122,21 @@ class OnlineScorer:
         self._quality: dict[int, float] = {}
         self._sums = np.zeros(2 * vshift + 1, dtype=np.float64)
         self._counts = np.zeros(2 * vshift + 1, dtype=np.int64)
+
+    @classmethod
+    def from_checkpoints(cls, expert_checkpoint: str | Path | None, disc_checkpoint: str | Path | None = None, *,
+                         device: torch.device | str = "cpu") -> "OnlineScorer":
+        """A scorer for ``infer --score``: loads the released files (one-line :class:`CheckpointError` each).
+
+        Raises :class:`InputError` when neither checkpoint is given, so ``--score`` alone is a user error.
+        """
+        from .checkpoints import load_disc_qual, load_expert
+
+        if expert_checkpoint is None and disc_checkpoint is None:
+            raise InputError("--score needs --expert-checkpoint lipsync_expert.pth (and optionally --disc-checkpoint)")
+        expert = load_expert(expert_checkpoint, device) if expert_checkpoint is not None else None
+        disc = load_disc_qual(disc_checkpoint, device) if disc_checkpoint is not None else None
+        return cls(expert, disc, device=device)
 
     def add(self, indices: Sequence[int] | np.ndarray, faces: np.ndarray | torch.Tensor,
             mel_chunks: np.ndarray | torch.Tensor | None) -> None:

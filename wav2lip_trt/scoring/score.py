@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,30 +167,27 @@ def _video_fps(video: Path) -> float | None:
     return fps if np.isfinite(fps) and fps > 0 else None
 
 
-def _mel_chunks(audio_int16: np.ndarray, fps: float) -> MelChunks | None:
+def _mel_chunks(audio_int16: np.ndarray, fps: float) -> MelChunks:
     """Wav2Lip's mel chunks of the same audio (int16 / 32768, as librosa reads a 16-bit WAV)."""
     wav = audio_int16.astype(np.float32) / np.float32(32768.0)
-    try:
-        return MelChunks(melspectrogram(wav), fps)
-    except InputError:
-        return None
+    return MelChunks(melspectrogram(wav), fps)
 
 
-def _expert_scores(models: _Models, faces: Iterable[np.ndarray], chunks: MelChunks | None, options: ScoreOptions
-                   ) -> tuple[ExpertReport | None, QualityReport | None]:
+def _expert_scores(models: _Models, faces: Iterable[np.ndarray], chunks: Callable[[], MelChunks],
+                   options: ScoreOptions) -> tuple[ExpertReport | None, QualityReport | None]:
     """Streams (96, 96, 3) uint8 BGR faces, one per frame, through the expert and the discriminator."""
     if models.expert is None and models.disc is None:
         return None, None
+    mel = chunks() if models.expert is not None else None
     scorer = OnlineScorer(models.expert, models.disc, device=models.device, vshift=options.vshift)
-    limit = len(chunks) if (chunks is not None and models.expert is not None) else None
+    limit = len(mel) if mel is not None else None
     batch: list[np.ndarray] = []
     count = 0
 
     def flush() -> None:
         start = count - len(batch)
         idx = np.arange(start, count)
-        mel = chunks.gather(idx) if (chunks is not None and models.expert is not None) else None
-        scorer.add(idx, np.stack(batch), mel)
+        scorer.add(idx, np.stack(batch), mel.gather(idx) if mel is not None else None)
         batch.clear()
 
     for face in faces:
@@ -231,7 +228,7 @@ def score_crops(options: ScoreOptions, models: _Models, ffmpeg: str) -> ScoreRep
         log.info("scoring %d frames and %.2f s of audio", len(files), len(audio) / 16000)
         lse = _lse(models, read_lse_frames(files), audio, len(files), str(options.video), options)
         faces = (cv2.resize(f, (FACE_SIZE, FACE_SIZE)) for f in read_jpeg_frames(files))
-        expert, quality = _expert_scores(models, faces, _mel_chunks(audio, fps or LSE_FPS), options)
+        expert, quality = _expert_scores(models, faces, lambda: _mel_chunks(audio, fps or LSE_FPS), options)
     clip = ClipScore(0, len(files) - 1, lse, expert, quality)
     return ScoreReport(options.video, audio_source, True, [clip], len(files), len(audio), fps,
                        time.perf_counter() - start)
@@ -293,7 +290,8 @@ def score_tracks(options: ScoreOptions, models: _Models, ffmpeg: str) -> ScoreRe
         what = f"{options.video} track {number} (frames {track.start_frame}-{track.end_frame})"
         lse = _lse(models, (crop for crop, _ in pairs()), piece, len(track.frames), what, options)
         # a second decoding pass keeps memory flat instead of holding the track's faces
-        expert, quality = _expert_scores(models, (face for _, face in pairs()), _mel_chunks(piece, LSE_FPS), options)
+        expert, quality = _expert_scores(models, (face for _, face in pairs()), lambda: _mel_chunks(piece, LSE_FPS),
+                                         options)
         clips.append(ClipScore(track.start_frame, track.end_frame, lse, expert, quality))
     return ScoreReport(options.video, audio_source, False, clips, frames, len(audio), _video_fps(options.video),
                        time.perf_counter() - start)
