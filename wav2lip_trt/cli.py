@@ -161,6 +161,12 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
 @click.option("--cache-dir", "cache_dir", type=click.Path(path_type=Path),
               help="Detection cache folder [$XDG_CACHE_HOME/wav2lip-trt, else ~/.cache/wav2lip-trt].")
 @click.option("--no-cache", "no_cache", is_flag=True, help="Neither read nor write the detection cache.")
+@click.option("--score", is_flag=True, help="Score the generated faces: lip-sync expert (sync loss, similarity, "
+              "offset) and quality discriminator; in the final line and --json.")
+@click.option("--expert-checkpoint", "expert_checkpoint", type=click.Path(path_type=Path),
+              help="The lip-sync expert for --score (lipsync_expert.pth).")
+@click.option("--disc-checkpoint", "disc_checkpoint", type=click.Path(path_type=Path),
+              help="The visual quality discriminator for --score.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and the JSON of --json -).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report of the run here ('-' = stdout).")
 @user_errors
@@ -208,6 +214,7 @@ def _report(result: Any) -> dict[str, Any]:
         "detection": result.detection,
         "seconds": round(result.seconds, 3), "frames_per_second": round(result.frames / result.seconds, 3),
         "realtime_factor": round(result.audio_seconds / result.seconds, 3), "stages": result.stages,
+        **(result.scores or {}),
     }
 
 
@@ -218,7 +225,15 @@ def _finish(result: Any, report: dict[str, Any], quiet: bool, show_profile: bool
         video_seconds = report["video_seconds"]
         click.echo(f"Wrote {result.outfile}: {result.frames} frames, {video_seconds:.2f} s of video, in "
                    f"{result.seconds:.1f} s wall time ({result.frames / result.seconds:.1f} frames/s, "
-                   f"{video_seconds / result.seconds:.2f}x real time)", err=True)
+                   f"{video_seconds / result.seconds:.2f}x real time)" + _scores_line(result), err=True)
+
+
+def _scores_line(result: Any) -> str:
+    if not result.scores:
+        return ""
+    from .scoring.online import summary
+
+    return f"; {summary(result.scores)}"
 
 
 def _infer_many(options: InferenceOptions, audios: tuple[Path, ...], quiet: bool, json_path: Path | None,

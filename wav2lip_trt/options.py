@@ -54,6 +54,9 @@ class InferenceOptions:
     detect_size: int | None = None  # S3FD on frames whose longer side is scaled down to N px
     cache_dir: Path | None = None  # detection cache folder; None = $XDG_CACHE_HOME/wav2lip-trt or ~/.cache/...
     no_cache: bool = False  # neither read nor write the detection cache
+    score: bool = False  # score the generated faces with the lip-sync expert / quality discriminator
+    expert_checkpoint: Path | None = None  # lipsync_expert.pth (SyncNet_color) for --score
+    disc_checkpoint: Path | None = None  # the visual quality discriminator for --score
 
     @property
     def uses_fixed_box(self) -> bool:
@@ -82,6 +85,11 @@ class InferenceOptions:
             from .detection.scaled import check_detect_size
 
             check_detect_size(self.detect_size)
+        if self.score and self.expert_checkpoint is None and self.disc_checkpoint is None:
+            raise InputError("--score needs --expert-checkpoint lipsync_expert.pth (and optionally --disc-checkpoint)")
+        for label, path in (("--expert-checkpoint", self.expert_checkpoint), ("--disc-checkpoint", self.disc_checkpoint)):
+            if path is not None and not Path(path).exists():
+                raise InputError(f"{label} file not found: {path}")
         if self.needs_detector and not Path(self.s3fd_checkpoint).exists():
             raise InputError(
                 f"S3FD checkpoint not found: {self.s3fd_checkpoint} (download s3fd.pth as described in "

@@ -17,6 +17,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from .options import InferenceOptions
 from .runners.base import Runner
 from .stages import StageTimes
 from .video import FaceSource
+
+if TYPE_CHECKING:
+    from .scoring.online import OnlineScorer
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +181,7 @@ def face_items(
 def generate(
     items: Iterable[FaceItem], ops: FrameOps, runner: Runner, batch_size: int, dump: IntermediateDump | None,
     times: StageTimes | None = None, chunks: MelChunks | None = None, *, reference_batch: int | None = None,
-    total: int | None = None,
+    total: int | None = None, scorer: OnlineScorer | None = None,
 ) -> Iterator[FinishedBatch]:
     """Run Wav2Lip on batches of at most ``batch_size`` faces; yield the finished frames per batch.
 
@@ -186,8 +190,8 @@ def generate(
     parts of at most ``batch_size``. Every part has at least two faces unless the original's batch
     had one (a lone face takes another CPU convolution path), which keeps the predictions
     bit-identical. ``total`` (output frames) tells where the original's last batch ends. A run of
-    frames without a face is flushed at ``batch_size`` frames too. ``chunks`` is needed only for
-    ``dump`` (``mel_chunks.npy``).
+    frames without a face is flushed at ``batch_size`` frames too. ``chunks`` is needed for
+    ``dump`` (``mel_chunks.npy``) and ``scorer`` (the expert compares each face with its chunk).
     """
     times = times if times is not None else StageTimes()
     reference_batch = reference_batch or batch_size
@@ -204,21 +208,25 @@ def generate(
             parts[0] -= with_face
             if parts[0] <= 0:
                 parts.popleft()
-            yield _generate_batch(pending, ops, runner, dump, times, chunks)
+            yield _generate_batch(pending, ops, runner, dump, times, chunks, scorer)
             pending, with_face = [], 0
     if pending:
-        yield _generate_batch(pending, ops, runner, dump, times, chunks)
+        yield _generate_batch(pending, ops, runner, dump, times, chunks, scorer)
 
 
 def _generate_batch(
     items: list[FaceItem], ops: FrameOps, runner: Runner, dump: IntermediateDump | None, times: StageTimes,
-    chunks: MelChunks | None,
+    chunks: MelChunks | None, scorer: OnlineScorer | None = None,
 ) -> FinishedBatch:
     finished, pred = ops.lip_sync(runner, [it.frame for it in items], [it.box for it in items],
-                                  [it.index for it in items], times, keep_pred=dump is not None)
+                                  [it.index for it in items], times, keep_pred=dump is not None or scorer is not None)
+    faced = [it.index for it in items if it.box is not None]
+    if scorer is not None and faced:
+        assert chunks is not None and pred is not None
+        with times.stage("score", len(faced)):
+            scorer.add(faced, pred, chunks.gather(faced))
     if dump is not None:
         assert chunks is not None
-        faced = [it.index for it in items if it.box is not None]
         by_index = dict(zip(faced, pred.numpy())) if pred is not None else {}
         nan = np.full((3, IMG_SIZE, IMG_SIZE), np.nan, dtype=np.float32)
         dump.append("mel_chunks", chunks.gather([it.index for it in items]))

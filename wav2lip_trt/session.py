@@ -68,6 +68,7 @@ class InferenceResult:
     seconds: float
     stages: list[dict] = field(default_factory=list)  # per-stage busy time (StageTimes.rows())
     detection: str = "fixed box"  # where the face boxes came from: "cache hit", "cache miss", "boxes file", ...
+    scores: dict | None = None  # --score: {"expert": ..., "visual_quality": ...} (wav2lip_trt.scoring.online)
 
 
 @dataclass
@@ -228,9 +229,16 @@ class Session:
                 phase("detecting faces" if options.needs_detector else "reading boxes")
                 raw = self._raw_boxes(options, source, ops, times, plan, dump, 1 if options.static or source.kind == "image" else total)
                 detection, origin = Detection(raw.boxes, options, source), raw.origin
+            scorer = None
+            if options.score:
+                from .scoring.online import OnlineScorer
+
+                with times.stage("load"):
+                    scorer = OnlineScorer.from_checkpoints(options.expert_checkpoint, options.disc_checkpoint,
+                                                           device=self.generator.device)
             items = face_items(source, total, options, detection, ops, times, plan.decode_ahead)
             batches = generate(items, ops, self.generator, plan.generator_batch, dump, times, chunks,
-                               reference_batch=options.wav2lip_batch_size, total=total)
+                               reference_batch=options.wav2lip_batch_size, total=total, scorer=scorer)
             ffmpeg = find_ffmpeg(options.ffmpeg)
             phase("lip-syncing")
             if on_start is not None:
@@ -251,7 +259,7 @@ class Session:
             outfile=Path(options.outfile), frames=total, fps=info.fps, width=info.width, height=info.height,
             audio_seconds=job.audio_seconds, device=str(self.generator.device), backend=self.runners.backend,
             precision=self.runners.precision, seconds=time.perf_counter() - job.started, stages=times.rows(),
-            detection=origin,
+            detection=origin, scores=None if scorer is None else scorer.report(total_frames=total),
         )
 
     def _raw_boxes(self, options: InferenceOptions, source: FaceSource, ops: FrameOps, times: StageTimes, plan: BatchPlan,
