@@ -290,12 +290,14 @@ def test_signal_mid_run_stops_ffmpeg_and_leaves_nothing(media, tmp_path, signum)
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not [p for p in tmp_path.iterdir() if p.name.endswith(".partial.mp4")]:
+        children: list = []
+        # the temporary file is made just before ffmpeg starts: wait for both
+        while not ([p for p in tmp_path.iterdir() if p.name.endswith(".partial.mp4")]
+                   and any("ffmpeg" in c.name() for c in children)):
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no partial file appeared"
+            assert time.monotonic() < deadline, "no partial file and ffmpeg appeared"
             time.sleep(0.05)
-        children = psutil.Process(proc.pid).children(recursive=True)
-        assert any("ffmpeg" in c.name() for c in children), children
+            children = psutil.Process(proc.pid).children(recursive=True)
         if signum == signal.SIGINT:
             os.killpg(proc.pid, signum)
         else:

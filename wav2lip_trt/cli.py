@@ -18,9 +18,10 @@ from .detection.command import detect_command
 from .scoring.command import score_command
 from .jobs.command import batch_command
 from .cli_errors import install_signal_handlers, interrupted_exit, setup_logging, user_errors
+from .cli_options import DETECTION_OPTIONS, FRAME_OPTIONS, RUNNER_OPTIONS, with_options
 from .errors import InputError
 from .files import atomic_write_text, check_output_dir, check_output_file
-from .options import BACKEND_CHOICES, DEVICES, ON_MISSING_FACE, PRECISION_CHOICES, InferenceOptions
+from .options import DEVICES, ON_MISSING_FACE, PRECISION_CHOICES, InferenceOptions
 
 TRUE_WORDS = {"true", "1", "yes", "y", "on"}
 FALSE_WORDS = {"false", "0", "no", "n", "off"}
@@ -109,30 +110,16 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
               help="Use only the first frame. Bare flag or True/False.")
 @click.option("--fps", type=float, default=25.0, show_default=True, help="Frame rate for an image or a frames folder.")
 @click.option("--pads", nargs=4, type=int, default=(0, 10, 0, 0), show_default=True, help="Box padding: top bottom left right.")
-@click.option("--face_det_batch_size", "--face-det-batch-size", "face_det_batch_size", type=int, default=16, show_default=True,
-              help="Frames per S3FD face-detection batch (lower it if the GPU runs out of memory).")
+@with_options(*DETECTION_OPTIONS)
 @click.option("--wav2lip_batch_size", "--wav2lip-batch-size", "wav2lip_batch_size", type=int, default=128, show_default=True,
               help="Faces per Wav2Lip generator batch (lower it if memory runs out).")
-@click.option("--resize_factor", "--resize-factor", "resize_factor", type=int, default=1, show_default=True,
-              help="Shrink video frames by this factor first.")
-@click.option("--crop", nargs=4, type=int, default=(0, -1, 0, -1), show_default=True,
-              help="Crop video frames: top bottom left right (-1 = full size).")
+@with_options(*FRAME_OPTIONS)
 @click.option("--box", nargs=4, type=int, default=(-1, -1, -1, -1), show_default=True,
               help="Fixed face box y1 y2 x1 x2 instead of detection.")
-@click.option("--rotate", is_flag=True, help="Rotate video frames 90 degrees clockwise.")
 @click.option("--nosmooth", is_flag=True, help="Do not smooth detected boxes over time.")
 @click.option("--s3fd-checkpoint", "--s3fd_checkpoint", "s3fd_checkpoint", type=click.Path(path_type=Path),
               default=Path("checkpoints/s3fd.pth"), show_default=True, help="S3FD face detector weights.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Where to run: auto = CUDA if torch sees a GPU, else the CPU.")
-@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="torch", show_default=True,
-              help="Where the networks run; auto = TensorRT engines if usable, else torch (FP16 on CUDA).")
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
-              help="auto = FP16 for engines and CUDA, FP32 on CPU.")
-@click.option("--engines", "--engines-dir", "engines_dir", type=click.Path(path_type=Path), default=Path("engines"),
-              show_default=True, help="Folder with engines from build-engines (tensorrt backend).")
-@click.option("--flavor", "--flavour", "flavor", type=click.Choice(("auto", "tensorrt", "tensorrt-rtx")), default="auto",
-              show_default=True, help="TensorRT flavour for the tensorrt backend.")
+@with_options(*RUNNER_OPTIONS)
 @click.option("--profile", "show_profile", is_flag=True, help="Print a per-stage timing table at the end.")
 @click.option("--on-missing-face", "--on_missing_face", "on_missing_face", type=click.Choice(ON_MISSING_FACE),
               default="error", show_default=True, help="Frame without a face: fail, pass it through, or reuse the last box.")
@@ -154,13 +141,6 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
               "large frames get smaller generator batches, with the same output.")
 @click.option("--boxes", type=click.Path(path_type=Path),
               help="Per-frame face boxes (JSON from `detect --json`, or your own list) instead of S3FD.")
-@click.option("--detect-every", "detect_every", type=int, default=1, show_default=True, metavar="K",
-              help="S3FD on every K-th frame (and the last); boxes in between interpolated.")
-@click.option("--detect-size", "detect_size", type=int, metavar="N",
-              help="S3FD on frames scaled down to N px on the longer side; boxes mapped back. [off]")
-@click.option("--cache-dir", "cache_dir", type=click.Path(path_type=Path),
-              help="Detection cache folder [$XDG_CACHE_HOME/wav2lip-trt, else ~/.cache/wav2lip-trt].")
-@click.option("--no-cache", "no_cache", is_flag=True, help="Neither read nor write the detection cache.")
 @click.option("--score", is_flag=True, help="Score the generated faces: lip-sync expert (sync loss, similarity, "
               "offset) and quality discriminator; in the final line and --json.")
 @click.option("--expert-checkpoint", "expert_checkpoint", type=click.Path(path_type=Path),
@@ -329,17 +309,8 @@ _CHECKPOINT_OPTIONS = (
 )
 
 
-def _with_options(options: tuple[Any, ...]) -> Any:
-    def decorate(func: Any) -> Any:
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
-
-
 @cli.command()
-@_with_options(_CHECKPOINT_OPTIONS)
+@with_options(*_CHECKPOINT_OPTIONS)
 @click.option("--rungs", multiple=True, metavar="NAMES",
               help="Only these rungs (comma-separated): onnxruntime-fp32, tensorrt-fp32, tensorrt-fp16, torch-fp16. "
               "A named rung that cannot run here fails. [the whole ladder; what cannot run is skipped]")
@@ -390,7 +361,7 @@ def parity(rungs: tuple[str, ...], tolerances: tuple[str, ...], s3fd_size: str, 
 
 
 @cli.command()
-@_with_options(_CHECKPOINT_OPTIONS)
+@with_options(*_CHECKPOINT_OPTIONS)
 @click.option("--modes", multiple=True, metavar="NAMES",
               help="What to measure, comma-separated: reference (the original algorithm), torch, onnxruntime, "
               "tensorrt, auto.  [reference,torch]")

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from ..cli_errors import user_errors
+from ..cli_options import DETECTION_OPTIONS, FRAME_OPTIONS, RUNNER_OPTIONS, with_options
 from ..errors import InputError
-from ..options import BACKEND_CHOICES, DEVICES, PRECISION_CHOICES
 
 log = logging.getLogger(__name__)
 
@@ -97,29 +97,9 @@ def detect_face(options: DetectOptions) -> DetectResult:
               default=Path("checkpoints/s3fd.pth"), show_default=True, help="S3FD face detector weights.")
 @click.option("--static", is_flag=True, help="Only the first frame (as infer --static).")
 @click.option("--fps", type=float, default=25.0, show_default=True, help="Frame rate of a frames folder.")
-@click.option("--resize_factor", "--resize-factor", "resize_factor", type=int, default=1, show_default=True,
-              help="Shrink video frames by this factor first (as infer).")
-@click.option("--crop", nargs=4, type=int, default=(0, -1, 0, -1), show_default=True,
-              help="Crop video frames: top bottom left right, -1 = full size (as infer).")
-@click.option("--rotate", is_flag=True, help="Rotate video frames 90 degrees clockwise (as infer).")
-@click.option("--face_det_batch_size", "--face-det-batch-size", "face_det_batch_size", type=int, default=16,
-              show_default=True, help="S3FD batch (part of the cache key: infer must use the same).")
-@click.option("--detect-every", "detect_every", type=int, default=1, show_default=True, metavar="K",
-              help="S3FD on every K-th frame and the last; boxes in between interpolated.")
-@click.option("--detect-size", "detect_size", type=int, metavar="N", help="S3FD on frames scaled to N px on the longer side.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Where S3FD runs: auto = CUDA if torch sees a GPU, else the CPU.")
-@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="torch", show_default=True,
-              help="S3FD runner (part of the cache key: FP16 engines choose other boxes).")
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
-              help="auto = FP16 for engines and CUDA, FP32 on CPU.")
-@click.option("--engines", "--engines-dir", "engines_dir", type=click.Path(path_type=Path), default=Path("engines"),
-              show_default=True, help="Folder with engines from build-engines (tensorrt backend).")
-@click.option("--flavor", "--flavour", "flavor", type=click.Choice(("auto", "tensorrt", "tensorrt-rtx")), default="auto",
-              show_default=True, help="TensorRT flavour for the tensorrt backend.")
-@click.option("--cache-dir", "cache_dir", type=click.Path(path_type=Path),
-              help="Detection cache folder [$XDG_CACHE_HOME/wav2lip-trt, else ~/.cache/wav2lip-trt].")
-@click.option("--no-cache", "no_cache", is_flag=True, help="Neither read nor write the detection cache.")
+@with_options(*FRAME_OPTIONS)
+@with_options(*DETECTION_OPTIONS)
+@with_options(*RUNNER_OPTIONS)
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Write the per-frame boxes here (the format infer --boxes reads; '-' = stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
