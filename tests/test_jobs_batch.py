@@ -140,3 +140,15 @@ def test_a_job_whose_worker_died_is_retried_on_another(media, checkpoints, tmp_p
     rows = read_results(tmp_path / "jobs.results.jsonl")
     assert sorted(row["attempts"] for row in rows) == [1, 1, 2] and {row["status"] for row in rows} == {"ok"}
     assert all(frame_count(out / f"{i}.mp4") == rows[0]["frames"] for i in range(3))
+
+
+def test_default_workers_split_the_cores_and_ray_addresses_are_checked() -> None:
+    from wav2lip_trt.errors import InputError
+    from wav2lip_trt.jobs.command import check_ray_address
+    from wav2lip_trt.jobs.local import default_workers
+
+    assert [default_workers("cpu", cores) for cores in (1, 2, 3, 8, 64)] == [1, 2, 3, 4, 4]
+    for address in (None, "local", "auto", "ray://head:10001", "10.0.0.5:6379"):
+        check_ray_address(address)
+    with pytest.raises(InputError, match="put --ray after JOBS|write --ray after JOBS"):
+        check_ray_address("jobs.jsonl")  # `batch --ray jobs.jsonl` took the jobs file for the address

@@ -51,7 +51,7 @@ def check_ray_address(address: str | None) -> None:
 @click.option("--no-cache", "no_cache", is_flag=True, help="Neither read nor write the detection cache.")
 @click.option("--workers", type=int, metavar="N",
               help="Worker processes (Ray actors with --ray), each holding one session. "
-                   "[one per GPU; on a CPU one per 4 cores, at least 1, at most 4]")
+                   "[one per GPU; on a CPU one per core, at most 4]")
 @click.option("--results", type=click.Path(path_type=Path), metavar="PATH",
               help="Results JSONL, a line per job as it finishes [JOBS_STEM.results.jsonl beside JOBS].")
 @click.option("--ray", "ray", is_flag=False, flag_value=RAY_LOCAL, metavar="[ADDRESS]",

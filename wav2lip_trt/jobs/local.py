@@ -32,7 +32,7 @@ from .worker import Task, WorkerSpec, failed, open_session, run_task, this_worke
 log = logging.getLogger(__name__)
 
 STOP_SECONDS = 10.0  # a worker asked to stop gets this long before it is killed
-MAX_CPU_WORKERS = 4  # more sessions than this on one CPU only add memory
+MAX_CPU_WORKERS = 4  # sessions on a CPU; beyond this each would add memory more than speed
 
 
 def cpu_cores() -> int:
@@ -53,16 +53,18 @@ def gpu_count(device: str) -> int:
 
 
 def default_workers(device: str, cores: int | None = None) -> int:
-    """One worker per GPU; on a CPU, one per 4 cores (at least one, at most four), so each keeps a few threads.
+    """One worker per GPU; on a CPU one per core, at most four (so on larger machines each gets several threads).
 
-    A 1 s job's generator pass uses several cores well, while the fixed costs (ffmpeg, audio, the
-    first batch) overlap across workers; see benchmarks/README.md ("Many jobs") for the measurement.
+    Several single-threaded sessions beat one session with every thread: the generator's threads
+    scale poorly on a 1 s job's small batches, and the parts that run on one thread (audio, decode,
+    paste, ffmpeg) overlap across workers. Each session holds its own models (~0.5 GB of memory at
+    320x240), hence the cap. Measured in benchmarks/README.md ("Many jobs").
     """
     gpus = gpu_count(device)
     if gpus:
         return gpus
     cores = cpu_cores() if cores is None else cores
-    return max(1, min(MAX_CPU_WORKERS, cores // 4))
+    return max(1, min(MAX_CPU_WORKERS, cores))
 
 
 @dataclass

@@ -116,7 +116,7 @@ def run_on_ray(tasks: Sequence[Task], spec: WorkerSpec, *, address: str = LOCAL,
         actor = ray.remote(SessionActor).options(num_cpus=where.num_cpus, num_gpus=where.num_gpus)
         log.info("Ray: %d actors, %g CPU and %d GPU each", where.workers, where.num_cpus, where.num_gpus)
         dispatch(ray, lambda: actor.remote(spec, log_level), where.workers, tasks, on_outcome, on_ready)
-        return where.workers
+        return min(where.workers, len(tasks))
     finally:
         if started:
             ray.shutdown()
