@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from ..cli_errors import setup_logging, user_errors
+from ..cli_options import RUNNER_OPTIONS, with_options
 from ..errors import InputError
-from ..options import BACKEND_CHOICES, DEVICES, PRECISION_CHOICES
 
 log = logging.getLogger("wav2lip_trt.jobs")
 
@@ -35,16 +35,7 @@ def check_ray_address(address: str | None) -> None:
 @click.option("--s3fd-checkpoint", "--s3fd_checkpoint", "s3fd_checkpoint", type=click.Path(path_type=Path),
               default=Path("checkpoints/s3fd.pth"), show_default=True,
               help="S3FD face detector weights (loaded only when some job detects faces).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Where the workers run: auto = CUDA if torch sees a GPU, else the CPU.")
-@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="torch", show_default=True,
-              help="Where the networks run; auto = TensorRT engines if usable, else torch.")
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
-              help="auto = FP16 for engines and CUDA, FP32 on CPU.")
-@click.option("--engines", "--engines-dir", "engines_dir", type=click.Path(path_type=Path), default=Path("engines"),
-              show_default=True, help="Folder with engines from build-engines (tensorrt backend).")
-@click.option("--flavor", "--flavour", "flavor", type=click.Choice(("auto", "tensorrt", "tensorrt-rtx")),
-              default="auto", show_default=True, help="TensorRT flavour for the tensorrt backend.")
+@with_options(*RUNNER_OPTIONS)
 @click.option("--cache-dir", "cache_dir", type=click.Path(path_type=Path),
               help="Detection cache folder, shared by all workers "
                    "[$XDG_CACHE_HOME/wav2lip-trt, else ~/.cache/wav2lip-trt].")
