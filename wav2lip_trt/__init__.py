@@ -14,8 +14,8 @@ Engines: :mod:`wav2lip_trt.build_engines`; comparisons: :func:`run_parity`; timi
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .lazy import lazy_exports
+
 
 __version__ = "0.1.0"
 
@@ -33,7 +33,4 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
