@@ -268,7 +268,7 @@ def test_cli_builds_skips_and_reports(built, checkpoints: tuple[Path, Path]) -> 
 
 
 @pytest.mark.parametrize("args, message", [
-    ([], "give --checkpoint_path"),
+    ([], "give at least one checkpoint: --checkpoint_path"),
     (["--checkpoint_path", "missing.pth"], "--checkpoint_path file not found: missing.pth"),
     (["--s3fd-checkpoint", "{s3fd}", "--s3fd-min-size", "16x16"], "min <= opt <= max"),
     (["--s3fd-checkpoint", "{s3fd}", "--s3fd-max-size", "big"], "HEIGHTxWIDTH"),
@@ -305,6 +305,7 @@ def test_command_defaults_match_the_options() -> None:
 
     assert command.FLAVOR_CHOICES == FLAVOR_CHOICES
     assert DEFAULTS["s3fd_batch"] == default.s3fd_batch and DEFAULTS["wav2lip_batch"] == default.wav2lip_batch
+    assert DEFAULTS["scoring_batch"] == default.scoring_batch
     assert [parse_size(DEFAULTS[f"s3fd_{k}_size"]) for k in ("min", "opt", "max")] == [
         default.s3fd_min_size, default.s3fd_opt_size, default.s3fd_max_size]
     ctx = build_engines_command.make_context("build-engines", [])
@@ -316,6 +317,8 @@ def test_options_round_trip_through_their_command() -> None:
         checkpoint_path=Path("a b/wav2lip.pth"), s3fd_checkpoint=Path("s3fd.pth"), out=Path("eng"), precision="fp32",
         flavor="tensorrt-rtx", s3fd_batch=(1, 2, 16), s3fd_max_size=(1080, 1920), wav2lip_batch=(2, 64, 256),
         workspace_mib=2048, compute_capabilities=("8.6", "12.0"), force=True,
+        expert_checkpoint=Path("lipsync_expert.pth"), disc_checkpoint=Path("d.pth"),
+        syncnet_checkpoint=Path("syncnet_v2.model"), scoring_batch=(1, 20, 40),
     )
     args = shlex.split(options.command())[2:]
     ctx = build_engines_command.make_context("build-engines", args)

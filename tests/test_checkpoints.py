@@ -15,8 +15,7 @@ from wav2lip_trt.checkpoints import (
     load_disc_qual,
     load_s3fd,
     load_wav2lip,
-    read_s3fd_state_dict,
-    read_wav2lip_state_dict,
+    read_state_dict,
 )
 from wav2lip_trt.errors import CheckpointError
 from wav2lip_trt.models import S3FD, Wav2Lip, Wav2LipDiscQual
@@ -89,7 +88,7 @@ def test_legacy_format_is_not_zip(tmp_path, s3fd_state):
 def test_wav2lip_bare_state_dict(tmp_path, wav2lip_state):
     path = tmp_path / "bare.pth"
     torch.save(OrderedDict(("module." + k, v) for k, v in wav2lip_state.items()), path)
-    state = read_wav2lip_state_dict(path)
+    state = read_state_dict("wav2lip", path)
     assert list(state) == list(wav2lip_state)
     assert all(torch.equal(state[k], v) for k, v in wav2lip_state.items())
 
@@ -102,7 +101,7 @@ def test_s3fd_plain_state_dict(tmp_path, s3fd_state, legacy_format):
     assert isinstance(model, S3FD)
     assert not model.training
     assert_same_weights(model, s3fd_state)
-    assert list(read_s3fd_state_dict(path)) == list(s3fd_state)
+    assert list(read_state_dict("s3fd", path)) == list(s3fd_state)
 
 
 def test_disc_qual_checkpoint(tmp_path):
@@ -118,7 +117,7 @@ def test_write_random_checkpoints(tmp_path):
     assert (wav2lip.name, s3fd.name) == ("wav2lip.pth", "s3fd.pth")
     assert_same_weights(load_s3fd(s3fd), random_s3fd_state_dict(seed=1))
     assert torch.equal(
-        read_wav2lip_state_dict(wav2lip)["output_block.1.weight"],
+        read_state_dict("wav2lip", wav2lip)["output_block.1.weight"],
         random_wav2lip_state_dict(seed=1)["output_block.1.weight"],
     )
 
@@ -156,7 +155,7 @@ def test_empty_file(tmp_path):
 def test_truncated_file(tmp_path, s3fd_file, legacy_format, keep):
     source = s3fd_file
     if not legacy_format:
-        state = read_s3fd_state_dict(s3fd_file)
+        state = read_state_dict("s3fd", s3fd_file)
         source = save_s3fd_checkpoint(tmp_path / "zip.pth", state, legacy_format=False)
     data = source.read_bytes()
     keep = int(len(data) * keep) if isinstance(keep, float) else keep
@@ -193,14 +192,14 @@ def test_wrong_content_type(tmp_path, content):
 
 def test_s3fd_file_given_as_wav2lip(s3fd_file):
     message = error_for(load_wav2lip, s3fd_file)
-    assert "looks like an S3FD checkpoint" in message
+    assert "looks like an S3FD (s3fd.pth) checkpoint" in message
     assert "face_encoder_blocks.0.0.conv_block.0.weight" in message
 
 
 def test_wav2lip_file_given_as_s3fd(tmp_path, wav2lip_state):
     path = save_wav2lip_checkpoint(tmp_path / "wav2lip_gan.pth", wav2lip_state, with_optimizer=False)
     message = error_for(load_s3fd, path)
-    assert "looks like a Wav2Lip checkpoint" in message
+    assert "looks like a Wav2Lip generator (wav2lip.pth) checkpoint" in message
     assert "conv1_1.weight" in message
 
 
@@ -221,7 +220,7 @@ def test_missing_and_unexpected_keys(tmp_path, s3fd_state):
     message = error_for(load_s3fd, path)
     assert "1 missing key(s): conv4_3_norm.weight" in message
     assert "1 unexpected key(s): extra.weight" in message
-    assert "does not match the S3FD network" in message
+    assert "does not match the S3FD (s3fd.pth) network" in message
 
 
 def test_many_missing_keys_are_counted(tmp_path, wav2lip_state):

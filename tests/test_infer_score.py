@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from wav2lip_trt.samples import float_to_int16, speechlike_audio, talking_face_frames, write_video, write_wav
 from wav2lip_trt.scoring.online import OnlineScorer
-from wav2lip_trt.scoring.random_weights import write_random_scoring_checkpoints
+from wav2lip_trt.random_weights import write_random_scoring_checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +54,69 @@ def test_score_without_a_checkpoint_is_one_error_line(checkpoints, clip, tmp_pat
     assert proc.returncode == 1 and proc.stderr.strip() == (
         "Error: --score needs --expert-checkpoint lipsync_expert.pth (and optionally --disc-checkpoint)")
     assert not (tmp_path / "out.mp4").exists()
+
+
+class ReusedBuffersRunner:
+    """A real torch runner with TensorRT's output contract: every output is a view of one buffer
+    that the next call overwrites (as an engine's output bindings are)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.buffers = inner, {}
+        self.name, self.device, self.stream = inner.name, inner.device, inner.stream
+        self.input_names, self.output_names, self.input_dtypes = inner.input_names, inner.output_names, inner.input_dtypes
+
+    def infer(self, feed):
+        out = {}
+        for name, value in self.inner.infer(feed).items():
+            buffer = self.buffers.setdefault(name, torch.empty(256 * value[0].numel()))
+            view = buffer[: value.numel()].view(value.shape)
+            view.copy_(value)
+            out[name] = view
+        return out
+
+
+def test_scorer_keeps_its_own_copies_of_runner_outputs(clip) -> None:
+    """Embeddings and probabilities outlive the runner call that made them: with runners that reuse
+    their output buffers, the scores equal those of the plain modules."""
+    from wav2lip_trt.backends import RunnerRequest, create_graph_runners
+    from wav2lip_trt.scoring.networks import ExpertTowers, QualityTower
+
+    rng = np.random.default_rng(5)
+    pred = rng.uniform(0, 1, (23, 3, 96, 96)).astype(np.float32)
+    mels = rng.uniform(-4, 4, (23, 80, 16)).astype(np.float32)
+    want = OnlineScorer.from_checkpoints(clip["expert"], clip["disc"])
+    graphs = {"expert_audio": clip["expert"], "expert_face": clip["expert"], "disc_qual": clip["disc"]}
+    with create_graph_runners("torch", graphs, RunnerRequest(None, None, torch.device("cpu"))) as made:
+        wrapped = {g: ReusedBuffersRunner(r) for g, r in made.runners.items()}
+        got = OnlineScorer(ExpertTowers(wrapped["expert_audio"], wrapped["expert_face"]),
+                           QualityTower(wrapped["disc_qual"]), batch_size=4)
+        for scorer in (want, got):
+            for start in range(0, 23, 6):  # several add() calls, several forwards per call
+                scorer.add(np.arange(start, min(23, start + 6)), pred[start:start + 6], mels[start:start + 6])
+    a, b = want.report(), got.report()
+    assert b["expert"]["av_offset"] == a["expert"]["av_offset"]
+    np.testing.assert_allclose(b["expert"]["similarity"], a["expert"]["similarity"], atol=1e-6)
+    np.testing.assert_allclose(b["expert"]["offset_curve"], a["expert"]["offset_curve"], atol=1e-6)
+    np.testing.assert_allclose(b["visual_quality"]["per_frame"], a["visual_quality"]["per_frame"], atol=1e-6)
+
+
+def test_one_face_per_call_equals_all_at_once(clip) -> None:
+    """Many small add() calls (results compacted along the way, shifts paired across calls) give the
+    same report as one call with every face."""
+    rng = np.random.default_rng(8)
+    pred = rng.uniform(0, 1, (45, 3, 96, 96)).astype(np.float32)
+    mels = rng.uniform(-4, 4, (45, 80, 16)).astype(np.float32)
+    one = OnlineScorer.from_checkpoints(clip["expert"], clip["disc"])
+    one.add(np.arange(45), pred, mels)
+    many = OnlineScorer.from_checkpoints(clip["expert"], clip["disc"])
+    for i in range(45):
+        if i != 20:  # a frame without a face: its windows have no score
+            many.add([i], pred[i:i + 1], mels[i:i + 1])
+    a, b = one.report(), many.report()
+    assert len(many._similarity) <= 33 and len(many._quality) <= 33  # compacted, not one tensor per call
+    sims_a, sims_b = a["expert"]["similarity"], b["expert"]["similarity"]
+    assert [i for i, v in enumerate(sims_b) if v is None] == [16, 17, 18, 19, 20]
+    np.testing.assert_allclose([v for i, v in enumerate(sims_b) if v is not None],
+                               [v for i, v in enumerate(sims_a) if not 16 <= i <= 20], atol=1e-6)
+    assert b["visual_quality"]["per_frame"][20] is None
+    assert b["expert"]["offset_counts"] != a["expert"]["offset_counts"]  # frame 20's pairs are missing

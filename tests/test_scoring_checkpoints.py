@@ -12,9 +12,9 @@ import torch
 from wav2lip_trt.errors import CheckpointError
 from wav2lip_trt.models import Wav2LipDiscQual
 from wav2lip_trt.random_weights import random_disc_qual_state_dict, save_wav2lip_checkpoint
-from wav2lip_trt.scoring.checkpoints import load_disc_qual, load_expert, load_syncnet_v2
-from wav2lip_trt.scoring.models import SyncNetColor, SyncNetV2
-from wav2lip_trt.scoring.random_weights import (
+from wav2lip_trt.checkpoints import load_disc_qual, load_expert, load_s3fd, load_syncnet_v2, load_wav2lip
+from wav2lip_trt.models import SyncNetColor, SyncNetV2
+from wav2lip_trt.random_weights import (
     random_expert_state_dict,
     random_syncnet_v2_state_dict,
     save_syncnet_v2_checkpoint,
@@ -119,11 +119,15 @@ def one_line(load, path: Path) -> str:
 @pytest.mark.parametrize(("load", "given", "looks_like"), [
     (load_syncnet_v2, "expert", "looks like a lip-sync expert (lipsync_expert.pth) checkpoint, not a SyncNet v2"),
     (load_expert, "syncnet", "looks like a SyncNet v2 (syncnet_v2.model) checkpoint, not a lip-sync expert"),
-    (load_expert, "disc", "looks like a Wav2Lip quality-discriminator checkpoint, not a lip-sync expert"),
+    (load_expert, "disc", "looks like a Wav2Lip quality discriminator (visual_quality_disc.pth) checkpoint, not a lip-sync expert"),
     (load_disc_qual, "expert", "looks like a lip-sync expert (lipsync_expert.pth) checkpoint"),
     (load_disc_qual, "syncnet", "looks like a SyncNet v2 (syncnet_v2.model) checkpoint"),
     (load_syncnet_v2, "wav2lip", "looks like a Wav2Lip generator (wav2lip.pth) checkpoint"),
     (load_expert, "s3fd", "looks like an S3FD (s3fd.pth) checkpoint"),
+    # one registry: the generator's and the detector's loaders name the scoring files too
+    (load_wav2lip, "syncnet", "looks like a SyncNet v2 (syncnet_v2.model) checkpoint, not a Wav2Lip generator"),
+    (load_wav2lip, "expert", "looks like a lip-sync expert (lipsync_expert.pth) checkpoint, not a Wav2Lip generator"),
+    (load_s3fd, "disc", "looks like a Wav2Lip quality discriminator (visual_quality_disc.pth) checkpoint, not an S3FD"),
 ])
 def test_swapped_checkpoint_names_the_file_it_looks_like(files, load, given, looks_like):
     assert looks_like in one_line(load, files[given])

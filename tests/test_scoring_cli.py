@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from wav2lip_trt.cli import cli
 from wav2lip_trt.samples import float_to_int16, speechlike_audio, talking_face_frames, write_video, write_wav
-from wav2lip_trt.scoring.random_weights import write_random_scoring_checkpoints
+from wav2lip_trt.random_weights import write_random_scoring_checkpoints
 
 pytest.importorskip("python_speech_features")
 

@@ -12,9 +12,9 @@ from wav2lip_trt.models import Wav2LipDiscQual
 from wav2lip_trt.models.conv import Conv2d
 from wav2lip_trt.random_weights import random_disc_qual_state_dict
 from wav2lip_trt.scoring.expert import expert_windows, faces_to_uint8, faces_to_unit
-from wav2lip_trt.scoring.models import SyncNetColor
+from wav2lip_trt.models import SyncNetColor
 from wav2lip_trt.scoring.online import OnlineScorer
-from wav2lip_trt.scoring.random_weights import random_expert_state_dict
+from wav2lip_trt.random_weights import random_expert_state_dict
 
 
 class RefSyncNetColor(nn.Module):

@@ -28,7 +28,7 @@ from wav2lip_trt.samples import float_to_int16, speechlike_audio, talking_face_f
 from wav2lip_trt.scoring.lse import (audio_features, lip_features, lse_scores, shifted_distances, window_count,
                                      zero_padded_medfilt)
 from wav2lip_trt.scoring.media import lse_mfcc
-from wav2lip_trt.scoring.random_weights import random_syncnet_v2_state_dict, save_syncnet_v2_checkpoint
+from wav2lip_trt.random_weights import random_syncnet_v2_state_dict, save_syncnet_v2_checkpoint
 from wav2lip_trt.scoring.score import ScoreOptions, score_video
 
 pytest.importorskip("python_speech_features")
@@ -232,7 +232,7 @@ def test_zero_padded_median_filter_is_scipys(length):
 # ---------------------------------------------------------------- window construction and offset sign
 
 
-class CodeNet:
+class CodeNet(torch.nn.Module):
     """A stand-in for syncnet_python's network that reads a 1-bit code per frame from each side.
 
     Lip side: mean brightness of each of the 5 frames of a window; audio side: log energy (MFCC c0)
@@ -320,6 +320,6 @@ def test_crops_path_sign_end_to_end(tmp_path, monkeypatch):
     frames, audio = coded_media(codes, 3)
     video = write_video(tmp_path / "coded.mp4", frames, 25.0)
     wav = write_wav(tmp_path / "coded.wav", audio, 16000)
-    monkeypatch.setattr("wav2lip_trt.scoring.checkpoints.load_syncnet_v2", lambda path, device: CodeNet())
+    monkeypatch.setattr("wav2lip_trt.checkpoints.load_network", lambda key, path, device="cpu": CodeNet())
     report = score_video(ScoreOptions(video=video, audio=wav, syncnet_checkpoint=wav, crops=True, device="cpu"))
     assert report.clips[0].lse.av_offset == -3

@@ -14,7 +14,7 @@ from wav2lip_trt.checkpoints import load_s3fd
 from wav2lip_trt.detect import detections_per_image, preprocess
 from wav2lip_trt.errors import NoFaceError
 from wav2lip_trt.samples import write_talking_clip, write_video
-from wav2lip_trt.scoring.random_weights import write_random_scoring_checkpoints
+from wav2lip_trt.random_weights import write_random_scoring_checkpoints
 from wav2lip_trt.scoring.score import ScoreOptions, score_video
 from wav2lip_trt.scoring.tracking import (TrackOptions, crop_face, detect_all_faces, link_tracks, nms_no_plus_one,
                                           smooth_track)

@@ -18,24 +18,42 @@ from torch import nn
 
 from .errors import CheckpointError
 from .files import sha256_file
-from .models import S3FD, Wav2Lip, Wav2LipDiscQual
+from .models import S3FD, SyncNetColor, SyncNetV2, Wav2Lip, Wav2LipDiscQual
 
 MAX_LISTED = 3
 """How many offending keys an error message names before it only counts the rest."""
 
 
 @dataclass(frozen=True)
-class _Network:
-    name: str  # as it appears in messages
+class Network:
+    """One of the five released networks: how to build it and how to recognise its state dict."""
+
+    key: str  # registry name: wav2lip, s3fd, expert, syncnet_v2, disc_qual
+    name: str  # as it appears in messages, with the released file's name
     build: Callable[[], nn.Module]
-    signature: tuple[str, ...]  # key prefixes found only in this network's state dict
+    signature: tuple[str, ...]  # key prefixes that identify this network's state dict
 
 
-_WAV2LIP = _Network("Wav2Lip", Wav2Lip, ("face_decoder_blocks.",))
-_S3FD = _Network("S3FD", S3FD, ("conv1_1.", "fc7."))
-_DISC_QUAL = _Network("Wav2Lip quality-discriminator", Wav2LipDiscQual, ("binary_pred.",))
-_SYNCNET = _Network("SyncNet", nn.Module, ("face_encoder.",))  # only recognised, never loaded
-_KNOWN = (_WAV2LIP, _S3FD, _DISC_QUAL, _SYNCNET)
+NETWORKS: dict[str, Network] = {net.key: net for net in (
+    Network("wav2lip", "Wav2Lip generator (wav2lip.pth)", Wav2Lip, ("face_decoder_blocks.",)),
+    Network("s3fd", "S3FD (s3fd.pth)", S3FD, ("conv1_1.", "fc7.")),
+    Network("disc_qual", "Wav2Lip quality discriminator (visual_quality_disc.pth)", Wav2LipDiscQual, ("binary_pred.",)),
+    Network("syncnet_v2", "SyncNet v2 (syncnet_v2.model)", SyncNetV2, ("netcnnlip.", "netcnnaud.", "netfclip.")),
+    # last: the generator and the discriminator also have face_encoder / audio_encoder keys
+    Network("expert", "lip-sync expert (lipsync_expert.pth)", SyncNetColor, ("face_encoder.", "audio_encoder.")),
+)}
+"""Every network this project loads; a file holding another one is named in the error.
+
+Five released files are easy to mix up (the detector passed as the generator, the SyncNet of
+syncnet_python passed as Wav2Lip's expert), so the guess covers all five whichever is loaded.
+"""
+
+
+def network(key: str) -> Network:
+    try:
+        return NETWORKS[key]
+    except KeyError:
+        raise ValueError(f"unknown network {key!r}; choose one of: {', '.join(NETWORKS)}") from None
 
 
 def _article(name: str) -> str:
@@ -79,7 +97,7 @@ def _load_file(path: Path) -> object:
         ) from exc
 
 
-def _extract_state_dict(obj: object, path: Path, net: _Network) -> dict[str, torch.Tensor]:
+def _extract_state_dict(obj: object, path: Path, net: Network) -> dict[str, torch.Tensor]:
     """Unwraps a training checkpoint and strips DataParallel prefixes, as the original loader did."""
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
@@ -104,8 +122,9 @@ def _listed(keys: list[str]) -> str:
     return f"{shown}, ... ({more} more)" if more > 0 else shown
 
 
-def _guess(keys: Mapping[str, object]) -> _Network | None:
-    for net in _KNOWN:
+def guess_network(keys: Mapping[str, object]) -> Network | None:
+    """The released network whose state-dict keys these look like, or None."""
+    for net in NETWORKS.values():
         if any(k.startswith(net.signature) for k in keys):
             return net
     return None
@@ -116,7 +135,7 @@ def _shape(shape: torch.Size) -> str:
 
 
 def _check_keys(
-    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], path: Path, net: _Network
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], path: Path, net: Network
 ) -> None:
     """Strict key and shape check up front, so the error names keys rather than tensors' sizes."""
     missing = [k for k in expected if k not in state]
@@ -135,7 +154,7 @@ def _check_keys(
         parts.append(f"{len(unexpected)} unexpected key(s): {_listed(unexpected)}")
     if mismatched:
         parts.append(f"{len(mismatched)} shape mismatch(es): {_listed(mismatched)}")
-    other = _guess(state)
+    other = guess_network(state)
     if other is not None and other is not net:
         head = (
             f"looks like {_article(other.name)} {other.name} checkpoint, "
@@ -146,7 +165,13 @@ def _check_keys(
     raise CheckpointError(f"{path}: {head}: " + "; ".join(parts))
 
 
-def _read(path: str | Path, net: _Network) -> dict[str, torch.Tensor]:
+def read_state_dict(key: str, path: str | Path) -> dict[str, torch.Tensor]:
+    """The validated, unprefixed state dict of network ``key``, for code that needs tensors, not a module.
+
+    Accepts Wav2Lip's training checkpoints (``state_dict`` with ``module.`` keys plus optimizer
+    extras, legacy or zip format) and bare state dicts. Raises :class:`CheckpointError`.
+    """
+    net = network(key)
     path = Path(path)
     state = _extract_state_dict(_load_file(path), path, net)
     with torch.device("meta"):
@@ -155,41 +180,38 @@ def _read(path: str | Path, net: _Network) -> dict[str, torch.Tensor]:
     return {k: state[k] for k in expected}
 
 
-def _load(path: str | Path, net: _Network, device: str | torch.device) -> nn.Module:
-    state = _read(path, net)
+def load_network(key: str, path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Network ``key`` with the file's weights, FP32, in eval mode; every file problem is one line."""
+    state = read_state_dict(key, path)
     with torch.device("meta"):
-        model = net.build()
+        model = network(key).build()
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device=device, dtype=torch.float32).eval()
 
 
-def read_wav2lip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The validated, unprefixed Wav2Lip state dict, for exporters that need tensors, not a module.
-
-    Accepts the released training checkpoint (``state_dict`` with ``module.`` keys plus optimizer
-    extras, legacy or zip format) and a bare state dict. Raises :class:`CheckpointError`.
-    """
-    return _read(path, _WAV2LIP)
-
-
-def read_s3fd_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The validated S3FD state dict (released files are a plain ``OrderedDict``)."""
-    return _read(path, _S3FD)
-
-
 def load_wav2lip(path: str | Path, device: str | torch.device = "cpu") -> Wav2Lip:
-    """A ready-to-run generator in eval mode; every checkpoint problem is a one-line error."""
-    return cast(Wav2Lip, _load(path, _WAV2LIP, device))
+    """The generator (wav2lip.pth or wav2lip_gan.pth)."""
+    return cast(Wav2Lip, load_network("wav2lip", path, device))
 
 
 def load_s3fd(path: str | Path, device: str | torch.device = "cpu") -> S3FD:
-    """A ready-to-run detector in eval mode; every checkpoint problem is a one-line error."""
-    return cast(S3FD, _load(path, _S3FD, device))
+    """The face detector."""
+    return cast(S3FD, load_network("s3fd", path, device))
 
 
 def load_disc_qual(path: str | Path, device: str | torch.device = "cpu") -> Wav2LipDiscQual:
-    """The GAN quality discriminator (training-style checkpoint), for evaluation scripts."""
-    return cast(Wav2LipDiscQual, _load(path, _DISC_QUAL, device))
+    """The visual quality discriminator."""
+    return cast(Wav2LipDiscQual, load_network("disc_qual", path, device))
+
+
+def load_expert(path: str | Path, device: str | torch.device = "cpu") -> SyncNetColor:
+    """The lip-sync expert (BatchNorm on running statistics, unlike Wav2Lip training)."""
+    return cast(SyncNetColor, load_network("expert", path, device))
+
+
+def load_syncnet_v2(path: str | Path, device: str | torch.device = "cpu") -> SyncNetV2:
+    """syncnet_python's network for LSE-D / LSE-C."""
+    return cast(SyncNetV2, load_network("syncnet_v2", path, device))
 
 
 def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:

@@ -56,7 +56,8 @@ class FrameOps(Protocol):
         ...
 
     def to_host(self, frame: Frame) -> np.ndarray:
-        """One frame on the host, now (a blocking copy on the GPU path: for dumps, not the hot path)."""
+        """One frame (or any tensor of this path) on the host, now (a blocking copy on the GPU path:
+        for dumps, not the hot path)."""
         ...
 
     def scale(self, frames: Frame, width: int, height: int) -> Frame:
@@ -74,7 +75,9 @@ class FrameOps(Protocol):
         """Crop, run Wav2Lip, paste the faces of the frames that have a box.
 
         Returns the finished frames (all of them, in order, on their way to the host) and, with
-        ``keep_pred``, the predictions of the boxed frames as a host (F, 3, 96, 96) float32 tensor.
+        ``keep_pred``, the predictions of the boxed frames, (F, 3, 96, 96) float32, where they were
+        made: on the host for :class:`HostOps`, on the device (valid on the compute stream) for
+        :class:`DeviceOps` — the scorer uses them there; a dump brings them back with :meth:`to_host`.
         """
         ...
 
@@ -95,8 +98,8 @@ class HostOps:
     def copy(self, frame: np.ndarray) -> np.ndarray:
         return frame.copy()
 
-    def to_host(self, frame: np.ndarray) -> np.ndarray:
-        return frame
+    def to_host(self, frame: np.ndarray | torch.Tensor) -> np.ndarray:
+        return np.asarray(frame)
 
     def scale(self, frames: np.ndarray, width: int, height: int) -> np.ndarray:
         from .detection.scaled import scale_frames_host
@@ -173,7 +176,7 @@ class DeviceOps:
 
     def to_host(self, frame: torch.Tensor) -> np.ndarray:
         with self.ctx.on_compute():
-            return frame.cpu().numpy()
+            return frame.detach().cpu().numpy()
 
     def scale(self, frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
         from .detection.scaled import scale_frames_device
@@ -231,8 +234,6 @@ class DeviceOps:
                 paste_back_batch(sub, pred, boxes_d, self.blend, host_boxes=host_boxes)
                 if not every:
                     batch.index_copy_(0, rows_d, sub)
-                if keep_pred:  # only --dump-intermediates brings the predictions back (a blocking copy)
-                    pred = pred.detach().float().cpu()
         finished = self._finish(batch, indices[0] if len(indices) else 0)
         return finished, (pred if keep_pred else None)
 

@@ -227,7 +227,7 @@ def _generate_batch(
             scorer.add(faced, pred, chunks.gather(faced))
     if dump is not None:
         assert chunks is not None
-        by_index = dict(zip(faced, pred.numpy())) if pred is not None else {}
+        by_index = dict(zip(faced, ops.to_host(pred))) if pred is not None else {}
         nan = np.full((3, IMG_SIZE, IMG_SIZE), np.nan, dtype=np.float32)
         dump.append("mel_chunks", chunks.gather([it.index for it in items]))
         dump.append("boxes", np.array([it.box if it.box is not None else _NO_BOX for it in items], dtype=np.int64))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import S3FD, L2Norm, Wav2Lip, Wav2LipDiscQual
+from .models import S3FD, L2Norm, SyncNetColor, SyncNetV2, Wav2Lip, Wav2LipDiscQual
 
 CONV_BIAS_STD = 0.01
 BN_WEIGHT_STD = 0.05
@@ -33,6 +33,15 @@ HE_GAIN = math.sqrt(2.0)
 
 WAV2LIP_FILE = "wav2lip.pth"
 S3FD_FILE = "s3fd.pth"
+EXPERT_FILE = "lipsync_expert.pth"
+SYNCNET_V2_FILE = "syncnet_v2.model"
+DISC_QUAL_FILE = "visual_quality_disc.pth"
+
+SYNCNET_V2_INPUT_GAIN = {"netcnnlip.0": 1 / 512, "netcnnaud.0": 1 / 16}
+"""syncnet_python's first layers see raw 0-255 pixels and MFCCs of size ~10, not unit-scale inputs."""
+SYNCNET_V2_OUTPUT_GAIN = 0.25
+"""Both final Linear layers: features of norm ~5, distances of a few units, as the released model's
+(so float32 rounding is at the level the real numbers see)."""
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:
@@ -44,12 +53,11 @@ def _normal(seed: int, name: str, shape: torch.Size, std: float, mean: float = 0
     return torch.from_numpy(values.astype(np.float32))
 
 
-def _fan_in(conv: nn.Conv2d | nn.ConvTranspose2d) -> float:
-    kh, kw = conv.kernel_size
-    if isinstance(conv, nn.ConvTranspose2d):
-        sh, sw = conv.stride
-        return conv.in_channels * kh * kw / (sh * sw)
-    return conv.in_channels // conv.groups * kh * kw
+def _fan_in(layer: nn.Module) -> float:
+    if isinstance(layer, nn.ConvTranspose2d):
+        (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+        return layer.in_channels * kh * kw / (sh * sw)
+    return float(layer.weight[0].numel())  # Conv2d/Conv3d (in / groups x kernel), Linear (in)
 
 
 def _random_state_dict(
@@ -59,11 +67,11 @@ def _random_state_dict(
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for prefix, module in model.named_modules():
         p = f"{prefix}." if prefix else ""
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Conv3d, nn.Linear)):
             std = gain(prefix) / math.sqrt(_fan_in(module))
             out[p + "weight"] = _normal(seed, p + "weight", module.weight.shape, std)
             out[p + "bias"] = _normal(seed, p + "bias", module.bias.shape, CONV_BIAS_STD)
-        elif isinstance(module, nn.BatchNorm2d):
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
             shape = module.weight.shape
             out[p + "weight"] = _normal(seed, p + "weight", shape, BN_WEIGHT_STD, mean=1.0)
             out[p + "bias"] = _normal(seed, p + "bias", shape, BN_SHIFT_STD)
@@ -93,6 +101,28 @@ def random_disc_qual_state_dict(seed: int = 0) -> OrderedDict[str, torch.Tensor]
     return _random_state_dict(
         model, seed, lambda name: 1.0 if name.startswith("binary_pred") else HE_GAIN
     )
+
+
+def random_expert_state_dict(seed: int = 0) -> OrderedDict[str, torch.Tensor]:
+    """Lip-sync expert weights: He for the ReLU convs (every conv in it is followed by a ReLU)."""
+    with torch.device("meta"):
+        model = SyncNetColor()
+    return _random_state_dict(model, seed, lambda name: HE_GAIN)
+
+
+def _syncnet_v2_gain(name: str) -> float:
+    if name in SYNCNET_V2_INPUT_GAIN:
+        return HE_GAIN * SYNCNET_V2_INPUT_GAIN[name]
+    if name in ("netfcaud.3", "netfclip.3"):
+        return SYNCNET_V2_OUTPUT_GAIN
+    return HE_GAIN
+
+
+def random_syncnet_v2_state_dict(seed: int = 0) -> OrderedDict[str, torch.Tensor]:
+    """syncnet_python ``S`` weights (Conv2d/Conv3d/Linear and 1-, 2- and 3-d BatchNorm)."""
+    with torch.device("meta"):
+        model = SyncNetV2()
+    return _random_state_dict(model, seed, _syncnet_v2_gain)
 
 
 def _s3fd_gain(name: str) -> float:
@@ -174,6 +204,26 @@ def save_s3fd_checkpoint(
 ) -> Path:
     """Writes a plain ``OrderedDict`` state dict, the format of the released ``s3fd.pth``."""
     return _save(OrderedDict(state_dict), path, legacy_format)
+
+
+def save_syncnet_v2_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], *,
+                               legacy_format: bool = True) -> Path:
+    """A plain ``OrderedDict`` state dict, the format of the released ``syncnet_v2.model``."""
+    return _save(OrderedDict(state_dict), path, legacy_format)
+
+
+def write_random_scoring_checkpoints(directory: str | Path, seed: int = 0) -> tuple[Path, Path, Path]:
+    """Writes ``lipsync_expert.pth``, ``syncnet_v2.model`` and ``visual_quality_disc.pth``.
+
+    The expert and the discriminator use Wav2Lip's training wrapper (``module.`` keys, optimizer
+    state), as the training scripts save them; SyncNet v2 is a plain state dict. The numbers these
+    weights give mean nothing about lip sync.
+    """
+    directory = Path(directory)
+    expert = save_wav2lip_checkpoint(directory / EXPERT_FILE, random_expert_state_dict(seed))
+    syncnet = save_syncnet_v2_checkpoint(directory / SYNCNET_V2_FILE, random_syncnet_v2_state_dict(seed))
+    disc = save_wav2lip_checkpoint(directory / DISC_QUAL_FILE, random_disc_qual_state_dict(seed))
+    return expert, syncnet, disc
 
 
 def write_random_checkpoints(directory: str | Path, seed: int = 0) -> tuple[Path, Path]:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -44,6 +44,10 @@ from .pipeline import Detection, face_items, generate
 from .runners.base import Runner
 from .stages import StageTimes
 from .video import FaceSource, FrameTransform
+
+if TYPE_CHECKING:
+    from .scoring.networks import ScoringNetworks
+    from .scoring.online import OnlineScorer
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +156,7 @@ class Session:
         self._load_reported = False
         self._warm = False
         self.detections: Memo = {}  # raw boxes by detection key: one face, many audios, one detection
+        self._scoring: dict[tuple[Path | None, Path | None], ScoringNetworks] = {}  # --score networks by checkpoints
         log.info("running %s %s on %s", self.runners.backend, self.runners.precision, self.generator.device)
 
     @classmethod
@@ -231,11 +236,8 @@ class Session:
                 detection, origin = Detection(raw.boxes, options, source), raw.origin
             scorer = None
             if options.score:
-                from .scoring.online import OnlineScorer
-
                 with times.stage("load"):
-                    scorer = OnlineScorer.from_checkpoints(options.expert_checkpoint, options.disc_checkpoint,
-                                                           device=self.generator.device)
+                    scorer = self._scorer(options)
             items = face_items(source, total, options, detection, ops, times, plan.decode_ahead)
             batches = generate(items, ops, self.generator, plan.generator_batch, dump, times, chunks,
                                reference_batch=options.wav2lip_batch_size, total=total, scorer=scorer)
@@ -262,6 +264,25 @@ class Session:
             detection=origin, scores=None if scorer is None else scorer.report(total_frames=total),
         )
 
+    def _scorer(self, options: InferenceOptions) -> "OnlineScorer":
+        """A fresh scorer over this session's scoring networks (loaded once per checkpoint pair).
+
+        The networks run where the generator runs — its backend, precision, device and compute
+        stream — so on a GPU the generated faces are scored without leaving the device.
+        """
+        from .scoring.networks import load_scoring_networks
+        from .scoring.online import OnlineScorer
+
+        key = (options.expert_checkpoint, options.disc_checkpoint)
+        if key not in self._scoring:
+            request = RunnerRequest(checkpoint_path=None, s3fd_checkpoint=None, device=self.generator.device,
+                                    precision=self.runners.precision, engines_dir=self.model_options["engines_dir"],
+                                    flavor=self.model_options["flavor"], stream=self.runners.stream)
+            self._scoring[key] = load_scoring_networks(self.runners.backend, request, expert=options.expert_checkpoint,
+                                                       disc=options.disc_checkpoint)
+        networks = self._scoring[key]
+        return OnlineScorer(networks.expert, networks.disc, device=networks.device, stream=networks.stream)
+
     def _raw_boxes(self, options: InferenceOptions, source: FaceSource, ops: FrameOps, times: StageTimes, plan: BatchPlan,
                    dump: IntermediateDump | None, limit: int) -> RawDetections:
         """Raw boxes from a --boxes file, this session's memo, the disk cache, or S3FD (in that order)."""
@@ -273,6 +294,9 @@ class Session:
                              decode_ahead=plan.decode_ahead).run(limit, dump)
 
     def close(self) -> None:
+        for networks in self._scoring.values():
+            networks.close()
+        self._scoring.clear()
         self.runners.__exit__(None, None, None)
 
     def __enter__(self) -> "Session":

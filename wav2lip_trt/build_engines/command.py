@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 FLAVOR_CHOICES = ("auto", "tensorrt", "tensorrt-rtx")  # kept in sync with builder.FLAVOR_CHOICES (tested)
 DEFAULTS: dict[str, Any] = {
     "s3fd_batch": (1, 4, 8), "s3fd_min_size": "64x64", "s3fd_opt_size": "720x1280", "s3fd_max_size": "1920x1920",
-    "wav2lip_batch": (1, 128, 128),
+    "wav2lip_batch": (1, 128, 128), "scoring_batch": (1, 64, 64),
 }  # kept in sync with BuildOptions (tested); repeated so --help needs no torch import
 POSITIVE = click.IntRange(min=1)
 
@@ -35,6 +35,9 @@ def options_from_params(params: dict[str, Any]) -> "BuildOptions":
     return BuildOptions(
         checkpoint_path=params["checkpoint_path"],
         s3fd_checkpoint=params["s3fd_checkpoint"],
+        expert_checkpoint=params["expert_checkpoint"],
+        disc_checkpoint=params["disc_checkpoint"],
+        syncnet_checkpoint=params["syncnet_checkpoint"],
         out=params["out"],
         precision=params["precision"],
         flavor=params["flavor"],
@@ -43,6 +46,7 @@ def options_from_params(params: dict[str, Any]) -> "BuildOptions":
         s3fd_opt_size=parse_size(params["s3fd_opt_size"]),
         s3fd_max_size=parse_size(params["s3fd_max_size"]),
         wav2lip_batch=(params["wav2lip_min_batch"], params["wav2lip_opt_batch"], params["wav2lip_max_batch"]),
+        scoring_batch=(params["scoring_min_batch"], params["scoring_opt_batch"], params["scoring_max_batch"]),
         workspace_mib=params["workspace_mib"],
         compute_capabilities=parse_compute_capabilities(params["compute_capabilities"]),
         onnx_only=params["onnx_only"],
@@ -52,7 +56,10 @@ def options_from_params(params: dict[str, Any]) -> "BuildOptions":
 
 def check_outputs(params: dict[str, Any], json_path: Path | None) -> None:
     """--out is a folder this user can write (or create), --json a writable file; checked before any export."""
-    inputs = {"--checkpoint_path": params["checkpoint_path"], "--s3fd-checkpoint": params["s3fd_checkpoint"]}
+    inputs = {label: params[name] for name, label in (
+        ("checkpoint_path", "--checkpoint_path"), ("s3fd_checkpoint", "--s3fd-checkpoint"),
+        ("expert_checkpoint", "--expert-checkpoint"), ("disc_checkpoint", "--disc-checkpoint"),
+        ("syncnet_checkpoint", "--syncnet-checkpoint"))}
     check_output_dir(params["out"], "--out", inputs)
     if json_path is not None and str(json_path) != "-":
         check_output_file(json_path, "--json", inputs, {"--out": params["out"]})
@@ -63,6 +70,12 @@ def check_outputs(params: dict[str, Any], json_path: Path | None) -> None:
               help="Wav2Lip checkpoint (wav2lip.pth or wav2lip_gan.pth) to build the generator engine from.")
 @click.option(*_names("--s3fd-checkpoint"), "s3fd_checkpoint", type=click.Path(path_type=Path),
               help="S3FD checkpoint (s3fd.pth) to build the detector engine from.")
+@click.option(*_names("--expert-checkpoint"), "expert_checkpoint", type=click.Path(path_type=Path),
+              help="Lip-sync expert (lipsync_expert.pth): engines expert_audio and expert_face, for --score.")
+@click.option(*_names("--disc-checkpoint"), "disc_checkpoint", type=click.Path(path_type=Path),
+              help="Quality discriminator (visual_quality_disc.pth): engine disc_qual, for --score.")
+@click.option(*_names("--syncnet-checkpoint"), "syncnet_checkpoint", type=click.Path(path_type=Path),
+              help="syncnet_python's syncnet_v2.model: engines syncnet_lip and syncnet_audio, for the score command.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("engines"), show_default=True,
               help="Directory for ONNX files, engines, manifests and the timing cache.")
 @click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
@@ -87,6 +100,13 @@ def check_outputs(params: dict[str, Any], json_path: Path | None) -> None:
               show_default=True, help="Wav2Lip profile: batch to optimise for.")
 @click.option(*_names("--wav2lip-max-batch"), "wav2lip_max_batch", type=POSITIVE, metavar="N", default=DEFAULTS["wav2lip_batch"][2],
               show_default=True, help="Wav2Lip profile: largest batch (--wav2lip_batch_size at inference).")
+@click.option(*_names("--scoring-min-batch"), "scoring_min_batch", type=POSITIVE, metavar="N",
+              default=DEFAULTS["scoring_batch"][0], show_default=True, help="Scoring engines: smallest batch.")
+@click.option(*_names("--scoring-opt-batch"), "scoring_opt_batch", type=POSITIVE, metavar="N",
+              default=DEFAULTS["scoring_batch"][1], show_default=True, help="Scoring engines: batch to optimise for.")
+@click.option(*_names("--scoring-max-batch"), "scoring_max_batch", type=POSITIVE, metavar="N",
+              default=DEFAULTS["scoring_batch"][2], show_default=True,
+              help="Scoring engines: largest batch (larger calls run in slices).")
 @click.option("--workspace", "workspace_mib", type=POSITIVE, metavar="MIB",
               help="Builder workspace limit in MiB [TensorRT's default: the GPU's memory].")
 @click.option(*_names("--compute-capabilities"), "compute_capabilities", default="portable", show_default=True,
@@ -98,7 +118,7 @@ def check_outputs(params: dict[str, Any], json_path: Path | None) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or info messages.")
 @user_errors(interrupted="engines finished before it were kept, nothing half-written was left")
 def build_engines_command(quiet: bool, json_path: Path | None, **kwargs: Any) -> None:
-    """Export S3FD and Wav2Lip to ONNX and build TensorRT engines (skipped when up to date)."""
+    """Export S3FD, Wav2Lip and the scoring networks to ONNX and build TensorRT engines (skipped when up to date)."""
     from . import build_engines
 
     setup_logging(quiet)

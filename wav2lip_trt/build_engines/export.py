@@ -1,4 +1,8 @@
-"""ONNX export of S3FD and Wav2Lip: named tensors, dynamic shapes, one reproducible file each.
+"""ONNX export of every network: named tensors, dynamic shapes, one reproducible file each.
+
+S3FD and Wav2Lip are one graph each; the scoring networks are split into the towers their
+scorers call separately (the expert's audio and face encoders, syncnet_python's audio and lip
+towers, the quality discriminator on 4-D faces), so one engine never computes a tower nobody asked for.
 
 The TorchScript exporter is used on purpose: it is four times faster than the dynamo exporter
 on these networks, writes a single file with the weights inside, gives every node a name that
@@ -12,7 +16,6 @@ import importlib.util
 import io
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingDependencyError
-from ..tensor_names import S3FD_INPUTS, S3FD_OUTPUTS, WAV2LIP_INPUTS, WAV2LIP_OUTPUTS
+from ..tensor_names import S3FD_INPUTS, S3FD_OUTPUTS, SCORING_GRAPHS, WAV2LIP_INPUTS, WAV2LIP_OUTPUTS
 from ..files import atomic_write_bytes, sha256_bytes
 from .precision import PRECISIONS, convert_to_fp16, fp32_scopes
 
@@ -33,33 +36,56 @@ EXPORTER = f"torch {torch.__version__.split('+')[0]} torchscript opset {OPSET}"
 """Changes whenever the exported bytes may change; recorded so stale exports are redone."""
 
 
-def _load_s3fd(path: Path) -> nn.Module:
-    from ..checkpoints import load_s3fd
+class Tower(nn.Module):
+    """One method of a network as a module's forward, so a tower can be traced and run on its own."""
 
-    return load_s3fd(path)
+    def __init__(self, model: nn.Module, method: str) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method
 
-
-def _load_wav2lip(path: Path) -> nn.Module:
-    from ..checkpoints import load_wav2lip
-
-    return load_wav2lip(path)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model, self.method)(x)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How one network is exported: its tensor names, dynamic axes and a trace-time input."""
+    """How one graph is exported: its tensor names, dynamic axes, a trace-time input and its source."""
 
     name: str
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]  # tensor name -> {axis: symbolic dim name}
     trace_shapes: tuple[tuple[int, ...], ...]  # one per input; batch 2 so no axis looks like a broadcast 1
-    load: Callable[[Path], nn.Module]
-    checkpoint_option: str  # the CLI option that names this network's checkpoint
+    network: str  # the checkpoint it comes from (a key of wav2lip_trt.checkpoints.NETWORKS)
+    checkpoint_option: str  # the CLI option that names that checkpoint
+    method: str | None = None  # the network's method this graph is (a tower); None = forward
+
+    def module(self, network: nn.Module) -> nn.Module:
+        """This graph's module, given the loaded network (shared by the towers of one checkpoint)."""
+        return network if self.method is None else Tower(network, self.method).eval()
+
+    def load(self, checkpoint: Path) -> nn.Module:
+        from ..checkpoints import load_network
+
+        return self.module(load_network(self.network, checkpoint))
 
 
-MODELS: dict[str, ModelSpec] = {
-    "s3fd": ModelSpec(
+_TOWER_METHODS = {"expert_audio": "embed_audio", "expert_face": "embed_face", "disc_qual": "forward",
+                  "syncnet_lip": "forward_lip", "syncnet_audio": "forward_aud"}
+CHECKPOINT_OPTIONS = {"s3fd": "--s3fd-checkpoint", "wav2lip": "--checkpoint_path", "expert": "--expert-checkpoint",
+                      "disc_qual": "--disc-checkpoint", "syncnet_v2": "--syncnet-checkpoint"}
+
+
+def _tower(name: str) -> ModelSpec:
+    network, inp, out, shape = SCORING_GRAPHS[name]
+    return ModelSpec(name=name, input_names=(inp,), output_names=(out,),
+                     dynamic_axes={inp: {0: "batch"}, out: {0: "batch"}}, trace_shapes=((2, *shape),),
+                     network=network, checkpoint_option=CHECKPOINT_OPTIONS[network], method=_TOWER_METHODS[name])
+
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
+    ModelSpec(
         name="s3fd",
         input_names=S3FD_INPUTS,
         output_names=S3FD_OUTPUTS,
@@ -68,19 +94,23 @@ MODELS: dict[str, ModelSpec] = {
             **{name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in S3FD_OUTPUTS},
         },
         trace_shapes=((2, 3, 64, 64),),
-        load=_load_s3fd,
+        network="s3fd",
         checkpoint_option="--s3fd-checkpoint",
     ),
-    "wav2lip": ModelSpec(
+    ModelSpec(
         name="wav2lip",
         input_names=WAV2LIP_INPUTS,
         output_names=WAV2LIP_OUTPUTS,
         dynamic_axes={name: {0: "batch"} for name in (*WAV2LIP_INPUTS, *WAV2LIP_OUTPUTS)},
         trace_shapes=((2, 1, 80, 16), (2, 6, 96, 96)),
-        load=_load_wav2lip,
+        network="wav2lip",
         checkpoint_option="--checkpoint_path",
     ),
-}
+    *(_tower(name) for name in SCORING_GRAPHS),
+)}
+"""Every graph this project exports, builds and runs, by name (the name of its files and engine)."""
+
+SCORING_MODELS = tuple(SCORING_GRAPHS)
 
 
 @dataclass(frozen=True)

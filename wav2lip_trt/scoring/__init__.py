@@ -14,7 +14,7 @@ Public API (imported on first use, so ``import wav2lip_trt.scoring`` stays light
 Modules: ``models`` (networks), ``checkpoints`` (loading), ``random_weights`` (test checkpoints),
 ``lse`` (LSE computation), ``media`` (upstream decoding and MFCC), ``expert`` (window layout, loss),
 ``online`` (streaming scorer), ``tracking`` (face tracks), ``score`` (the ``score`` command's function),
-``command`` (its CLI), ``export`` (ONNX towers and their ONNX Runtime stand-ins).
+``command`` (its CLI), ``networks`` (the towers over runners of any backend).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ _EXPORTS = {
     "LseResult": "lse",
     "lse_scores": "lse",
     "TrackOptions": "tracking",
-    "SyncNetColor": "models",
-    "SyncNetV2": "models",
-    "load_expert": "checkpoints",
-    "load_syncnet_v2": "checkpoints",
-    "load_disc_qual": "checkpoints",
-    "write_random_scoring_checkpoints": "random_weights",
+    "SyncNetColor": "..models",
+    "SyncNetV2": "..models",
+    "load_expert": "..checkpoints",
+    "load_syncnet_v2": "..checkpoints",
+    "load_disc_qual": "..checkpoints",
+    "write_random_scoring_checkpoints": "..random_weights",
 }
 __all__ = list(_EXPORTS)
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..cli_errors import setup_logging, user_errors
+from ..cli_options import RUNNER_OPTIONS, with_options
 from ..errors import InputError
 from ..files import atomic_write_text, check_output_file
 
@@ -104,10 +105,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
               help="Margin of the 224x224 crop around the face box.")
 @click.option("--detect-batch-size", "detect_batch_size", type=POSITIVE, default=16, show_default=True,
               help="Frames per S3FD forward.")
-@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True,
-              help="auto: CUDA when torch sees a GPU.")
-@click.option("--backend", type=click.Choice(("torch", "onnxruntime")), default="torch", show_default=True,
-              help="Run the scoring networks on torch, or export them to ONNX and run ONNX Runtime.")
+@with_options(*RUNNER_OPTIONS)
 @click.option("--ffmpeg", type=str, help="ffmpeg executable to use [imageio-ffmpeg's].")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON report here ('-' = stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and the JSON of --json -).")

@@ -11,6 +11,7 @@ face the quality discriminator's probability. ``report()`` gives the ``expert`` 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,15 +23,17 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..execution.handoff import upload
 from .expert import LOWER_HALF, WINDOW, cosine_loss_terms, faces_to_uint8, faces_to_unit, quality_probabilities
 from .lse import VSHIFT
 
 MEL_SHAPE = (80, 16)
 BATCH_SIZE = 64  # windows or faces per forward
+COMPACT_AFTER = 32  # per-batch result tensors kept before they are concatenated into one
 
 
 class ExpertNetwork(Protocol):
-    """What the scorer needs from the lip-sync expert (:class:`SyncNetColor` or its ONNX stand-in)."""
+    """What the scorer needs from the lip-sync expert (:class:`SyncNetColor` or its runners, ``ExpertTowers``)."""
 
     def embed_audio(self, mel: torch.Tensor) -> torch.Tensor: ...
 
@@ -40,7 +43,7 @@ class ExpertNetwork(Protocol):
 
 
 class QualityNetwork(Protocol):
-    """The quality discriminator (:class:`~wav2lip_trt.models.Wav2LipDiscQual` or its ONNX stand-in)."""
+    """The quality discriminator (:class:`~wav2lip_trt.models.Wav2LipDiscQual` or its runner, ``QualityTower``)."""
 
     def __call__(self, faces: torch.Tensor) -> torch.Tensor: ...
 
@@ -101,15 +104,23 @@ class OnlineScorer:
     Call :meth:`add` from one thread, with output frame indices increasing from call to call
     (gaps allowed: frames without a generated face are simply not added). Models run on
     ``device`` in eval mode. ``seconds`` accumulates the time spent scoring, for cost reports.
+
+    On CUDA everything the scorer launches runs on ``stream`` — the pipeline's compute stream,
+    which the generator's predictions are valid on and the scoring runners share — and nothing
+    comes back to the host until :meth:`report`: the predictions are truncated to uint8 and
+    scored on the device, per-window and per-frame results stay there as tensors, and the
+    pipeline never waits for the scorer.
     """
 
     def __init__(self, expert: ExpertNetwork | None = None, disc: QualityNetwork | None = None, *,
-                 device: torch.device | str = "cpu", vshift: int = VSHIFT, batch_size: int = BATCH_SIZE) -> None:
+                 device: torch.device | str = "cpu", vshift: int = VSHIFT, batch_size: int = BATCH_SIZE,
+                 stream: torch.cuda.Stream | None = None) -> None:
         if expert is None and disc is None:
             raise ValueError("OnlineScorer needs an expert, a discriminator, or both")
         self.expert = expert.eval() if expert is not None else None
         self.disc = disc.eval() if disc is not None else None
         self.device = torch.device(device)
+        self.stream = stream
         self.vshift = vshift
         self.batch_size = batch_size
         self.seconds = 0.0
@@ -117,20 +128,23 @@ class OnlineScorer:
         self._lower: dict[int, torch.Tensor] = {}  # frame -> (3, 48, 96) lower half in [0, 1]
         self._audio: dict[int, torch.Tensor] = {}  # frame -> (512,) audio embedding of its mel chunk
         self._face: dict[int, torch.Tensor] = {}  # window -> (512,) face embedding
-        self._similarity: dict[int, float] = {}
-        self._bce: dict[int, float] = {}
-        self._quality: dict[int, float] = {}
-        self._sums = np.zeros(2 * vshift + 1, dtype=np.float64)
-        self._counts = np.zeros(2 * vshift + 1, dtype=np.int64)
+        # per window / frame results, as (indices, values) tensor pairs until report() reads them
+        self._similarity: list[tuple[list[int], torch.Tensor]] = []
+        self._bce: list[tuple[list[int], torch.Tensor]] = []
+        self._quality: list[tuple[list[int], torch.Tensor]] = []
+        with self._on_stream():  # every tensor of the scorer lives on its stream
+            self._sums = torch.zeros(2 * vshift + 1, dtype=torch.float64, device=self.device)
+            self._shifts = torch.arange(-vshift, vshift + 1, device=self.device)
+        self._counts = np.zeros(2 * vshift + 1, dtype=np.int64)  # combinatorial: known on the host
 
     @classmethod
     def from_checkpoints(cls, expert_checkpoint: str | Path | None, disc_checkpoint: str | Path | None = None, *,
                          device: torch.device | str = "cpu") -> "OnlineScorer":
-        """A scorer for ``infer --score``: loads the released files (one-line :class:`CheckpointError` each).
+        """A torch scorer straight from the released files (one-line :class:`CheckpointError` each).
 
         Raises :class:`InputError` when neither checkpoint is given, so ``--score`` alone is a user error.
         """
-        from .checkpoints import load_disc_qual, load_expert
+        from ..checkpoints import load_disc_qual, load_expert
 
         if expert_checkpoint is None and disc_checkpoint is None:
             raise InputError("--score needs --expert-checkpoint lipsync_expert.pth (and optionally --disc-checkpoint)")
@@ -144,7 +158,8 @@ class OnlineScorer:
 
         indices: (B,) output frame numbers, increasing, all above those of earlier calls.
         faces: (B, 96, 96, 3) uint8 BGR as pasted, or the generator's (B, 3, 96, 96) float output in
-        [0, 1] (then truncated to uint8 here, exactly as the paste step does).
+        [0, 1] (then truncated to uint8 here, exactly as the paste step does) — on the host, or on
+        the scorer's CUDA device, valid on its ``stream``.
         mel_chunks: (B, 80, 16) or (B, 1, 80, 16) float32, the chunk each face was generated from;
         may be None when only the discriminator scores.
         """
@@ -152,32 +167,52 @@ class OnlineScorer:
         idx = [int(i) for i in np.asarray(indices).reshape(-1)]
         if any(b <= a for a, b in zip(idx, idx[1:])) or (idx and idx[0] <= self._last):
             raise ValueError(f"frame indices must increase across add() calls (last was {self._last}), got {idx[:8]}")
-        faces_u8 = faces_to_uint8(faces)
-        if len(idx) != faces_u8.shape[0]:
-            raise ValueError(f"{len(idx)} indices for {faces_u8.shape[0]} faces")
-        if not idx:
-            return
-        unit = faces_to_unit(faces_u8).to(self.device)
-        with torch.no_grad():
+        with self._on_stream(), torch.no_grad():
+            unit = self._unit(faces)
+            if len(idx) != unit.shape[0]:
+                raise ValueError(f"{len(idx)} indices for {unit.shape[0]} faces")
+            if not idx:
+                return
             if self.disc is not None:
                 self._add_quality(idx, unit)
             if self.expert is not None:
                 if mel_chunks is None:
                     raise ValueError("the expert needs the mel chunk of every face")
                 self._add_expert(idx, unit, mel_chunks)
+            for parts in (self._similarity, self._bce, self._quality):
+                if len(parts) > COMPACT_AFTER:  # a few large tensors, not one small one per batch
+                    parts[:] = [([i for ids, _ in parts for i in ids], torch.cat([v for _, v in parts]))]
         self._last = idx[-1]
         self._prune()
         self.seconds += time.perf_counter() - start
 
+    def _on_stream(self) -> contextlib.AbstractContextManager[object]:
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+    def _unit(self, faces: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B, 3, 96, 96) float32 ``uint8 faces / 255.`` on the scorer's device.
+
+        Device predictions are truncated and divided where they are, with the host path's exact
+        arithmetic (float32 multiply, truncating cast, float64 divide, float32 cast).
+        """
+        if isinstance(faces, torch.Tensor) and faces.is_floating_point() and faces.device.type != "cpu":
+            if faces.dim() != 4 or tuple(faces.shape[1:]) != (3, 96, 96):
+                raise ValueError(f"expected (B, 3, 96, 96) float predictions, got {tuple(faces.shape)}")
+            faces_u8 = (faces.float() * 255.0).to(torch.uint8)
+            return (faces_u8.to(torch.float64) / 255.0).to(torch.float32).to(self.device)
+        return faces_to_unit(faces_to_uint8(faces)).to(self.device)
+
     def _add_quality(self, idx: list[int], unit: torch.Tensor) -> None:
         for s in range(0, len(idx), self.batch_size):
-            probs = quality_probabilities(self.disc, unit[s: s + self.batch_size]).float().cpu().tolist()
-            self._quality.update(zip(idx[s: s + self.batch_size], probs))
+            probs = quality_probabilities(self.disc, unit[s: s + self.batch_size]).float()
+            self._quality.append((idx[s: s + self.batch_size], probs))
 
     def _add_expert(self, idx: list[int], unit: torch.Tensor, mel_chunks: np.ndarray | torch.Tensor) -> None:
         assert self.expert is not None
         mel = torch.as_tensor(np.asarray(mel_chunks) if not isinstance(mel_chunks, torch.Tensor) else mel_chunks)
-        mel = mel.to(self.device, torch.float32).reshape(-1, 1, *MEL_SHAPE)
+        if mel.device != self.device:
+            mel = upload(mel, self.device, self.stream)  # pinned, non-blocking: no wait for the compute stream
+        mel = mel.to(torch.float32).reshape(-1, 1, *MEL_SHAPE)
         if mel.shape[0] != len(idx):
             raise ValueError(f"{len(idx)} faces but {mel.shape[0]} mel chunks")
         new_audio = []
@@ -197,29 +232,31 @@ class OnlineScorer:
             emb = self.expert.embed_face(x)
             audio = torch.stack([self._audio[i] for i in chunk])
             sim, bce = cosine_loss_terms(audio, emb)
-            for i, e, d, b in zip(chunk, emb, sim.float().cpu().tolist(), bce.float().cpu().tolist()):
-                self._face[i] = e
-                self._similarity[i] = d
-                self._bce[i] = b
+            self._face.update(zip(chunk, emb))
+            self._similarity.append((chunk, sim.float()))
+            self._bce.append((chunk, bce.float()))
         self._pair(windows, sorted(self._audio))  # new faces with every audio
         self._pair(old_windows, new_audio)  # older faces with the new audio
 
     def _pair(self, windows: list[int], frames: list[int]) -> None:
-        """Adds cos(face_i, audio_j) for |j - i| <= vshift to the offset curve."""
+        """Adds cos(face_i, audio_j) for |j - i| <= vshift to the offset curve.
+
+        Per shift, a masked sum (a plain reduction: the same result every run, where a scatter
+        with atomics would not be); the shifts go up in one non-blocking upload.
+        """
         if not windows or not frames:
             return
-        w = torch.tensor(windows)
-        f = torch.tensor(frames)
-        shift = f[None, :] - w[:, None]
-        near = shift.abs() <= self.vshift
-        if not bool(near.any()):
+        shift = np.asarray(frames)[None, :] - np.asarray(windows)[:, None]
+        near = np.abs(shift) <= self.vshift
+        if not near.any():
             return
+        self._counts += np.bincount(shift[near] + self.vshift, minlength=len(self._counts))
         faces = torch.stack([self._face[i] for i in windows])
         audio = torch.stack([self._audio[j] for j in frames])
-        cos = F.cosine_similarity(faces[:, None, :], audio[None, :, :], dim=-1).double().cpu()
-        k = (shift[near] + self.vshift).numpy()
-        np.add.at(self._sums, k, cos[near].numpy())
-        np.add.at(self._counts, k, 1)
+        cos = F.cosine_similarity(faces[:, None, :], audio[None, :, :], dim=-1).double()
+        shifts = upload(np.clip(shift, -self.vshift - 1, self.vshift + 1).astype(np.int16), self.device, self.stream)
+        mask = shifts[None, :, :] == self._shifts[:, None, None]  # (2 vshift + 1, W, F)
+        self._sums += (cos[None, :, :] * mask).sum(dim=(1, 2))
 
     def _prune(self) -> None:
         """Drops what no later frame can need (later frames have indices > the last one)."""
@@ -242,13 +279,22 @@ class OnlineScorer:
             out["visual_quality"] = self.quality_report(n).to_json()
         return out
 
+    def _host(self, parts: list[tuple[list[int], torch.Tensor]]) -> dict[int, float]:
+        """Results kept on the device, read back once (on the scorer's stream, after its work)."""
+        with self._on_stream():
+            values = torch.cat([v.reshape(-1) for _, v in parts]).cpu().tolist() if parts else []
+        return dict(zip((i for idx, _ in parts for i in idx), values))
+
     def expert_report(self, total_frames: int) -> ExpertReport:
         """The expert's numbers over ``total_frames`` output frames."""
         windows = max(0, total_frames - WINDOW + 1)
-        similarity = [self._similarity.get(i) for i in range(windows)]
-        bce = [self._bce[i] for i in range(windows) if i in self._bce]
+        similarities, losses = self._host(self._similarity), self._host(self._bce)
+        similarity = [similarities.get(i) for i in range(windows)]
+        bce = [losses[i] for i in range(windows) if i in losses]
+        with self._on_stream():
+            sums = self._sums.cpu().numpy()
         counts = self._counts.copy()
-        curve = np.where(counts > 0, self._sums / np.maximum(counts, 1), -np.inf)
+        curve = np.where(counts > 0, sums / np.maximum(counts, 1), -np.inf)
         best = int(np.argmax(curve)) if counts.any() else None
         return ExpertReport(
             similarity=similarity,
@@ -260,7 +306,8 @@ class OnlineScorer:
 
     def quality_report(self, total_frames: int) -> QualityReport:
         """The discriminator's numbers over ``total_frames`` output frames."""
-        per_frame = [self._quality.get(i) for i in range(total_frames)]
+        quality = self._host(self._quality)
+        per_frame = [quality.get(i) for i in range(total_frames)]
         probs = [p for p in per_frame if p is not None]
         logs = [max(float(np.log(p)) if p > 0 else -np.inf, -100.0) for p in probs]
         return QualityReport(per_frame=per_frame, mean=_mean(probs), perceptual_loss=None if not logs else -_mean(logs))

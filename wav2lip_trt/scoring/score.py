@@ -8,6 +8,7 @@ Two routes. ``crops=True``: the video already is a face crop, scored exactly as 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -21,14 +22,16 @@ import numpy as np
 import torch
 
 from ..audio import MelChunks, melspectrogram
-from ..backends import resolve_device
+from ..backends import RunnerRequest, resolve_device
 from ..errors import InputError, NoFaceError
 from ..ffmpeg import find_ffmpeg
+from ..options import BACKEND_CHOICES, PRECISION_CHOICES
 from .expert import FACE_SIZE
-from .lse import (BATCH_SIZE, SAMPLES_PER_FRAME, VSHIFT, LseNetwork, LseResult, audio_features,
+from .lse import (BATCH_SIZE, SAMPLES_PER_FRAME, VSHIFT, LseResult, audio_features,
                   check_window_count, lip_features, lse_scores)
 from .media import (decode_frames, extract_audio_int16, extract_jpeg_frames, lse_mfcc, read_jpeg_frames,
                     read_lse_frames, video_size)
+from .networks import ScoringNetworks, load_scoring_networks
 from .online import ExpertReport, OnlineScorer, QualityReport
 from .tracking import FaceTrack, TrackOptions, detect_all_faces, link_tracks, smooth_track, track_crops
 
@@ -38,7 +41,6 @@ LSE_FPS = 25.0  # the frame rate LSE assumes (640 samples per frame at 16 kHz)
 EXPERT_CHUNK = 64  # faces handed to the expert/discriminator at a time
 DEFAULT_SYNCNET = Path("checkpoints/syncnet_v2.model")
 DEFAULT_S3FD = Path("checkpoints/s3fd.pth")
-BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -56,14 +58,19 @@ class ScoreOptions:
     vshift: int = VSHIFT  # frames of audio-video shift searched either way
     detect_batch_size: int = 16  # frames per S3FD forward (tracked path)
     device: str = "cpu"  # cpu, cuda or auto
-    backend: str = "torch"  # torch, or onnxruntime (each network exported to ONNX first)
+    backend: str = "torch"  # torch, onnxruntime (exported first), tensorrt (engines from build-engines) or auto
+    precision: str = "auto"  # auto = FP32 (the metric's definition), FP16 for the tensorrt backend's engines
+    engines_dir: Path = Path("engines")  # the tensorrt backend's engines
+    flavor: str = "auto"  # TensorRT flavour
     ffmpeg: str | None = None  # ffmpeg executable [imageio-ffmpeg's]
     tracking: TrackOptions = field(default_factory=TrackOptions)
 
     def check(self) -> None:
         """Raise :class:`InputError` for an unusable option, naming it."""
-        if self.backend not in BACKENDS:
-            raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend not in BACKEND_CHOICES:
+            raise InputError(f"--backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}")
+        if self.precision not in PRECISION_CHOICES:
+            raise InputError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.vshift < 1:
@@ -127,35 +134,16 @@ class ScoreReport:
         return {**head, "tracks": [c.to_json() for c in self.clips], "lse": self.mean_lse()}
 
 
-@dataclass
-class _Models:
-    syncnet: LseNetwork
-    expert: Any  # SyncNetColor or OnnxExpert
-    disc: Any  # Wav2LipDiscQual or OnnxDiscQual
-    device: torch.device
-
-
-def _load_models(options: ScoreOptions) -> _Models:
-    device = resolve_device(options.device)
-    if options.backend == "onnxruntime":
-        from .export import OnnxDiscQual, OnnxExpert, OnnxLseNetwork
-
-        with tempfile.TemporaryDirectory(prefix="wav2lip-trt-score-onnx-") as tmp:  # sessions keep the graphs
-            folder = Path(tmp)
-            return _Models(
-                syncnet=OnnxLseNetwork(options.syncnet_checkpoint, folder, device),
-                expert=OnnxExpert(options.expert_checkpoint, folder, device) if options.expert_checkpoint else None,
-                disc=OnnxDiscQual(options.disc_checkpoint, folder, device) if options.disc_checkpoint else None,
-                device=device,
-            )
-    from .checkpoints import load_disc_qual, load_expert, load_syncnet_v2
-
-    return _Models(
-        syncnet=load_syncnet_v2(options.syncnet_checkpoint, device),
-        expert=load_expert(options.expert_checkpoint, device) if options.expert_checkpoint else None,
-        disc=load_disc_qual(options.disc_checkpoint, device) if options.disc_checkpoint else None,
-        device=device,
-    )
+def _load_models(options: ScoreOptions) -> ScoringNetworks:
+    """The networks on ``options.backend`` (the tracked path's S3FD too), all on one device and stream."""
+    precision = options.precision
+    if precision == "auto":  # a metric compared across tools: FP32, except for engines (built FP16 by default)
+        precision = "fp16" if options.backend == "tensorrt" else "fp32"
+    request = RunnerRequest(checkpoint_path=None, s3fd_checkpoint=None, device=resolve_device(options.device),
+                            precision=precision, engines_dir=Path(options.engines_dir), flavor=options.flavor)
+    return load_scoring_networks(options.backend, request, expert=options.expert_checkpoint,
+                                 disc=options.disc_checkpoint, syncnet=options.syncnet_checkpoint,
+                                 s3fd=None if options.crops else options.s3fd_checkpoint)
 
 
 def _video_fps(video: Path) -> float | None:
@@ -173,13 +161,13 @@ def _mel_chunks(audio_int16: np.ndarray, fps: float) -> MelChunks:
     return MelChunks(melspectrogram(wav), fps)
 
 
-def _expert_scores(models: _Models, faces: Iterable[np.ndarray], chunks: Callable[[], MelChunks],
+def _expert_scores(models: ScoringNetworks, faces: Iterable[np.ndarray], chunks: Callable[[], MelChunks],
                    options: ScoreOptions) -> tuple[ExpertReport | None, QualityReport | None]:
     """Streams (96, 96, 3) uint8 BGR faces, one per frame, through the expert and the discriminator."""
     if models.expert is None and models.disc is None:
         return None, None
     mel = chunks() if models.expert is not None else None
-    scorer = OnlineScorer(models.expert, models.disc, device=models.device, vshift=options.vshift)
+    scorer = OnlineScorer(models.expert, models.disc, device=models.device, vshift=options.vshift, stream=models.stream)
     limit = len(mel) if mel is not None else None
     batch: list[np.ndarray] = []
     count = 0
@@ -204,16 +192,17 @@ def _expert_scores(models: _Models, faces: Iterable[np.ndarray], chunks: Callabl
     return expert, quality
 
 
-def _lse(models: _Models, frames: Iterable[np.ndarray], audio: np.ndarray, num_frames: int, what: str,
+def _lse(models: ScoringNetworks, frames: Iterable[np.ndarray], audio: np.ndarray, num_frames: int, what: str,
          options: ScoreOptions) -> LseResult:
     n = check_window_count(num_frames, len(audio), what)
     mfcc = lse_mfcc(audio)
+    assert models.syncnet is not None
     im_feat = lip_features(models.syncnet, frames, n, options.batch_size, models.device)
     cc_feat = audio_features(models.syncnet, mfcc, n, options.batch_size, models.device)
     return lse_scores(im_feat, cc_feat, options.vshift)
 
 
-def score_crops(options: ScoreOptions, models: _Models, ffmpeg: str) -> ScoreReport:
+def score_crops(options: ScoreOptions, models: ScoringNetworks, ffmpeg: str) -> ScoreReport:
     """The exact path: ``SyncNetInstance_calc_scores.evaluate`` on one face-crop clip."""
     start = time.perf_counter()
     fps = _video_fps(options.video)
@@ -234,7 +223,7 @@ def score_crops(options: ScoreOptions, models: _Models, ffmpeg: str) -> ScoreRep
                        time.perf_counter() - start)
 
 
-def _detect(s3fd: torch.nn.Module, frames: Iterator[np.ndarray], options: ScoreOptions, device: torch.device
+def _detect(s3fd: Callable[[torch.Tensor], list[torch.Tensor]], frames: Iterator[np.ndarray], options: ScoreOptions, device: torch.device
             ) -> list[np.ndarray]:
     detections: list[np.ndarray] = []
     batch: list[np.ndarray] = []
@@ -248,13 +237,12 @@ def _detect(s3fd: torch.nn.Module, frames: Iterator[np.ndarray], options: ScoreO
     return detections
 
 
-def find_tracks(options: ScoreOptions, device: torch.device, ffmpeg: str) -> tuple[list[FaceTrack], int, int]:
+def find_tracks(options: ScoreOptions, models: ScoringNetworks, ffmpeg: str) -> tuple[list[FaceTrack], int, int]:
     """(tracks, frames at 25 fps, frames with a confident face) for the whole video."""
-    from ..checkpoints import load_s3fd
-
+    assert models.detector is not None
     width, height = video_size(options.video, ffmpeg)
-    s3fd = load_s3fd(options.s3fd_checkpoint, device)
-    detections = _detect(s3fd, decode_frames(options.video, ffmpeg, width, height, LSE_FPS), options, device)
+    detections = _detect(models.detector, decode_frames(options.video, ffmpeg, width, height, LSE_FPS), options,
+                         models.device)
     with_face = sum(len(d) > 0 for d in detections)
     if len(detections) < options.tracking.min_track:  # upstream skips shots shorter than min_track
         return [], len(detections), with_face
@@ -262,14 +250,14 @@ def find_tracks(options: ScoreOptions, device: torch.device, ffmpeg: str) -> tup
     return tracks, len(detections), with_face
 
 
-def score_tracks(options: ScoreOptions, models: _Models, ffmpeg: str) -> ScoreReport:
+def score_tracks(options: ScoreOptions, models: ScoringNetworks, ffmpeg: str) -> ScoreReport:
     """Detect, track and crop faces as run_pipeline.py does, then score every track."""
     start = time.perf_counter()
     audio_source = options.audio or options.video
     with tempfile.TemporaryDirectory(prefix="wav2lip-trt-score-") as tmp:
         audio = extract_audio_int16(audio_source, Path(tmp), ffmpeg)
     log.info("detecting faces in %s", options.video)
-    tracks, frames, with_face = find_tracks(options, models.device, ffmpeg)
+    tracks, frames, with_face = find_tracks(options, models, ffmpeg)
     if not tracks:
         t = options.tracking
         raise NoFaceError(
@@ -305,7 +293,13 @@ def score_video(options: ScoreOptions) -> ScoreReport:
     """
     options.check()
     ffmpeg = find_ffmpeg(options.ffmpeg)
-    models = _load_models(options)
-    if options.crops:
-        return score_crops(options, models, ffmpeg)
-    return score_tracks(options, models, ffmpeg)
+    with _load_models(options) as models, _on(models.stream):
+        # one stream for everything, as in infer: the inputs made here and the runners' work are
+        # ordered by it, never by the legacy default stream
+        if options.crops:
+            return score_crops(options, models, ffmpeg)
+        return score_tracks(options, models, ffmpeg)
+
+
+def _on(stream: torch.cuda.Stream | None) -> contextlib.AbstractContextManager[object]:
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()

@@ -1,4 +1,4 @@
-"""The two scoring networks as pure modules whose state dicts load the released files unchanged.
+"""The two lip-sync scoring networks as pure modules whose state dicts load the released files unchanged.
 
 * :class:`SyncNetColor` is Wav2Lip's lip-sync expert (``SyncNet_color``, released as
   ``lipsync_expert.pth``): 5 lower-half faces and one mel chunk in, two L2-normalised 512-d
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.conv import Conv2d
+from .conv import Conv2d
 
 EXPERT_EMBEDDING = 512  # SyncNetColor embedding size
 LSE_FEATURE = 1024  # SyncNetV2 feature size (num_layers_in_fc_layers)
