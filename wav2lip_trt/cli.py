@@ -293,7 +293,8 @@ def _check_run_outputs(kwargs: dict[str, Any], json_path: Path | None) -> None:
     """parity and bench: --json and --work-dir are writable, before the clip and the models are made."""
     inputs = {name: kwargs.get(key) for name, key in (
         ("--checkpoint_path", "checkpoint_path"), ("--s3fd-checkpoint", "s3fd_checkpoint"), ("--face", "face"),
-        ("--audio", "audio"))}
+        ("--audio", "audio"), ("--expert-checkpoint", "expert_checkpoint"), ("--disc-checkpoint", "disc_checkpoint"),
+        ("--syncnet-checkpoint", "syncnet_checkpoint"))}
     if kwargs.get("work_dir") is not None:
         check_output_dir(kwargs["work_dir"], "--work-dir", inputs)
     check_json_path(json_path, inputs, {"--work-dir": kwargs.get("work_dir")})
@@ -337,6 +338,12 @@ _CHECKPOINT_OPTIONS = (
               "box and the time (informational unless --tolerance min_iou is given).")
 @click.option("--detect-size", "detect_size", type=int, metavar="N",
               help="Also measure S3FD on frames scaled to N px against full resolution (as --detect-every).")
+@click.option("--expert-checkpoint", "--expert_checkpoint", "expert_checkpoint", type=click.Path(path_type=Path),
+              help="Also compare the lip-sync expert's towers (lipsync_expert.pth) on every rung.")
+@click.option("--disc-checkpoint", "--disc_checkpoint", "disc_checkpoint", type=click.Path(path_type=Path),
+              help="Also compare the quality discriminator on every rung.")
+@click.option("--syncnet-checkpoint", "--syncnet_checkpoint", "syncnet_checkpoint", type=click.Path(path_type=Path),
+              help="Also compare syncnet_python's towers (syncnet_v2.model) on every rung.")
 @click.option("--work-dir", type=click.Path(path_type=Path),
               help="Keep ONNX files, engines and pipeline dumps here (reused when up to date) [a temporary folder].")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the JSON report here ('-' = stdout).")

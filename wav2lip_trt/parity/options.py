@@ -86,6 +86,9 @@ class ParityOptions:
     work_dir: Path | None = None  # ONNX files, engines, pipeline dumps; None = a temporary folder
     detect_every: int = 1  # with detect_size: a detection setting to measure against full detection ...
     detect_size: int | None = None  # ... (1 and None = no such check); see parity.detection
+    expert_checkpoint: Path | None = None  # the scoring networks' towers on every rung too (parity.scoring)
+    disc_checkpoint: Path | None = None
+    syncnet_checkpoint: Path | None = None
 
     @property
     def checks_detection(self) -> bool:
@@ -93,8 +96,10 @@ class ParityOptions:
         return self.detect_every != 1 or self.detect_size is not None
 
     def validate(self) -> None:
-        for label, path in (("--checkpoint_path", self.checkpoint_path), ("--s3fd-checkpoint", self.s3fd_checkpoint)):
-            if not Path(path).is_file():
+        for label, path in (("--checkpoint_path", self.checkpoint_path), ("--s3fd-checkpoint", self.s3fd_checkpoint),
+                            ("--expert-checkpoint", self.expert_checkpoint), ("--disc-checkpoint", self.disc_checkpoint),
+                            ("--syncnet-checkpoint", self.syncnet_checkpoint)):
+            if path is not None and not Path(path).is_file():
                 raise InputError(f"{label} file not found: {path}")
         check_clip_inputs(self.face, self.audio)
         unknown = [r for r in self.rungs if r not in RUNG_NAMES]

@@ -118,7 +118,9 @@ class ParityReport:
         return f"FAILED: {failed} of {len(self.rungs) - 1} rungs failed{extra}{detection}"
 
     def table(self) -> str:
-        head = (f"  {'check':<15} {'output':<14} {'max abs':>9} {'mean abs':>9} {'med abs':>9} {'p99 abs':>9} "
+        cw = max([15] + [len(c.name) for r in self.rungs for c in r.checks])
+        ow = max([14] + [len(t.name) for r in self.rungs for c in r.checks for t in c.tensors])
+        head = (f"  {'check':<{cw}} {'output':<{ow}} {'max abs':>9} {'mean abs':>9} {'med abs':>9} {'p99 abs':>9} "
                 f"{'max rel':>9} {'p99 rel':>9} {'req atol':>9} {'req rtol':>9} {'PSNR dB':>8}  result")
         lines = []
         for r in self.rungs:
@@ -141,22 +143,22 @@ class ParityReport:
                 for t in check.tensors:
                     psnr_text = "" if t.psnr_db is None else _num(t.psnr_db, psnr=True)
                     if t.error is not None:
-                        lines.append(f"  {check.name:<15} {t.name:<14} {t.error}  FAIL")
+                        lines.append(f"  {check.name:<{cw}} {t.name:<{ow}} {t.error}  FAIL")
                         continue
                     lines.append(
-                        f"  {check.name:<15} {t.name:<14} {_num(t.max_abs):>9} {_num(t.mean_abs):>9} "
+                        f"  {check.name:<{cw}} {t.name:<{ow}} {_num(t.max_abs):>9} {_num(t.mean_abs):>9} "
                         f"{_num(t.median_abs):>9} {_num(t.p99_abs):>9} {_num(t.max_rel):>9} {_num(t.p99_rel):>9} "
                         f"{_num(t.required_atol):>9} {_num(t.required_rtol):>9} {psnr_text:>8}  "
                         f"{'ok' if t.passed else 'FAIL'}"
                     )
                 for b in check.boxes:
                     lines.append(
-                        f"  {check.name:<15} {b.name:<14} IoU min {b.min_iou:.3f} mean {b.mean_iou:.3f}; "
+                        f"  {check.name:<{cw}} {b.name:<{ow}} IoU min {b.min_iou:.3f} mean {b.mean_iou:.3f}; "
                         f"{b.changed}/{b.frames} boxes moved, {b.differs} chose another face "
                         f"(allowed {b.allowed_differs})  {'ok' if b.passed else 'FAIL'}"
                     )
                 if check.note:
-                    lines.append(f"  {check.name:<15} {check.note}")
+                    lines.append(f"  {check.name:<{cw}} {check.note}")
         if self.detection is not None:
             lines.extend(self.detection.lines())
         return "\n".join(lines)

@@ -21,6 +21,7 @@ from .feeds import s3fd_feed, wav2lip_feed
 from .metrics import compare_boxes, compare_tensors
 from .options import REFERENCE, RUNGS, Box, ParityOptions, Rung, Tolerances
 from .report import Check, ParityReport, RungResult
+from .scoring import clip_feeds, random_feeds, run_tower, scoring_batch, scoring_graphs, scoring_runners
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +54,7 @@ class _Feeds:
     s3fd: dict[str, dict[str, "torch.Tensor"]]  # input kind -> feed
     wav2lip: dict[str, dict[str, "torch.Tensor"]]
     clip: _Clip | None
+    scoring: dict[str, tuple[str, dict[str, "torch.Tensor"]]] = field(default_factory=dict)  # check -> (graph, feed)
 
 
 def run_parity(options: ParityOptions, *, log: Callable[[str], None] | None = None) -> ParityReport:
@@ -194,7 +196,8 @@ def _create_runners(rung: Rung, options: ParityOptions, work: Path, feeds: _Feed
         with _step("export"):
             build_engines(BuildOptions(checkpoint_path=Path(options.checkpoint_path),
                                        s3fd_checkpoint=Path(options.s3fd_checkpoint), out=artifacts,
-                                       precision=rung.precision, onnx_only=True), show_progress=False)
+                                       precision=rung.precision, onnx_only=True, **_scoring_checkpoints(options)),
+                          show_progress=False)
         with _step("loading"):
             runners = Runners(
                 OnnxRuntimeRunner(artifact_paths(artifacts, "s3fd", rung.precision).onnx, name=rung.name),
@@ -232,11 +235,18 @@ def _build_engines(precision: str, options: ParityOptions, out: Path, feeds: _Fe
     low = (min(h for h, _ in sizes), min(w for _, w in sizes))
     high = (max(h for h, _ in sizes), max(w for _, w in sizes))
     w2l = max([options.wav2lip_batch, 128] + [f["mel"].shape[0] for f in feeds.wav2lip.values()])
+    scoring = scoring_batch(feeds.scoring)
     build_engines(BuildOptions(
         checkpoint_path=Path(options.checkpoint_path), s3fd_checkpoint=Path(options.s3fd_checkpoint), out=out,
         precision=precision, flavor=options.flavor, s3fd_batch=(1, max(batches), max(batches)),
         s3fd_min_size=low, s3fd_opt_size=high, s3fd_max_size=high, wav2lip_batch=(1, w2l, w2l),
+        scoring_batch=(1, scoring, scoring), **_scoring_checkpoints(options),
     ), show_progress=False)
+
+
+def _scoring_checkpoints(options: ParityOptions) -> dict[str, Path | None]:
+    return {"expert_checkpoint": options.expert_checkpoint, "disc_checkpoint": options.disc_checkpoint,
+            "syncnet_checkpoint": options.syncnet_checkpoint}
 
 
 def _load_clip(options: ParityOptions, work: Path) -> _Clip:
@@ -267,7 +277,8 @@ def _feeds(options: ParityOptions, clip: _Clip | None) -> _Feeds:
         wav2lip["random"] = wav2lip_feed(options.wav2lip_batch, seed=options.seed)
     if options.inputs in ("clip", "both") and clip is not None:
         s3fd["clip"] = {"image": preprocess(clip.frames)}
-    return _Feeds(s3fd, wav2lip, clip)
+    scoring = random_feeds(scoring_graphs(options), options.seed) if options.inputs in ("random", "both") else {}
+    return _Feeds(s3fd, wav2lip, clip, scoring)
 
 
 def _clip_faces(clip: _Clip, boxes: Sequence[Box | None]) -> dict[str, "torch.Tensor"]:
@@ -315,6 +326,15 @@ def _collect(rung: Rung, options: ParityOptions, work: Path, feeds: _Feeds) -> d
             with _step("running Wav2Lip"):
                 pred = runners.generator.infer(feed)["pred"].detach().to("cpu").float().numpy().copy()
             out[f"wav2lip/{kind}"] = _Outputs({"pred": pred})
+            if kind == "clip" and rung is REFERENCE:  # the scorers see what the reference generated
+                feeds.scoring.update(clip_feeds(scoring_graphs(options), pred, feed["mel"]))
+    graphs = scoring_graphs(options)
+    if graphs:
+        with _step("loading"), scoring_runners(rung, graphs, work / "artifacts", options.engines_dir,
+                                               options.flavor) as towers:
+            for name, (graph, feed) in feeds.scoring.items():
+                with _step(f"running {graph}"):
+                    out[name] = _Outputs(run_tower(towers[graph], graph, feed))
     if options.end_to_end and feeds.clip is not None:
         with _step("running the pipeline"):
             out["end-to-end"] = _run_pipeline(rung, options, feeds.clip, work)
@@ -380,7 +400,9 @@ def _compare(name: str, ref: _Outputs, out: _Outputs, tol: Tolerances) -> Check:
 def _describe_inputs(options: ParityOptions, clip: _Clip | None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "kind": options.inputs, "seed": options.seed, "end_to_end": options.end_to_end,
-        "checkpoints": {"wav2lip": str(options.checkpoint_path), "s3fd": str(options.s3fd_checkpoint)},
+        "checkpoints": {"wav2lip": str(options.checkpoint_path), "s3fd": str(options.s3fd_checkpoint),
+                        **{k.replace("_checkpoint", ""): str(v) for k, v in _scoring_checkpoints(options).items()
+                           if v is not None}},
     }
     if options.inputs in ("random", "both"):
         h, w = options.s3fd_size
