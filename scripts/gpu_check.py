@@ -72,6 +72,7 @@ STAGING_HINT = ("stage the ffmpeg wheel: ../shared/gpu/stage prepare imageio-ffm
 # and different kernels allow small differences); FP16 is reported, not judged.
 FP32_MIN_EQUAL_BOXES = 0.95  # fraction of frames whose detected and final boxes are identical
 FP32_MAX_MEAN_FRAME_DIFF = 1.0  # uint8 levels, mean over all output values
+SCORE_FP32_TOLERANCE = 1e-3  # --score on CUDA FP32 vs the CPU: similarity mean, sync loss, quality mean
 
 STATUSES = ("passed", "failed", "skipped")
 
@@ -854,7 +855,7 @@ def step_prepare(cfg: Config) -> StepFn:
     """Random-weight checkpoints and the generated clips (H.264 via ffmpeg) and 16 kHz WAVs."""
 
     def run(ctx: StepContext) -> None:
-        from wav2lip_trt.random_weights import write_random_checkpoints
+        from wav2lip_trt.random_weights import write_random_checkpoints, write_random_scoring_checkpoints
         from wav2lip_trt.samples import float_to_int16, speechlike_audio, talking_face_frames, write_video, write_wav
 
         start = time.monotonic()
@@ -862,6 +863,8 @@ def step_prepare(cfg: Config) -> StepFn:
         media.mkdir(parents=True, exist_ok=True)
         wav2lip, s3fd = write_random_checkpoints(ctx.work / "checkpoints", seed=0)
         ctx.state["checkpoints"] = (wav2lip, s3fd)
+        expert, _, disc = write_random_scoring_checkpoints(ctx.work / "checkpoints", seed=0)
+        ctx.state["scoring"] = (expert, disc)
         timings = {"checkpoints": round(time.monotonic() - start, 2)}
         audios = {}
         for name, seconds in cfg.audios.items():
@@ -899,6 +902,19 @@ def infer_args(ctx: StepContext, cfg: Config, run_name: str, clip: str, audio: s
         args += ["--dump-intermediates", dump]
     (ctx.work / "outputs").mkdir(parents=True, exist_ok=True)
     return [str(a) for a in args] + list(extra), report
+
+
+def score_args(ctx: StepContext) -> list[str]:
+    """``--score`` with the expert and the discriminator: the scorer runs on the compute stream too."""
+    expert, disc = ctx.state["scoring"]
+    return ["--score", "--expert-checkpoint", str(expert), "--disc-checkpoint", str(disc)]
+
+
+def score_summary(report: dict[str, Any]) -> dict[str, Any]:
+    expert, quality = report.get("expert") or {}, report.get("visual_quality") or {}
+    sims = [v for v in expert.get("similarity") or [] if v is not None]
+    return {"similarity_mean": sum(sims) / len(sims) if sims else None, "sync_loss": expert.get("sync_loss"),
+            "av_offset": expert.get("av_offset"), "quality_mean": quality.get("mean")}
 
 
 def run_infer(ctx: StepContext, run_name: str, args: list[str], report: Path, *, child: str | None = None,
@@ -1002,17 +1018,19 @@ def step_parity(cfg: Config) -> StepFn:
         dumps, reports = {}, {}
         for run_name, precision in runs:
             dump = ctx.work / "dumps" / run_name
-            args, report = infer_args(ctx, cfg, run_name, "small", "short", precision, dump=dump)
+            args, report = infer_args(ctx, cfg, run_name, "small", "short", precision, dump=dump,
+                                      extra=score_args(ctx))
             proc, data, _ = run_infer(ctx, run_name, args, report)
             if data is None:
                 raise StepFailed(_run_failure(run_name, proc))
             dumps[run_name], reports[run_name] = dump, data
         results = {name: compare_dumps(dumps["parity-cpu-fp32"], dumps[name]) for name in dumps
                    if name != "parity-cpu-fp32"}
+        scores = {name: score_summary(data) for name, data in reports.items()}
         ctx.details.update(comparisons=results, thresholds={
             "fp32_min_equal_boxes": FP32_MIN_EQUAL_BOXES, "fp32_max_mean_frame_diff": FP32_MAX_MEAN_FRAME_DIFF},
             runs={k: {key: v.get(key) for key in ("device", "precision", "frames", "seconds")}
-                  for k, v in reports.items()})
+                  for k, v in reports.items()}, scores=scores)
         ctx.markdown += ["Against CPU FP32 on the same clip and random-weight checkpoints:", "",
                          "| run | detected boxes equal | final boxes equal | frames max / mean abs diff | "
                          "differing values | PSNR |", "|---|---|---|---|---|---|"]
@@ -1034,7 +1052,22 @@ def step_parity(cfg: Config) -> StepFn:
                 if frames["mean_abs_diff"] > FP32_MAX_MEAN_FRAME_DIFF:
                     problems.append(f"{name}: mean frame difference {frames['mean_abs_diff']:.3f} levels")
         ctx.markdown += ["", f"FP32 must have ≥ {FP32_MIN_EQUAL_BOXES:.0%} identical boxes and a mean frame "
-                             f"difference ≤ {FP32_MAX_MEAN_FRAME_DIFF} level; FP16 is reported, not judged."]
+                             f"difference ≤ {FP32_MAX_MEAN_FRAME_DIFF} level; FP16 is reported, not judged.", "",
+                         "`--score` (expert + discriminator, scored on the device on CUDA):", "",
+                         "| run | similarity mean | sync loss | AV offset | quality mean |", "|---|---|---|---|---|"]
+        for name, sc in scores.items():
+            ctx.markdown.append(f"| {name} | {_fmt(sc['similarity_mean'], 6)} | {_fmt(sc['sync_loss'], 6)} | "
+                                f"{sc['av_offset']} | {_fmt(sc['quality_mean'], 6)} |")
+        ref_scores = scores["parity-cpu-fp32"]
+        for name, sc in scores.items():
+            if not name.endswith("cuda-fp32"):
+                continue
+            for key in ("similarity_mean", "sync_loss", "quality_mean"):
+                a, b = ref_scores[key], sc[key]
+                if a is None or b is None or abs(a - b) > SCORE_FP32_TOLERANCE:
+                    problems.append(f"{name}: --score {key} {b} vs CPU {a}")
+            if sc["av_offset"] != ref_scores["av_offset"]:
+                problems.append(f"{name}: --score av_offset {sc['av_offset']} vs CPU {ref_scores['av_offset']}")
         parts = []
         for name, res in results.items():
             box, frames = res.get("boxes") or {}, res.get("frames") or {}
@@ -1057,7 +1090,7 @@ def step_sanitizer(cfg: Config) -> StepFn:
 
     def run(ctx: StepContext) -> None:
         args, report = infer_args(ctx, cfg, "sanitizer", "1080p", "short", "fp16",
-                                  extra=["--face_det_batch_size", "4", "--wav2lip_batch_size", "16"])
+                                  extra=["--face_det_batch_size", "4", "--wav2lip_batch_size", "16", *score_args(ctx)])
         # CSAN asks torch.cuda for the current stream on every op: a CPU-only rehearsal runs without it.
         extra_env = {"GPU_CHECK_NO_CSAN": "1"} if cfg.rehearsal else {"TORCH_CUDA_SANITIZER": "1"}
         proc, data, _ = run_infer(ctx, "sanitizer", args, report, child="sanitizer", extra_env=extra_env)
@@ -1085,7 +1118,7 @@ def step_sync(cfg: Config) -> StepFn:
 
     def run(ctx: StepContext) -> None:
         args, report = infer_args(ctx, cfg, "sync-debug", "1080p", "short", "fp16",
-                                  extra=["--face_det_batch_size", "4", "--wav2lip_batch_size", "16"])
+                                  extra=["--face_det_batch_size", "4", "--wav2lip_batch_size", "16", *score_args(ctx)])
         proc, data, _ = run_infer(ctx, "sync-debug", args, report, child="sync")
         parsed = parse_sync_warnings(proc.text)
         ctx.details.update(parsed, returncode=proc.returncode, timed_out=proc.timed_out,
