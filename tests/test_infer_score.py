@@ -120,3 +120,35 @@ def test_one_face_per_call_equals_all_at_once(clip) -> None:
                                [v for i, v in enumerate(sims_a) if not 16 <= i <= 20], atol=1e-6)
     assert b["visual_quality"]["per_frame"][20] is None
     assert b["expert"]["offset_counts"] != a["expert"]["offset_counts"]  # frame 20's pairs are missing
+
+
+def test_score_every_k_scores_the_windows_and_faces_of_every_kth_frame(clip) -> None:
+    """every=5: windows 0, 5, 10 ... and faces 0, 5, 10 ... exactly as with every window scored;
+    the rest None; the offset curve from the scored windows only."""
+    rng = np.random.default_rng(9)
+    pred = rng.uniform(0, 1, (32, 3, 96, 96)).astype(np.float32)
+    mels = rng.uniform(-4, 4, (32, 80, 16)).astype(np.float32)
+    full = OnlineScorer.from_checkpoints(clip["expert"], clip["disc"])
+    full.add(np.arange(32), pred, mels)
+    sampled = OnlineScorer(full.expert, full.disc, every=5)
+    for start in range(0, 32, 7):  # batch edges that do not line up with K
+        sampled.add(np.arange(start, min(32, start + 7)), pred[start:start + 7], mels[start:start + 7])
+    a, b = full.report(), sampled.report()
+    sims_a, sims_b = a["expert"]["similarity"], b["expert"]["similarity"]
+    assert len(sims_b) == 28 and [i for i, v in enumerate(sims_b) if v is not None] == [0, 5, 10, 15, 20, 25]
+    np.testing.assert_allclose([sims_b[i] for i in range(0, 28, 5)], [sims_a[i] for i in range(0, 28, 5)], atol=1e-6)
+    quality_b = b["visual_quality"]["per_frame"]
+    assert [i for i, v in enumerate(quality_b) if v is not None] == list(range(0, 32, 5))
+    np.testing.assert_allclose([quality_b[i] for i in range(0, 32, 5)],
+                               [a["visual_quality"]["per_frame"][i] for i in range(0, 32, 5)], atol=1e-6)
+    # each scored window pairs with the audio (every frame's chunk) within 15 frames of it
+    assert sum(b["expert"]["offset_counts"]) == sum(1 for w in range(0, 28, 5) for j in range(32) if abs(j - w) <= 15)
+    assert b["expert"]["every"] == 5 and b["visual_quality"]["every"] == 5 and a["expert"]["every"] == 1
+
+
+def test_score_every_needs_score_and_a_whole_number(checkpoints, clip, tmp_path) -> None:
+    proc = infer(checkpoints, clip, tmp_path, "--score-every", "5", "-q")
+    assert proc.returncode == 1 and proc.stderr.strip() == "Error: --score-every applies to --score"
+    proc = infer(checkpoints, clip, tmp_path, "--score", "--expert-checkpoint", str(clip["expert"]),
+                 "--score-every", "0", "-q")
+    assert proc.returncode == 1 and "--score-every must be a whole number of frames, at least 1" in proc.stderr

@@ -57,6 +57,7 @@ class InferenceOptions:
     score: bool = False  # score the generated faces with the lip-sync expert / quality discriminator
     expert_checkpoint: Path | None = None  # lipsync_expert.pth (SyncNet_color) for --score
     disc_checkpoint: Path | None = None  # the visual quality discriminator for --score
+    score_every: int = 1  # --score: the windows and faces starting at every K-th frame (1 = all of them)
 
     @property
     def uses_fixed_box(self) -> bool:
@@ -87,6 +88,10 @@ class InferenceOptions:
             check_detect_size(self.detect_size)
         if self.score and self.expert_checkpoint is None and self.disc_checkpoint is None:
             raise InputError("--score needs --expert-checkpoint lipsync_expert.pth (and optionally --disc-checkpoint)")
+        if isinstance(self.score_every, bool) or not isinstance(self.score_every, int) or self.score_every < 1:
+            raise InputError(f"--score-every must be a whole number of frames, at least 1, got {self.score_every}")
+        if self.score_every != 1 and not self.score:
+            raise InputError("--score-every applies to --score")
         for label, path in (("--expert-checkpoint", self.expert_checkpoint), ("--disc-checkpoint", self.disc_checkpoint)):
             if path is not None and not Path(path).exists():
                 raise InputError(f"{label} file not found: {path}")

@@ -281,7 +281,8 @@ class Session:
             self._scoring[key] = load_scoring_networks(self.runners.backend, request, expert=options.expert_checkpoint,
                                                        disc=options.disc_checkpoint)
         networks = self._scoring[key]
-        return OnlineScorer(networks.expert, networks.disc, device=networks.device, stream=networks.stream)
+        return OnlineScorer(networks.expert, networks.disc, device=networks.device, stream=networks.stream,
+                            every=options.score_every)
 
     def _raw_boxes(self, options: InferenceOptions, source: FaceSource, ops: FrameOps, times: StageTimes, plan: BatchPlan,
                    dump: IntermediateDump | None, limit: int) -> RawDetections:

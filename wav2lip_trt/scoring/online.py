@@ -59,9 +59,11 @@ class ExpertReport:
     av_offset: int | None  # -argmax of the curve: negative means the audio lags the video
     offset_curve: list[float | None]  # (2 vshift + 1,) mean cos(face_i, audio_{i+k}), k = -vshift..vshift
     offset_counts: list[int]  # pairs behind each curve point
+    every: int = 1  # windows starting at every K-th frame were scored
 
     def to_json(self) -> dict[str, Any]:
         return {"sync_loss": self.sync_loss, "similarity": self.similarity, "av_offset": self.av_offset,
+                "every": self.every,
                 "offset_curve": self.offset_curve, "offset_counts": self.offset_counts,
                 "windows": len(self.similarity), "scored_windows": sum(s is not None for s in self.similarity)}
 
@@ -70,12 +72,14 @@ class ExpertReport:
 class QualityReport:
     """The quality discriminator's probability that each output face is real."""
 
-    per_frame: list[float | None]  # (N,) None where a frame has no generated face
+    per_frame: list[float | None]  # (N,) None where a frame has no generated face (or was not sampled)
     mean: float | None
     perceptual_loss: float | None  # -mean log p (the generator's GAN loss term), informational
+    every: int = 1  # faces of every K-th frame were scored
 
     def to_json(self) -> dict[str, Any]:
-        return {"per_frame": self.per_frame, "mean": self.mean, "perceptual_loss": self.perceptual_loss}
+        return {"per_frame": self.per_frame, "mean": self.mean, "perceptual_loss": self.perceptual_loss,
+                "every": self.every}
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -87,7 +91,9 @@ def summary(report: dict[str, Any]) -> str:
         sim = f"{sum(sims) / len(sims):.3f}" if sims else "-"
         loss = "-" if expert["sync_loss"] is None else f"{expert['sync_loss']:.3f}"
         offset = "-" if expert["av_offset"] is None else f"{expert['av_offset']:+d}".replace("+0", "0")
-        parts.append(f"expert sync loss {loss}, similarity {sim}, offset {offset}")
+        every = expert.get("every", 1)
+        parts.append(f"expert sync loss {loss}, similarity {sim}, offset {offset}"
+                     + (f" (windows of every {every}th frame)" if every != 1 else ""))
     quality = report.get("visual_quality")
     if quality is not None:
         parts.append("quality " + ("-" if quality["mean"] is None else f"{quality['mean']:.3f}"))
@@ -110,17 +116,26 @@ class OnlineScorer:
     comes back to the host until :meth:`report`: the predictions are truncated to uint8 and
     scored on the device, per-window and per-frame results stay there as tensors, and the
     pipeline never waits for the scorer.
+
+    ``every=K`` scores only the windows and faces that start at a multiple of K (K = 5: windows
+    side by side, a fifth of the expert's and the discriminator's work); the others are reported
+    as None, and the offset curve averages over the scored windows. Every mel chunk is still
+    embedded (the curve pairs each scored window with the audio around it; the audio tower is
+    cheap).
     """
 
     def __init__(self, expert: ExpertNetwork | None = None, disc: QualityNetwork | None = None, *,
                  device: torch.device | str = "cpu", vshift: int = VSHIFT, batch_size: int = BATCH_SIZE,
-                 stream: torch.cuda.Stream | None = None) -> None:
+                 stream: torch.cuda.Stream | None = None, every: int = 1) -> None:
         if expert is None and disc is None:
             raise ValueError("OnlineScorer needs an expert, a discriminator, or both")
         self.expert = expert.eval() if expert is not None else None
         self.disc = disc.eval() if disc is not None else None
         self.device = torch.device(device)
         self.stream = stream
+        if every < 1:
+            raise ValueError(f"every must be at least 1, got {every}")
+        self.every = every
         self.vshift = vshift
         self.batch_size = batch_size
         self.seconds = 0.0
@@ -203,6 +218,12 @@ class OnlineScorer:
         return faces_to_unit(faces_to_uint8(faces)).to(self.device)
 
     def _add_quality(self, idx: list[int], unit: torch.Tensor) -> None:
+        if self.every != 1:
+            rows = [r for r, i in enumerate(idx) if i % self.every == 0]
+            if not rows:
+                return
+            idx = [idx[r] for r in rows]
+            unit = unit[rows] if len(rows) < len(unit) else unit
         for s in range(0, len(idx), self.batch_size):
             probs = quality_probabilities(self.disc, unit[s: s + self.batch_size]).float()
             self._quality.append((idx[s: s + self.batch_size], probs))
@@ -224,7 +245,8 @@ class OnlineScorer:
         for j, face in zip(idx, unit):
             self._lower[j] = face[:, LOWER_HALF:]
         windows = sorted({i for j in idx for i in range(j - WINDOW + 1, j + 1)
-                          if i >= 0 and i not in self._face and all(i + t in self._lower for t in range(WINDOW))})
+                          if i >= 0 and i % self.every == 0 and i not in self._face
+                          and all(i + t in self._lower for t in range(WINDOW))})
         old_windows = sorted(self._face)
         for s in range(0, len(windows), self.batch_size):
             chunk = windows[s: s + self.batch_size]
@@ -302,6 +324,7 @@ class OnlineScorer:
             av_offset=None if best is None else -(best - self.vshift),
             offset_curve=[float(c) if n else None for c, n in zip(curve, counts)],
             offset_counts=[int(c) for c in counts],
+            every=self.every,
         )
 
     def quality_report(self, total_frames: int) -> QualityReport:
@@ -310,4 +333,5 @@ class OnlineScorer:
         per_frame = [quality.get(i) for i in range(total_frames)]
         probs = [p for p in per_frame if p is not None]
         logs = [max(float(np.log(p)) if p > 0 else -np.inf, -100.0) for p in probs]
-        return QualityReport(per_frame=per_frame, mean=_mean(probs), perceptual_loss=None if not logs else -_mean(logs))
+        return QualityReport(per_frame=per_frame, mean=_mean(probs), perceptual_loss=None if not logs else -_mean(logs),
+                             every=self.every)
