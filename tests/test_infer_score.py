@@ -152,3 +152,17 @@ def test_score_every_needs_score_and_a_whole_number(checkpoints, clip, tmp_path)
     proc = infer(checkpoints, clip, tmp_path, "--score", "--expert-checkpoint", str(clip["expert"]),
                  "--score-every", "0", "-q")
     assert proc.returncode == 1 and "--score-every must be a whole number of frames, at least 1" in proc.stderr
+
+
+def test_a_wrong_scoring_checkpoint_fails_before_detection(checkpoints, clip, tmp_path) -> None:
+    """The scoring networks load before S3FD runs: nothing was detected (the cache stays empty)."""
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "wav2lip_trt", "infer", "--checkpoint_path", str(checkpoints[0]), "--s3fd-checkpoint",
+           str(checkpoints[1]), "--face", str(clip["face"]), "--audio", str(clip["audio"]), "--outfile",
+           str(tmp_path / "out.mp4"), "--device", "cpu", "--cache-dir", str(cache), "--score", "--expert-checkpoint",
+           str(checkpoints[1]), "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"Error: {checkpoints[1]}: looks like an S3FD (s3fd.pth) checkpoint, not a lip-sync")
+    assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*"))
+    assert not (tmp_path / "out.mp4").exists()

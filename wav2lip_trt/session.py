@@ -229,15 +229,15 @@ class Session:
                 dump.save("mel", job.mel.astype(np.float32))
             ops = frame_ops_for(self.context, chunks, source, blend=options.blend, decoder=options.decoder,
                                 batch=plan.decode_ahead, batch_frames=plan.largest_batch, buffers=plan.buffers)
+            scorer = None
+            if options.score:  # before detection: a wrong scoring checkpoint fails before the slow work
+                with times.stage("load"):
+                    scorer = self._scorer(options)
             detection, origin = None, "fixed box"
             if not options.uses_fixed_box:
                 phase("detecting faces" if options.needs_detector else "reading boxes")
                 raw = self._raw_boxes(options, source, ops, times, plan, dump, 1 if options.static or source.kind == "image" else total)
                 detection, origin = Detection(raw.boxes, options, source), raw.origin
-            scorer = None
-            if options.score:
-                with times.stage("load"):
-                    scorer = self._scorer(options)
             items = face_items(source, total, options, detection, ops, times, plan.decode_ahead)
             batches = generate(items, ops, self.generator, plan.generator_batch, dump, times, chunks,
                                reference_batch=options.wav2lip_batch_size, total=total, scorer=scorer)
