@@ -149,7 +149,7 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
               help="The visual quality discriminator for --score.")
 @click.option("--score-every", "score_every", type=int, default=1, show_default=True, metavar="K",
               help="--score the 5-frame windows and the faces that start at every K-th frame only "
-              "(5: windows side by side, a fifth of the cost).")
+              "(5: windows side by side, about a third of the scoring time).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and the JSON of --json -).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report of the run here ('-' = stdout).")
 @user_errors
