@@ -169,10 +169,9 @@ def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Pa
         return
     from .session import run_inference
 
-    # Everything that can be checked before models load and frames decode is checked here.
-    options.validate()
+    # run_inference checks the options, the face and the audio before any model loads; the --json
+    # target is this command's, so it is checked first.
     _check_json(json_path, options)
-    options.check_face_source()
     with Progress("lip-sync", unit="frame", enabled=not quiet) as progress:
         result = run_inference(options, on_start=progress.start, on_frame=progress.update, on_phase=progress.phase)
     report = _report(result)

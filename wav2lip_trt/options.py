@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 from .files import check_output_dir, check_output_file
+
+if TYPE_CHECKING:
+    from .video import FaceSource
 
 ON_MISSING_FACE = ("error", "skip", "previous")
 DEVICES = ("auto", "cpu", "cuda")
@@ -141,11 +145,11 @@ class InferenceOptions:
         if not 0 <= self.crf <= 51:
             raise InputError(f"--crf must be in 0..51, got {self.crf}")
 
-    def check_face_source(self) -> None:
+    def check_face_source(self) -> "FaceSource":
         """The checks that need the face input opened (its first frame decoded), before any model loads.
 
         S3FD cannot run on a frame under 32 pixels on a side (after --resize_factor/--rotate/--crop),
-        and a fixed --box must lie inside the frame.
+        and a fixed --box must lie inside the frame. Returns the opened source, for the job to use.
         """
         from .detect import check_frame_size
         from .video import FaceSource, FrameTransform
@@ -161,6 +165,7 @@ class InferenceOptions:
         elif self.needs_detector:
             resized = "" if source.transform.is_identity else " after --resize_factor/--rotate/--crop"
             check_frame_size(info.width, info.height, f"{self.face}: its frames are {info.width}x{info.height}{resized}")
+        return source
 
 
 def check_clip_inputs(face: Path | None, audio: Path | None) -> None:

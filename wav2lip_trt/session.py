@@ -43,7 +43,7 @@ from .options import InferenceOptions
 from .pipeline import Detection, face_items, generate
 from .runners.base import Runner
 from .stages import StageTimes
-from .video import FaceSource, FrameTransform
+from .video import FaceSource
 
 if TYPE_CHECKING:
     from .scoring.networks import ScoringNetworks
@@ -94,10 +94,8 @@ def prepare_job(options: InferenceOptions, phase: Phase | None = None) -> Job:
     started = time.perf_counter()
     times = StageTimes()
     options.validate()
-    options.check_face_source()
-    transform = FrameTransform(options.resize_factor, options.rotate, tuple(options.crop))
-    source = FaceSource(options.face, fps=options.fps, transform=transform)
-    if source.kind == "image" and not transform.is_identity:
+    source = options.check_face_source()
+    if source.kind == "image" and not source.transform.is_identity:
         log.warning("--resize_factor/--rotate/--crop are ignored for a still image (as in the original)")
     info = source.info
     if phase is not None:
