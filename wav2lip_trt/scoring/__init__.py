@@ -11,10 +11,12 @@ Public API (imported on first use, so ``import wav2lip_trt.scoring`` stays light
     scorer = OnlineScorer(load_expert("lipsync_expert.pth"))
     scorer.add(indices, pred, mel_chunks); scorer.report()
 
-Modules: ``models`` (networks), ``checkpoints`` (loading), ``random_weights`` (test checkpoints),
-``lse`` (LSE computation), ``media`` (upstream decoding and MFCC), ``expert`` (window layout, loss),
-``online`` (streaming scorer), ``tracking`` (face tracks), ``score`` (the ``score`` command's function),
-``command`` (its CLI), ``networks`` (the towers over runners of any backend).
+Modules: ``lse`` (LSE computation), ``media`` (upstream decoding and MFCC), ``expert`` (window layout,
+loss), ``online`` (streaming scorer), ``tracking`` (face tracks), ``score`` (the ``score`` command's
+function), ``command`` (its CLI), ``networks`` (the towers over runners of any backend). The networks
+themselves live with the others (``wav2lip_trt.models.syncnet``), load through the one loader
+(``wav2lip_trt.checkpoints``) and export and build through ``wav2lip_trt.build_engines``; the names
+above are re-exported here.
 """
 
 from __future__ import annotations
