@@ -223,11 +223,16 @@ def _infer_many(options: InferenceOptions, audios: tuple[Path, ...], quiet: bool
     """One video per audio; models and detection once. A failed audio is an Error line; exit 1 if any failed."""
     from dataclasses import replace
 
-    from .many_audios import outfiles_for, run_many
+    from .many_audios import OWN_PROBLEMS, outfiles_for, run_many
     from .progress import Progress
 
     outs = outfiles_for(options.outfile, audios)
-    replace(options, outfile=outs[0]).validate()  # what all audios share fails once, up front
+    for audio, out in zip(audios, outs):  # what all audios share fails once, up front (checked with the first
+        try:  # audio whose own files pass); an audio's own problem is its outcome in run_many
+            replace(options, audio=audio, outfile=out).validate()
+            break
+        except OWN_PROBLEMS:
+            continue
     _check_json(json_path, replace(options, outfile=outs[0]))
     options.check_face_source()
     bars: list[Progress] = []

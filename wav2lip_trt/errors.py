@@ -21,8 +21,19 @@ class CheckpointError(Wav2LipTrtError):
     """A checkpoint file is missing, corrupt, or holds the wrong model."""
 
 
-class AudioError(Wav2LipTrtError):
-    """The audio cannot be decoded or gives an unusable spectrogram."""
+class AudioError(InputError):
+    """The audio is unusable: missing, not a file, undecodable, too short, or an unusable spectrogram.
+
+    ``infer`` with several ``--audio`` files fails only that audio's output on it
+    (:mod:`wav2lip_trt.many_audios`); every other error stops them all.
+    """
+
+
+class OutfileError(InputError):
+    """A run's ``--outfile`` cannot be written there (a folder in the way, an input's path, no permission).
+
+    Like :class:`AudioError`, with several ``--audio`` files it fails only that output.
+    """
 
 
 class NoFaceError(Wav2LipTrtError):

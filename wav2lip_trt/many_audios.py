@@ -1,7 +1,12 @@
 """One face, many audios, one command: dubbing one speaker video into several languages.
 
 The models load once and the face is detected once (the session's detection memo; the disk cache
-too); each output equals a separate run with that audio. A bad audio fails its own output only.
+too); each output equals a separate run with that audio.
+
+A problem with one audio's own files -- its ``--audio`` input missing, not a file, undecodable or too
+short (:class:`AudioError`), or its output file unwritable (:class:`OutfileError`) -- fails that
+output only. Every other error (a checkpoint, the face input, an option, ffmpeg) would hit every
+audio alike and stops the run.
 """
 
 from __future__ import annotations
@@ -10,12 +15,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import InputError, Wav2LipTrtError
+from .errors import AudioError, InputError, OutfileError
 from .options import InferenceOptions
 from .session import InferenceResult, Session, prepare_job
 
 AUDIO_FIELD = "{audio}"
 DEFAULT_SUFFIX = ".mp4"
+OWN_PROBLEMS = (AudioError, OutfileError)
+"""The errors about one audio's own files: they fail its output, and the other audios go on."""
 
 
 def outfiles_for(outfile: Path, audios: Sequence[Path]) -> list[Path]:
@@ -55,8 +62,8 @@ def run_many(options: InferenceOptions, audios: Sequence[Path], *, session: Sess
              progress: Callable[[InferenceOptions], dict] | None = None) -> Iterator[AudioOutcome]:
     """Lip-sync ``options.face`` to each audio in turn, yielding each outcome as it completes.
 
-    Everything the audios share is checked first (an error there stops all); each audio is then
-    prepared and run on its own, so its failure is its outcome. ``progress(options)`` may return
+    Each audio is prepared and run on its own: an error in :data:`OWN_PROBLEMS` (its audio, its
+    output file) is its outcome, any other error stops the run. ``progress(options)`` may return
     the ``on_start``/``on_frame``/``on_phase`` callbacks for that run.
     """
     outs = outfiles_for(options.outfile, audios)
@@ -72,17 +79,10 @@ def run_many(options: InferenceOptions, audios: Sequence[Path], *, session: Sess
                 active = session if session is not None else opened
                 assert active is not None
                 result = active.execute(job, **(progress(opts) if progress is not None else {}))
-            except Wav2LipTrtError as exc:
-                if _shared_problem(exc, opts):
-                    raise
+            except OWN_PROBLEMS as exc:
                 yield AudioOutcome(opts.audio, opts.outfile, None, str(exc))
                 continue
             yield AudioOutcome(opts.audio, opts.outfile, result, None)
     finally:
         if opened is not None:
             opened.close()
-
-
-def _shared_problem(exc: Wav2LipTrtError, options: InferenceOptions) -> bool:
-    """An error that every audio would hit too (it does not name this audio)."""
-    return str(options.audio) not in str(exc)

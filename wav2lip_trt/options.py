@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import InputError
+from .errors import AudioError, InputError, OutfileError
 from .files import check_output_dir, check_output_file
 
 if TYPE_CHECKING:
@@ -76,7 +76,8 @@ class InferenceOptions:
         """Raise :class:`InputError` for anything that would fail later, before slow work starts."""
         for label, path in (("--checkpoint_path", self.checkpoint_path), ("--face", self.face), ("--audio", self.audio)):
             if not Path(path).exists():
-                raise InputError(f"{label} file not found: {path}")
+                error = AudioError if label == "--audio" else InputError  # the audio's own problem (many_audios)
+                raise error(f"{label} file not found: {path}")
         if self.boxes is not None:
             if self.uses_fixed_box:
                 raise InputError("give either --box (one box for every frame) or --boxes FILE (a box per frame), not both")
@@ -109,7 +110,10 @@ class InferenceOptions:
         inputs = {"--face": self.face, "--audio": self.audio, "--checkpoint_path": self.checkpoint_path,
                   "--s3fd-checkpoint": self.s3fd_checkpoint if self.needs_detector else None,
                   "--boxes": self.boxes}
-        check_output_file(self.outfile, "--outfile", inputs)
+        try:
+            check_output_file(self.outfile, "--outfile", inputs)
+        except InputError as exc:  # this output's own problem (many_audios)
+            raise OutfileError(str(exc)) from None
         check_container(self.outfile, "--outfile")
         for label, folder in (("--save-frames", self.save_frames), ("--dump-intermediates", self.dump_intermediates)):
             if folder is not None:
