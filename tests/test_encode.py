@@ -68,3 +68,42 @@ def test_exception_inside_aborts(tmp_path: Path, wav: Path) -> None:
             writer.write(next(talking_face_frames(1, 64, 48)))
             raise RuntimeError("stage failed")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_ffmpeg_starts_leaves_nothing(tmp_path: Path, wav: Path, monkeypatch, signame) -> None:
+    """A signal that lands inside ``subprocess.Popen`` (ffmpeg forked, the Popen object not yet
+    returned) is raised once ffmpeg and its temporary file both exist, so both are cleaned up."""
+    import os
+    import signal
+    import subprocess
+
+    import psutil
+
+    from wav2lip_trt import encode
+    from wav2lip_trt.cli_errors import Interrupted, install_signal_handlers
+
+    started = []
+
+    class SignalledPopen(subprocess.Popen):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self.pid)
+            os.kill(os.getpid(), getattr(signal, signame))  # arrives before Popen returns to the writer
+            for _ in range(1000):  # give the interpreter every chance to run the handler here
+                pass
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    writer = VideoWriter(tmp_path / "out.mp4", width=64, height=48, fps=25.0, audio=wav)
+    monkeypatch.setattr(encode.subprocess, "Popen", SignalledPopen)  # the encoder's start only
+    try:
+        install_signal_handlers()
+        with pytest.raises(Interrupted) as info:
+            with writer:
+                raise AssertionError("the interrupt must come before the first frame")
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert info.value.signum == getattr(signal, signame)
+    assert len(started) == 1 and not psutil.pid_exists(started[0])  # ffmpeg killed and reaped
+    assert list(tmp_path.iterdir()) == []  # no temporary file, no output

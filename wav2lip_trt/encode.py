@@ -8,9 +8,13 @@ interrupted run never leaves a truncated video, and parallel runs never share a 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import tempfile
+import threading
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +53,34 @@ def frame_rate_arg(fps: float) -> str:
     if abs(float(near) - fps) < 1e-9:
         rate = near
     return f"{rate.numerator}/{rate.denominator}"
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold the Python handlers of SIGINT, SIGTERM and SIGHUP until the block is done, then run them.
+
+    An interrupt is an exception raised wherever the main thread is; inside ``subprocess.Popen``
+    (after the fork, before the object exists) it would orphan ffmpeg and leave its temporary
+    file, with nothing to clean either up. Recorded here, it is raised when the block ends, once
+    both exist. Only the main thread has Python signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    held = {}
+    for sig in (getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)):
+        handler = signal.getsignal(sig)
+        if callable(handler):
+            held[sig] = handler
+            signal.signal(sig, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+        if pending:
+            held[pending[0]](pending[0], None)  # the handler itself: Interrupted (or KeyboardInterrupt) now
 
 
 class VideoWriter:
@@ -102,20 +134,25 @@ class VideoWriter:
 
     def __enter__(self) -> "VideoWriter":
         try:
-            self.outfile.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp = temporary_sibling(self.outfile)
-        except OSError as exc:
-            raise InputError(f"cannot write {self.outfile}: {exc.strerror or exc}") from None
-        try:
-            # Its own session: a Ctrl-C at the terminal reaches only this process, which stops ffmpeg
-            # itself (in __exit__) instead of racing ffmpeg's own "Exiting normally, received signal 2".
-            self._proc = subprocess.Popen(
-                self.command(self._tmp), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
-                start_new_session=True,
-            )
-        except OSError as exc:
+            with _signals_deferred():  # an interrupt now would leave the file (and ffmpeg) behind
+                try:
+                    self.outfile.parent.mkdir(parents=True, exist_ok=True)
+                    self._tmp = temporary_sibling(self.outfile)
+                except OSError as exc:
+                    raise InputError(f"cannot write {self.outfile}: {exc.strerror or exc}") from None
+                try:
+                    # Its own session: a Ctrl-C at the terminal reaches only this process, which stops ffmpeg
+                    # itself (in __exit__) instead of racing ffmpeg's own "Exiting normally, received signal 2".
+                    self._proc = subprocess.Popen(
+                        self.command(self._tmp), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
+                        start_new_session=True,
+                    )
+                except OSError as exc:
+                    raise FFmpegError(f"cannot start ffmpeg ({self.ffmpeg}): {exc}") from None
+        except BaseException:  # a failure, or the interrupt that arrived while ffmpeg started
+            self._stop()
             self._cleanup()
-            raise FFmpegError(f"cannot start ffmpeg ({self.ffmpeg}): {exc}") from None
+            raise
         return self
 
     def write(self, frame: np.ndarray) -> None:
