@@ -32,7 +32,6 @@ grows with the length.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import os
@@ -47,7 +46,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, MissingDependencyError
-from .execution import ReadyBatch
+from .execution import ReadyBatch, on_stream
 from .kernels import resize_linear
 from .video import IMAGE_SUFFIXES, FaceSource, FaceSourceInfo, FrameTransform, natural_key
 
@@ -389,7 +388,7 @@ class DaliDecoder:
                         return  # the previous batch ended the video exactly
                     raise InputError(f"{self.path}: DALI could not decode frame {produced}: {_dali_reason(exc)}; "
                                      "use --decoder opencv") from None
-                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                with on_stream(stream):
                     raw = torch.from_dlpack(out[0])  # (F, H, W, 3) BGR; ``stream`` waits for DALI's work
                 ready = self._own(raw, self.rotation, stream, hold, out)
                 frames = ready.tensor
@@ -426,7 +425,7 @@ class DaliDecoder:
                 if not out.is_dense_tensor():
                     odd = next(i for i in range(len(out)) if tuple(out[i].shape()) != tuple(out[0].shape()))
                     raise InputError(f"{files[done + odd]}: size differs from the first frame's; all frames must share one size")
-                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                with on_stream(stream):
                     raw = torch.from_dlpack(out.as_tensor())  # (B, H, W, 3) BGR
                 ready = self._own(raw, 0, stream, hold, out)
                 self._check(ready.tensor, str(files[done]))

@@ -38,7 +38,7 @@ decode look-ahead and the writer queue, so any resolution runs with default flag
 
 from .budget import DEFAULT_FRAME_MEMORY_MB, BatchPlan, plan_batches
 from .context import DeviceContext
-from .handoff import PinnedPool, ReadyBatch
+from .handoff import PinnedPool, ReadyBatch, on_stream
 from .writer import FinishedBatch, WriterThread
 
 __all__ = [
@@ -49,5 +49,6 @@ __all__ = [
     "PinnedPool",
     "ReadyBatch",
     "WriterThread",
+    "on_stream",
     "plan_batches",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -9,6 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+def on_stream(stream: "torch.cuda.Stream | None") -> contextlib.AbstractContextManager[object]:
+    """``stream`` current in this thread for the block (so its launches land there); None (the CPU): nothing."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
 @dataclass

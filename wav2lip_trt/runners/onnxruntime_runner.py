@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import MissingDependencyError
+from ..execution.handoff import on_stream
 from .base import runner_stream
 
 
@@ -46,8 +46,7 @@ class OnnxRuntimeRunner:
         self.input_dtypes = {n: torch.float32 for n in self.input_names}  # the export's I/O is FP32 at any precision
 
     def infer(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        on_stream = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
-        with on_stream:
+        with on_stream(self.stream):
             if self.stream is not None:
                 self.stream.synchronize()  # by design: ONNX Runtime reads host copies of the inputs
             arrays = {n: np.ascontiguousarray(feed[n].detach().cpu().numpy(), dtype=np.float32)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..execution.handoff import on_stream
 from .base import runner_stream
 
 log = logging.getLogger(__name__)
@@ -106,19 +106,16 @@ class TorchRunner:
         self.output_names = output_names
         self.input_dtypes = {n: dtype for n in input_names}
         self.memory_format = torch.channels_last if channels_last else torch.preserve_format
-        with self._on_stream():
+        with on_stream(self.stream):
             self.module = module.to(device=self.device, dtype=dtype, memory_format=self.memory_format).eval()
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.graph_batch = graph_batch
         self._graph: _Graph | None = None
 
-    def _on_stream(self) -> contextlib.AbstractContextManager[object]:
-        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
-
     def infer(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """With ``cuda_graphs`` the outputs may be views of the graph's own buffers: use them (on
         :attr:`stream`) before the next call."""
-        with self._on_stream():
+        with on_stream(self.stream):
             args = [feed[n].to(self.device, self.dtype, memory_format=self.memory_format) for n in self.input_names]
             out = self._replay(args) if self.cuda_graphs else None
             if out is None:

@@ -18,6 +18,7 @@ import torch
 
 from ..backends import GraphRunners, RunnerRequest, create_graph_runners
 from ..errors import InputError
+from ..execution.handoff import on_stream
 from ..runners.base import Runner
 from ..tensor_names import S3FD_OUTPUTS, SCORING_GRAPHS
 
@@ -31,9 +32,7 @@ def _run(runner: Runner, graph: str, x: torch.Tensor) -> torch.Tensor:
     """
     _, inp, out, _ = SCORING_GRAPHS[graph]
     result = runner.infer({inp: x})[out]
-    if runner.stream is None:
-        return result.clone()
-    with torch.cuda.stream(runner.stream):
+    with on_stream(runner.stream):
         return result.clone()
 
 

@@ -11,7 +11,6 @@ face the quality discriminator's probability. ``report()`` gives the ``expert`` 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..execution.handoff import upload
+from ..execution.handoff import on_stream, upload
 from .expert import LOWER_HALF, WINDOW, cosine_loss_terms, faces_to_uint8, faces_to_unit, quality_probabilities
 from .lse import VSHIFT
 
@@ -147,7 +146,7 @@ class OnlineScorer:
         self._similarity: list[tuple[list[int], torch.Tensor]] = []
         self._bce: list[tuple[list[int], torch.Tensor]] = []
         self._quality: list[tuple[list[int], torch.Tensor]] = []
-        with self._on_stream():  # every tensor of the scorer lives on its stream
+        with on_stream(self.stream):  # every tensor of the scorer lives on its stream
             self._sums = torch.zeros(2 * vshift + 1, dtype=torch.float64, device=self.device)
             self._shifts = torch.arange(-vshift, vshift + 1, device=self.device)
         self._counts = np.zeros(2 * vshift + 1, dtype=np.int64)  # combinatorial: known on the host
@@ -182,7 +181,7 @@ class OnlineScorer:
         idx = [int(i) for i in np.asarray(indices).reshape(-1)]
         if any(b <= a for a, b in zip(idx, idx[1:])) or (idx and idx[0] <= self._last):
             raise ValueError(f"frame indices must increase across add() calls (last was {self._last}), got {idx[:8]}")
-        with self._on_stream(), torch.no_grad():
+        with on_stream(self.stream), torch.no_grad():
             unit = self._unit(faces)
             if len(idx) != unit.shape[0]:
                 raise ValueError(f"{len(idx)} indices for {unit.shape[0]} faces")
@@ -200,9 +199,6 @@ class OnlineScorer:
         self._last = idx[-1]
         self._prune()
         self.seconds += time.perf_counter() - start
-
-    def _on_stream(self) -> contextlib.AbstractContextManager[object]:
-        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
 
     def _unit(self, faces: np.ndarray | torch.Tensor) -> torch.Tensor:
         """(B, 3, 96, 96) float32 ``uint8 faces / 255.`` on the scorer's device.
@@ -303,7 +299,7 @@ class OnlineScorer:
 
     def _host(self, parts: list[tuple[list[int], torch.Tensor]]) -> dict[int, float]:
         """Results kept on the device, read back once (on the scorer's stream, after its work)."""
-        with self._on_stream():
+        with on_stream(self.stream):
             values = torch.cat([v.reshape(-1) for _, v in parts]).cpu().tolist() if parts else []
         return dict(zip((i for idx, _ in parts for i in idx), values))
 
@@ -313,7 +309,7 @@ class OnlineScorer:
         similarities, losses = self._host(self._similarity), self._host(self._bce)
         similarity = [similarities.get(i) for i in range(windows)]
         bce = [losses[i] for i in range(windows) if i in losses]
-        with self._on_stream():
+        with on_stream(self.stream):
             sums = self._sums.cpu().numpy()
         counts = self._counts.copy()
         curve = np.where(counts > 0, sums / np.maximum(counts, 1), -np.inf)

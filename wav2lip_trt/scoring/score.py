@@ -8,7 +8,6 @@ Two routes. ``crops=True``: the video already is a face crop, scored exactly as 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 import time
@@ -24,6 +23,7 @@ import torch
 from ..audio import MelChunks, melspectrogram
 from ..backends import RunnerRequest, resolve_device
 from ..errors import InputError, NoFaceError
+from ..execution.handoff import on_stream
 from ..ffmpeg import find_ffmpeg
 from ..options import BACKEND_CHOICES, PRECISION_CHOICES
 from .expert import FACE_SIZE
@@ -293,13 +293,10 @@ def score_video(options: ScoreOptions) -> ScoreReport:
     """
     options.check()
     ffmpeg = find_ffmpeg(options.ffmpeg)
-    with _load_models(options) as models, _on(models.stream):
+    with _load_models(options) as models, on_stream(models.stream):
         # one stream for everything, as in infer: the inputs made here and the runners' work are
         # ordered by it, never by the legacy default stream
         if options.crops:
             return score_crops(options, models, ffmpeg)
         return score_tracks(options, models, ffmpeg)
 
-
-def _on(stream: torch.cuda.Stream | None) -> contextlib.AbstractContextManager[object]:
-    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
