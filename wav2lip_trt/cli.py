@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,8 @@ from .jobs.command import batch_command
 from .cli_errors import install_signal_handlers, interrupted_exit, setup_logging, user_errors
 from .cli_options import DETECTION_OPTIONS, FRAME_OPTIONS, RUNNER_OPTIONS, with_options
 from .errors import InputError
-from .files import atomic_write_text, check_output_dir, check_output_file
+from .cli_json import check_json_path, to_stdout, write_json
+from .files import check_output_dir
 from .options import DEVICES, ON_MISSING_FACE, PRECISION_CHOICES, InferenceOptions
 
 TRUE_WORDS = {"true", "1", "yes", "y", "on"}
@@ -63,29 +62,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except KeyboardInterrupt as exc:
         interrupted_exit(exc)
-
-
-def _to_stdout(json_path: Path | None) -> bool:
-    return json_path is not None and str(json_path) == "-"
-
-
-def check_json_path(json_path: Path | None, inputs: Mapping[str, Path | None],
-                    outputs: Mapping[str, Path | None] | None = None) -> None:
-    """``--json PATH`` must be writable as a file, before the run: not a folder, not an input, not another output."""
-    if json_path is not None and not _to_stdout(json_path):
-        check_output_file(json_path, "--json", inputs, outputs)
-
-
-def write_json(json_path: Path, data: Any) -> None:
-    """The JSON report: to stdout for ``-``, else to a file written whole (temporary file + rename)."""
-    text = json.dumps(data, indent=2)
-    if _to_stdout(json_path):
-        click.echo(text)
-        return
-    try:
-        atomic_write_text(json_path, text + "\n")
-    except OSError as exc:
-        raise InputError(f"--json {json_path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _one_of(names: dict[str, Any], what: str) -> Any:
@@ -291,7 +267,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def _emit_report(text: str, data: dict[str, Any], json_path: Path | None) -> None:
     """The table goes to stdout, or to stderr when the JSON report takes stdout (``--json -``)."""
-    click.echo(text, err=_to_stdout(json_path))
+    click.echo(text, err=to_stdout(json_path))
     if json_path is not None:
         write_json(json_path, data)
 
@@ -367,7 +343,7 @@ def parity(rungs: tuple[str, ...], tolerances: tuple[str, ...], s3fd_size: str, 
                             clip_size=_size(clip_size), **kwargs)
     report = run_parity(options, log=logging.getLogger("wav2lip_trt.parity").info)
     _emit_report(report.table(), report.to_json(), json_path)
-    to_stderr = json_path is not None and str(json_path) == "-"
+    to_stderr = to_stdout(json_path)
     for line in report.failures():
         click.echo(f"  {line}", err=to_stderr)
     click.echo(report.summary(), err=to_stderr)

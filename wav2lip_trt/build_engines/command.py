@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..cli_errors import setup_logging, user_errors
-from ..errors import InputError
-from ..files import atomic_write_text, check_output_dir, check_output_file
+from ..cli_json import check_json_path, write_json
+from ..files import check_output_dir
 
 if TYPE_CHECKING:
     from .options import BuildOptions
@@ -61,8 +60,7 @@ def check_outputs(params: dict[str, Any], json_path: Path | None) -> None:
         ("expert_checkpoint", "--expert-checkpoint"), ("disc_checkpoint", "--disc-checkpoint"),
         ("syncnet_checkpoint", "--syncnet-checkpoint"))}
     check_output_dir(params["out"], "--out", inputs)
-    if json_path is not None and str(json_path) != "-":
-        check_output_file(json_path, "--json", inputs, {"--out": params["out"]})
+    check_json_path(json_path, inputs, {"--out": params["out"]})
 
 
 @click.command("build-engines")
@@ -125,14 +123,7 @@ def build_engines_command(quiet: bool, json_path: Path | None, **kwargs: Any) ->
     check_outputs(kwargs, json_path)
     report = build_engines(options_from_params(kwargs), show_progress=not quiet)
     if json_path is not None:
-        text = json.dumps(report.to_json(), indent=2)
-        if str(json_path) == "-":
-            click.echo(text)
-        else:
-            try:
-                atomic_write_text(json_path, text + "\n")
-            except OSError as exc:
-                raise InputError(f"--json {json_path}: cannot write: {exc.strerror or exc}") from None
+        write_json(json_path, report.to_json())
     if not quiet:
         for r in report.results:
             artifact = r.engine if r.engine is not None else r.onnx

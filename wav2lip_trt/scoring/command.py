@@ -7,7 +7,6 @@ stays fast.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,8 +14,7 @@ import click
 
 from ..cli_errors import setup_logging, user_errors
 from ..cli_options import RUNNER_OPTIONS, with_options
-from ..errors import InputError
-from ..files import atomic_write_text, check_output_file
+from ..cli_json import check_json_path, to_stdout, write_json
 
 if TYPE_CHECKING:
     from .score import ScoreReport
@@ -65,17 +63,6 @@ def format_table(report: "ScoreReport") -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=2)
-    if str(path) == "-":
-        click.echo(text)
-        return
-    try:
-        atomic_write_text(path, text + "\n")
-    except OSError as exc:
-        raise InputError(f"--json {path}: cannot write: {exc.strerror or exc}") from None
-
-
 @click.command("score")
 @click.option("--video", required=True, type=click.Path(path_type=Path),
               help="Video to score (a lip-sync output, a recording, a face-crop clip with --crops).")
@@ -116,13 +103,12 @@ def score_command(quiet: bool, json_path: Path | None, **params: Any) -> None:
     from .tracking import TrackOptions
 
     setup_logging(quiet)
-    if json_path is not None and str(json_path) != "-":
-        check_output_file(json_path, "--json", {"--video": params["video"], "--audio": params["audio"]})
+    check_json_path(json_path, {"--video": params["video"], "--audio": params["audio"]})
     tracking = TrackOptions(facedet_scale=params.pop("facedet_scale"), min_track=params.pop("min_track"),
                             num_failed_det=params.pop("num_failed_det"), min_face_size=params.pop("min_face_size"),
                             crop_scale=params.pop("crop_scale"))
     report = score_video(ScoreOptions(tracking=tracking, **params))
     if json_path is not None:
-        _write_json(json_path, report.to_json())
-    if not quiet and not (json_path is not None and str(json_path) == "-"):
+        write_json(json_path, report.to_json())
+    if not quiet and not to_stdout(json_path):
         click.echo(format_table(report))
