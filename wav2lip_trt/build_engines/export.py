@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import MissingDependencyError
 from ..tensor_names import S3FD_INPUTS, S3FD_OUTPUTS, SCORING_GRAPHS, WAV2LIP_INPUTS, WAV2LIP_OUTPUTS
 from ..files import atomic_write_bytes, sha256_bytes
+from .options import CHECKPOINT_FIELDS
 from .precision import PRECISIONS, convert_to_fp16, fp32_scopes
 
 if TYPE_CHECKING:
@@ -58,8 +59,12 @@ class ModelSpec:
     dynamic_axes: dict[str, dict[int, str]]  # tensor name -> {axis: symbolic dim name}
     trace_shapes: tuple[tuple[int, ...], ...]  # one per input; batch 2 so no axis looks like a broadcast 1
     network: str  # the checkpoint it comes from (a key of wav2lip_trt.checkpoints.NETWORKS)
-    checkpoint_option: str  # the CLI option that names that checkpoint
     method: str | None = None  # the network's method this graph is (a tower); None = forward
+
+    @property
+    def checkpoint_option(self) -> str:
+        """The CLI option that names this graph's checkpoint."""
+        return CHECKPOINT_FIELDS[self.network][1]
 
     def module(self, network: nn.Module) -> nn.Module:
         """This graph's module, given the loaded network (shared by the towers of one checkpoint)."""
@@ -73,15 +78,13 @@ class ModelSpec:
 
 _TOWER_METHODS = {"expert_audio": "embed_audio", "expert_face": "embed_face", "disc_qual": "forward",
                   "syncnet_lip": "forward_lip", "syncnet_audio": "forward_aud"}
-CHECKPOINT_OPTIONS = {"s3fd": "--s3fd-checkpoint", "wav2lip": "--checkpoint_path", "expert": "--expert-checkpoint",
-                      "disc_qual": "--disc-checkpoint", "syncnet_v2": "--syncnet-checkpoint"}
 
 
 def _tower(name: str) -> ModelSpec:
     network, inp, out, shape = SCORING_GRAPHS[name]
     return ModelSpec(name=name, input_names=(inp,), output_names=(out,),
                      dynamic_axes={inp: {0: "batch"}, out: {0: "batch"}}, trace_shapes=((2, *shape),),
-                     network=network, checkpoint_option=CHECKPOINT_OPTIONS[network], method=_TOWER_METHODS[name])
+                     network=network, method=_TOWER_METHODS[name])
 
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
@@ -95,7 +98,6 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         },
         trace_shapes=((2, 3, 64, 64),),
         network="s3fd",
-        checkpoint_option="--s3fd-checkpoint",
     ),
     ModelSpec(
         name="wav2lip",
@@ -104,7 +106,6 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
         dynamic_axes={name: {0: "batch"} for name in (*WAV2LIP_INPUTS, *WAV2LIP_OUTPUTS)},
         trace_shapes=((2, 1, 80, 16), (2, 6, 96, 96)),
         network="wav2lip",
-        checkpoint_option="--checkpoint_path",
     ),
     *(_tower(name) for name in SCORING_GRAPHS),
 )}

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..build_engines.options import graphs_of
 from ..tensor_names import SCORING_GRAPHS
 from .options import ParityOptions, Rung
 
@@ -41,8 +42,7 @@ def scoring_graphs(options: ParityOptions) -> dict[str, Path]:
     """Graph -> checkpoint for every scoring tower whose checkpoint was given."""
     given = {"expert": options.expert_checkpoint, "disc_qual": options.disc_checkpoint,
              "syncnet_v2": options.syncnet_checkpoint}
-    return {graph: Path(given[network]) for graph, (network, *_) in SCORING_GRAPHS.items()
-            if given[network] is not None}
+    return {graph: Path(path) for network, path in given.items() if path is not None for graph in graphs_of(network)}
 
 
 def random_feeds(graphs: Mapping[str, Path], seed: int) -> dict[str, tuple[str, dict[str, "torch.Tensor"]]]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..backends import GraphRunners, RunnerRequest, create_graph_runners
+from ..build_engines.options import graphs_of
 from ..errors import InputError
 from ..execution.handoff import on_stream
 from ..runners.base import Runner
@@ -131,7 +132,7 @@ def load_scoring_networks(backend: str, request: RunnerRequest, *, expert: Path 
     graphs: dict[str, Path] = {}
     for network, path in (("expert", expert), ("disc_qual", disc), ("syncnet_v2", syncnet)):
         if path is not None:
-            graphs.update((graph, Path(path)) for graph, (net, *_) in SCORING_GRAPHS.items() if net == network)
+            graphs.update((graph, Path(path)) for graph in graphs_of(network))
     if s3fd is not None:
         graphs["s3fd"] = Path(s3fd)
     if not graphs:
