@@ -154,17 +154,19 @@ class OnlineScorer:
     @classmethod
     def from_checkpoints(cls, expert_checkpoint: str | Path | None, disc_checkpoint: str | Path | None = None, *,
                          device: torch.device | str = "cpu") -> "OnlineScorer":
-        """A torch scorer straight from the released files (one-line :class:`CheckpointError` each).
+        """A torch scorer straight from the released files (one-line :class:`CheckpointError` each),
+        its networks made as ``infer --score`` makes them (:func:`~.networks.load_scoring_networks`).
 
         Raises :class:`InputError` when neither checkpoint is given, so ``--score`` alone is a user error.
         """
-        from ..checkpoints import load_disc_qual, load_expert
+        from ..backends import RunnerRequest
+        from .networks import load_scoring_networks
 
         if expert_checkpoint is None and disc_checkpoint is None:
             raise InputError("--score needs --expert-checkpoint lipsync_expert.pth (and optionally --disc-checkpoint)")
-        expert = load_expert(expert_checkpoint, device) if expert_checkpoint is not None else None
-        disc = load_disc_qual(disc_checkpoint, device) if disc_checkpoint is not None else None
-        return cls(expert, disc, device=device)
+        networks = load_scoring_networks("torch", RunnerRequest(None, None, torch.device(device)),
+                                         expert=expert_checkpoint, disc=disc_checkpoint)
+        return cls(networks.expert, networks.disc, device=networks.device, stream=networks.stream)
 
     def add(self, indices: Sequence[int] | np.ndarray, faces: np.ndarray | torch.Tensor,
             mel_chunks: np.ndarray | torch.Tensor | None) -> None:
