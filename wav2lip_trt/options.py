@@ -17,7 +17,6 @@ ON_MISSING_FACE = ("error", "skip", "previous")
 DEVICES = ("auto", "cpu", "cuda")
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISION_CHOICES = ("auto", "fp32", "fp16")
-MAX_FPS = 1000.0  # one output frame per 1/fps s of audio: a rate beyond this is a typo, not a video
 
 
 @dataclass(frozen=True)
@@ -118,8 +117,9 @@ class InferenceOptions:
         for label, folder in (("--save-frames", self.save_frames), ("--dump-intermediates", self.dump_intermediates)):
             if folder is not None:
                 check_output_dir(folder, label, inputs, {"--outfile": self.outfile})
-        if not (math.isfinite(self.fps) and 0 < self.fps <= MAX_FPS):
-            raise InputError(f"--fps must be a frame rate above 0 and at most {MAX_FPS:g}, got {self.fps}")
+        from .video import check_fps
+
+        check_fps(self.fps)
         positive = {
             "--face_det_batch_size": self.face_det_batch_size,
             "--wav2lip_batch_size": self.wav2lip_batch_size,

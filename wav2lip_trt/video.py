@@ -18,7 +18,6 @@ import cv2
 import numpy as np
 
 from .errors import InputError
-from .options import MAX_FPS
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
@@ -68,6 +67,15 @@ def natural_key(name: str) -> list[object]:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
+MAX_FPS = 1000.0  # one output frame per 1/fps s of audio: a rate beyond this is a typo, not a video
+
+
+def check_fps(fps: float) -> None:
+    """``--fps`` as given for images and frame folders (a video's own rate is checked where it is read)."""
+    if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+        raise InputError(f"--fps must be a frame rate above 0 and at most {MAX_FPS:g}, got {fps}")
+
+
 class FaceSource:
     """Opens the face input once to learn its geometry; :meth:`frames` decodes lazily."""
 
@@ -75,8 +83,7 @@ class FaceSource:
         self.path = Path(path)
         if not self.path.exists():
             raise InputError(f"face input not found: {self.path}")
-        if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
-            raise InputError(f"--fps must be a frame rate above 0 and at most {MAX_FPS:g}, got {fps}")
+        check_fps(fps)
         self._files: list[Path] = []
         if self.path.is_dir():
             kind = "frames"

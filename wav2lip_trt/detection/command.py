@@ -106,7 +106,8 @@ def detect_face(options: DetectOptions) -> DetectResult:
 @user_errors
 def detect_command(json_path: Path | None, quiet: bool, **kwargs: object) -> None:
     """Detect the face in every frame once: fills the cache that infer reads, and writes a boxes file."""
-    from ..cli import check_json_path, setup_logging
+    from ..cli_errors import setup_logging
+    from ..cli_json import check_json_path
     from ..files import atomic_write_text
     from .boxes_file import box_problem, boxes_text
 
