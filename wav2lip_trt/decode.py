@@ -47,6 +47,7 @@ import torch
 
 from .errors import InputError, MissingDependencyError
 from .execution import ReadyBatch, on_stream
+from .execution.handoff import smallest, stall
 from .kernels import resize_linear
 from .video import IMAGE_SUFFIXES, FaceSource, FaceSourceInfo, FrameTransform, natural_key
 
@@ -152,7 +153,7 @@ class OpenCVDecoder:
         self.batch = _check_batch(batch)
         if ring < 1:
             raise InputError(f"the pinned ring needs at least 1 slot, got {ring}")
-        self.ring = ring  # pinned host batches in flight; 2 lets one upload overlap the next decode
+        self.ring = smallest(ring)  # pinned host batches in flight; 2 lets one upload overlap the next decode
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device {self.device} requested but torch sees no CUDA GPU")
         self.stream = _copy_stream(self.device, stream)
@@ -179,6 +180,7 @@ class OpenCVDecoder:
             np.stack(group, out=host.numpy())
             with torch.cuda.device(self.device), torch.cuda.stream(copy_stream):
                 frames = torch.empty(host.shape, dtype=torch.uint8, device=self.device)
+                stall(copy_stream)
                 frames.copy_(host, non_blocking=True)
                 event = torch.cuda.Event(blocking=True)  # also waited on by this thread (ring reuse)
                 event.record(copy_stream)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .handoff import PinnedPool, ReadyBatch
+from .handoff import PinnedPool, ReadyBatch, stall
 
 
 class DeviceContext:
@@ -46,6 +46,7 @@ class DeviceContext:
             out.copy_(tensor)
             return ReadyBatch(out)
         with self.on_compute():
+            stall(self.compute)
             out.copy_(tensor, non_blocking=True)
             event = torch.cuda.Event(blocking=True)  # the host waits on it: sleep, do not spin a core
             event.record(self.compute)

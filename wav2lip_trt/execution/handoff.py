@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -10,6 +11,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+STALL_ENV = "WAV2LIP_TRT_TEST_STALL_US"
+"""Test-only (gpu-check's determinism step): microseconds of GPU sleep enqueued on the producer's stream
+before each hand-off, with one ring slot and one pool buffer, so that a missing wait changes the frames."""
+
+
+def stall(stream: "torch.cuda.Stream | None") -> None:
+    """Widen the race window before a hand-off when :data:`STALL_ENV` is set; nothing otherwise."""
+    micros = int(os.environ.get(STALL_ENV) or 0)
+    if micros > 0 and stream is not None:
+        with torch.cuda.stream(stream):
+            torch.cuda._sleep(micros * 2000)  # cycles: about 2 GHz, so at least ``micros`` on an H100/H200
+
+
+def smallest(count: int) -> int:
+    """``count`` ring slots or pool buffers, or 1 while :data:`STALL_ENV` widens the race windows."""
+    return 1 if int(os.environ.get(STALL_ENV) or 0) > 0 else count
 
 
 def on_stream(stream: "torch.cuda.Stream | None") -> contextlib.AbstractContextManager[object]:
@@ -63,7 +82,7 @@ class PinnedPool:
         self.pin = pin
         self._free: queue.Queue[torch.Tensor] = queue.Queue()
         self._made = 0
-        self._count = count
+        self._count = smallest(count)
         self._lock = threading.Lock()
 
     def acquire(self, frames: int, stop: threading.Event | None = None) -> tuple[torch.Tensor, Callable[[], None]]:
@@ -101,4 +120,6 @@ def upload(array: np.ndarray | torch.Tensor, device: torch.device, stream: "torc
         return host.to(device)
     assert stream is not None, "a CUDA upload needs the stream it is ordered on"
     with torch.cuda.stream(stream):
-        return host.pin_memory().to(device, non_blocking=True)
+        staged = host.pin_memory()
+        stall(stream)
+        return staged.to(device, non_blocking=True)
