@@ -34,6 +34,25 @@ CONTAINERS: dict[str, bool] = {
 }
 FASTSTART_SUFFIXES = frozenset(suffix for suffix, faststart in CONTAINERS.items() if faststart)
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+"""libx264's presets, fastest first (``--preset``). At 1080p on one thread of a 2-core x86 host: ultrafast
+86-114 fps, veryfast 28-46, faster 25, medium 15 (see benchmarks/README.md, encoder)."""
+SWS_FLAGS = "accurate_rnd+full_chroma_int"
+"""swscale's default BGR->YUV path darkens every pixel by ~2 levels; accurate rounding avoids it.
+:func:`wav2lip_trt.kernels.yuv.bgr_to_yuv420` is this conversion, on the device."""
+PIXEL_FORMATS = ("bgr24", "yuv420p")  # what VideoWriter.write takes: BGR frames, or frames converted already
+
+
+def yuv420_frame_bytes(width: int, height: int) -> int:
+    """Bytes of one ``yuv420p`` frame of a ``width`` x ``height`` video (padded to even sizes)."""
+    return (width + width % 2) * (height + height % 2) * 3 // 2
+
+
+def conversion_args(width: int, height: int) -> list[str]:
+    """The ffmpeg options that turn ``bgr24`` input into ``yuv420p`` the writer's way (pad odd sizes, then swscale)."""
+    pad = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"] if width % 2 or height % 2 else []  # yuv420p needs even sizes
+    return pad + ["-sws_flags", SWS_FLAGS, "-pix_fmt", "yuv420p"]
+
 
 def check_container(path: str | os.PathLike[str], label: str = "output") -> None:
     """Raise :class:`InputError` unless ``path``'s extension names a container for H.264 + AAC."""
@@ -98,6 +117,7 @@ class VideoWriter:
         encoder: str = "libx264",
         crf: int = 18,
         preset: str = "medium",
+        pixel_format: str = "bgr24",
     ) -> None:
         self.outfile = Path(outfile)
         check_container(self.outfile)
@@ -105,23 +125,30 @@ class VideoWriter:
         self.audio = Path(audio) if audio is not None else None
         self.ffmpeg = find_ffmpeg(ffmpeg)
         self.encoder, self.crf, self.preset = encoder, crf, preset
+        if preset not in X264_PRESETS:
+            raise InputError(f"--preset {preset!r} is not a libx264 preset; choose one of {', '.join(X264_PRESETS)}")
+        if pixel_format not in PIXEL_FORMATS:
+            raise ValueError(f"pixel_format must be one of {PIXEL_FORMATS}, got {pixel_format!r}")
+        self.pixel_format = pixel_format  # yuv420p: frames come converted (and padded to even sizes) already
+        self.frame_shape = ((height, width, 3) if pixel_format == "bgr24"
+                            else (yuv420_frame_bytes(width, height),))
         self.frames_written = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmp: Path | None = None
         self._log = tempfile.TemporaryFile()
 
     def command(self, target: Path) -> list[str]:
+        yuv = self.pixel_format == "yuv420p"
+        width, height = (self.width + self.width % 2, self.height + self.height % 2) if yuv else (self.width, self.height)
         cmd = [
             self.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-            "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{self.width}x{self.height}",
+            "-f", "rawvideo", "-pix_fmt", self.pixel_format, "-s", f"{width}x{height}",
             "-framerate", frame_rate_arg(self.fps), "-i", "pipe:0",
         ]
         if self.audio is not None:
             cmd += ["-i", str(self.audio), "-map", "0:v:0", "-map", "1:a:0"]
-        if self.width % 2 or self.height % 2:
-            cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]  # yuv420p needs even sizes
-        # swscale's default BGR->YUV path darkens every pixel by ~2 levels; accurate rounding avoids it.
-        cmd += ["-sws_flags", "accurate_rnd+full_chroma_int", "-c:v", self.encoder, "-pix_fmt", "yuv420p"]
+        cmd += ["-pix_fmt", "yuv420p"] if yuv else conversion_args(self.width, self.height)
+        cmd += ["-c:v", self.encoder]
         if self.encoder == "libx264":
             cmd += ["-preset", self.preset, "-crf", str(self.crf)]
         elif self.encoder.endswith("_nvenc"):
@@ -156,8 +183,9 @@ class VideoWriter:
         return self
 
     def write(self, frame: np.ndarray) -> None:
-        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
-            raise ValueError(f"frame {frame.shape} {frame.dtype} != ({self.height}, {self.width}, 3) uint8")
+        """One (H, W, 3) uint8 BGR frame, or with ``pixel_format="yuv420p"`` one frame's planar Y, U, V bytes."""
+        if frame.shape != self.frame_shape or frame.dtype != np.uint8:
+            raise ValueError(f"frame {frame.shape} {frame.dtype} != {self.frame_shape} uint8")
         assert self._proc is not None and self._proc.stdin is not None
         try:
             self._proc.stdin.write(np.ascontiguousarray(frame).data)
