@@ -107,3 +107,59 @@ def test_a_signal_while_ffmpeg_starts_leaves_nothing(tmp_path: Path, wav: Path, 
     assert info.value.signum == getattr(signal, signame)
     assert len(started) == 1 and not psutil.pid_exists(started[0])  # ffmpeg killed and reaped
     assert list(tmp_path.iterdir()) == []  # no temporary file, no output
+
+
+def _x264_option(path: Path, name: str) -> str:
+    """One option of the x264 settings string that libx264 writes into the stream (its SEI)."""
+    data = path.read_bytes()
+    start = data.index(b"x264 - core")
+    settings = data[start : data.index(b"\x00", start)].decode(errors="replace")
+    return next(part.split("=", 1)[1] for part in settings.split() if part.startswith(name + "="))
+
+
+@pytest.mark.parametrize(("preset", "subme"), [("medium", "7"), ("veryfast", "2"), ("ultrafast", "0")])
+def test_preset_reaches_libx264(tmp_path: Path, preset: str, subme: str) -> None:
+    out = tmp_path / f"{preset}.mp4"
+    with VideoWriter(out, width=64, height=48, fps=25.0, audio=None, preset=preset) as writer:
+        for frame in talking_face_frames(3, 64, 48):
+            writer.write(frame)
+    assert _x264_option(out, "subme") == subme  # each preset's subpixel refinement level
+
+
+def test_unknown_preset_is_refused_before_ffmpeg_starts(tmp_path: Path) -> None:
+    from wav2lip_trt.errors import InputError
+
+    with pytest.raises(InputError, match="'fastest' is not a libx264 preset; choose one of ultrafast"):
+        VideoWriter(tmp_path / "out.mp4", width=64, height=48, fps=25.0, audio=None, preset="fastest")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("width", "height"), [(64, 48), (63, 47)])
+def test_yuv420p_input_encodes_what_ffmpeg_would_have_converted(tmp_path: Path, wav: Path, width: int, height: int) -> None:
+    """The GPU path's frames (converted on the device) give the video the BGR frames give (within the
+    conversion's one level), with no swscale pass in ffmpeg; odd sizes arrive padded, as ffmpeg pads them."""
+    import torch
+
+    from wav2lip_trt.kernels.yuv import bgr_to_yuv420
+
+    frames = np.stack(list(talking_face_frames(10, width, height)))
+    outs = {}
+    for fmt in ("bgr24", "yuv420p"):
+        outs[fmt] = tmp_path / f"{fmt}.mp4"
+        with VideoWriter(outs[fmt], width=width, height=height, fps=25.0, audio=wav, pixel_format=fmt, crf=0) as writer:
+            if fmt == "yuv420p":
+                assert "-sws_flags" not in writer.command(outs[fmt])
+            for frame in (frames if fmt == "bgr24" else bgr_to_yuv420(torch.from_numpy(frames)).numpy()):
+                writer.write(frame)
+    bgr, yuv = decode_frames(outs["bgr24"]), decode_frames(outs["yuv420p"])
+    assert bgr.shape == yuv.shape == (10, height + height % 2, width + width % 2, 3)
+    diff = np.abs(bgr.astype(int) - yuv)
+    assert diff.mean() < 0.1 and diff.max() <= 4  # crf 0: lossless; one level in Y/U/V is a few in BGR
+    assert probe(outs["yuv420p"])["audio"]["codec"] == "aac"
+
+
+def test_yuv420p_writer_refuses_a_bgr_frame(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"\(4608,\) uint8"):
+        with VideoWriter(tmp_path / "out.mp4", width=64, height=48, fps=25.0, audio=None, pixel_format="yuv420p") as writer:
+            writer.write(np.zeros((48, 64, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []
