@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from wav2lip_trt.errors import InputError
-from wav2lip_trt.jobs.spec import MODEL_OPTIONS, per_call_options, read_jobs
+from wav2lip_trt.jobs.spec import MODEL_OPTIONS, check_paths, per_call_options, read_jobs
 from wav2lip_trt.options import InferenceOptions
 from wav2lip_trt.session import MODEL_OPTIONS as SESSION_MODEL_OPTIONS
 
@@ -61,8 +61,6 @@ def test_per_call_options_are_the_infer_options_that_keep_the_models() -> None:
     (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4", "nosmooth": "yes"}'], r"line 1: nosmooth: expected true"),
     (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4", "crf": 18.5}'], r"line 1: crf: expected a whole number"),
     (['{"face": 3, "audio": "a.wav", "outfile": "o.mp4"}'], r"line 1: face: expected a path"),
-    (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4"}', '{"face": "b.mp4", "audio": "b.wav", "outfile": "o.mp4"}'],
-     r"line 2: outfile o.mp4 is also the outfile of line 1"),
     (["", "# nothing but a comment"], r"holds no jobs"),
 ])
 def test_malformed_jsonl_names_the_line(tmp_path, lines, problem) -> None:
@@ -95,3 +93,38 @@ def test_format_from_the_content_when_the_suffix_says_nothing(tmp_path) -> None:
     assert read_jobs(jsonl)[0].outfile == read_jobs(csv)[0].outfile == Path("o.mp4")
     with pytest.raises(InputError, match="jobs file not found"):
         read_jobs(tmp_path / "missing.jsonl")
+
+
+def checked(jobs_file: Path, *jobs: dict) -> None:
+    """check_paths over ``jobs`` as the batch runs it (shared options filled in)."""
+    write_jsonl(jobs_file, list(jobs))
+    check_paths(jobs_file, [(job, job.inference_options({"checkpoint_path": Path("w.pth")}))
+                            for job in read_jobs(jobs_file)])
+
+
+@pytest.mark.parametrize("second, problem", [
+    ({"outfile": "o/a.mp4"}, r"line 2's outfile o/a.mp4 is the same file as line 1's outfile o/a.mp4; give each"),
+    ({"outfile": "o/sub/../a.mp4"}, r"line 2's outfile o/sub/../a.mp4 is the same file as line 1's outfile o/a.mp4"),
+    ({"outfile": "o/missing/../a.mp4"}, r"line 2's outfile o/missing/../a.mp4 is the same file as line 1's outfile"),
+    ({"outfile": "link/a.mp4"}, r"line 2's outfile link/a.mp4 is the same file as line 1's outfile o/a.mp4"),
+    ({"outfile": "in/face.mp4"}, r"line 2's outfile in/face.mp4 is the same file as line 1's face in/face.mp4; "
+                                 r"inputs are never overwritten"),
+    ({"outfile": "in/../in/a.wav"}, r"line 2's outfile in/../in/a.wav is the same file as line 1's audio in/a.wav"),
+    ({"outfile": "o/b.mp4", "save_frames": "o/frames"}, r"line 2's save_frames o/frames is the same file as line 1's "
+                                                         r"save_frames o/frames"),
+    ({"outfile": "o/b.mp4", "boxes": "o/a.mp4"}, r"line 1's outfile o/a.mp4 is the same file as line 2's boxes"),
+    ({"outfile": "jobs.jsonl"}, r"line 2's outfile jobs.jsonl is the same file as the jobs file"),
+])
+def test_outputs_never_hit_an_input_or_each_other_whatever_the_spelling(tmp_path, monkeypatch, second,
+                                                                        problem) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "o" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "o")
+    for name in ("face.mp4", "a.wav"):
+        (tmp_path / "in" / name).write_bytes(b"x")
+    first = {"face": "in/face.mp4", "audio": "in/a.wav", "outfile": "o/a.mp4", "save_frames": "o/frames"}
+    with pytest.raises(InputError, match=problem) as info:
+        checked(Path("jobs.jsonl"), first, {"face": "in/face.mp4", "audio": "in/a.wav", **second})
+    assert str(info.value).startswith("jobs.jsonl: line ") and "\n" not in str(info.value)
+    checked(Path("jobs.jsonl"), first, {"face": "in/face.mp4", "audio": "in/a.wav", "outfile": "o/sub/a.mp4"})

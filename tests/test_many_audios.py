@@ -104,3 +104,70 @@ def test_cli_a_missing_first_audio_fails_alone(media, checkpoints, tmp_path) -> 
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
     assert len(errors) == 2 and "missing.wav" in errors[0] and "broken.wav" in errors[1]
     assert sorted(p.name for p in out.iterdir()) == ["en.mp4"]
+
+
+def test_cli_an_output_that_is_another_audio_is_refused_before_anything_runs(media, checkpoints, tmp_path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    clash = folder / "clash.wav"
+    clash.write_bytes(media["en"].read_bytes())
+    dub = folder / "clash_dub.mp4"  # an audio (a video's audio track) that the template's first output would replace
+    dub.write_bytes(media["face"].read_bytes())
+    before = dub.read_bytes()
+    proc = subprocess.run(
+        [sys.executable, "-m", "wav2lip_trt", "infer", "-q", "--checkpoint_path", str(checkpoints[0]),
+         "--face", str(media["face"]), "--audio", str(clash), "--audio", str(dub),
+         "--outfile", str(folder / "{audio}_dub.mp4"), "--box", *map(str, BOX), "--device", "cpu", "--no-cache"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: --outfile {dub} (for --audio {clash}) is the same file as --audio {dub}; inputs are never overwritten"]
+    assert dub.read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["clash.wav", "clash_dub.mp4"]
+
+
+@pytest.mark.parametrize("outfile, extra", [
+    ("out/{audio}.mp4", {"save_frames": "frames"}),  # every run would write the same frames
+    ("out/{audio}.mp4", {"dump_intermediates": "out/en.mp4"}),  # the first run's output
+    ("out/{audio}.mp4", {"boxes": "out/de.mp4"}),  # an input of every run
+])
+def test_outputs_of_all_runs_are_checked_together(media, checkpoints, tmp_path, monkeypatch, outfile, extra) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("out").mkdir()
+    Path("out/de.mp4").write_bytes(b"boxes")
+    opts = options(media, checkpoints, tmp_path, outfile=Path(outfile), box=(-1, -1, -1, -1),
+                   **{k: Path(v) for k, v in extra.items()})
+    with pytest.raises(InputError, match="is the same file as") as info:
+        next(run_many(opts, [media["en"], media["de"]]))
+    assert not isinstance(info.value, (AudioError, OutfileError))  # the whole command, before any run
+    assert sorted(p.name for p in Path("out").iterdir()) == ["de.mp4"] and not Path("frames").exists()
+
+
+def test_audio_in_save_frames_gives_each_run_its_folder(media, checkpoints, tmp_path) -> None:
+    from wav2lip_trt.many_audios import plan_runs
+
+    runs = plan_runs(options(media, checkpoints, tmp_path / "out", save_frames=tmp_path / "frames/{audio}"),
+                     [media["en"], media["de"]])
+    assert [run.save_frames for run in runs] == [tmp_path / "frames/en", tmp_path / "frames/de"]
+    assert [run.outfile for run in runs] == [tmp_path / "out/en.mp4", tmp_path / "out/de.mp4"]
+
+
+@pytest.mark.parametrize("name, template", [
+    ("...wav", "out/{audio}/x.mp4"),  # stem '..': out/../x.mp4
+    ("..wav", "out/.{audio}/x.mp4"),  # stem '.': the component becomes '..'
+    ("..wav", "out/{audio}/x.mp4"),  # stem '.': out/./x.mp4, no name of its own
+])
+def test_an_audio_name_never_leads_outside_the_template_folder(media, checkpoints, tmp_path, name, template) -> None:
+    audio = tmp_path / "audios" / name
+    audio.parent.mkdir()
+    audio.write_bytes(media["en"].read_bytes())
+    work = tmp_path / "work"
+    work.mkdir()
+    opts = options(media, checkpoints, work, outfile=work / template)
+    with pytest.raises(InputError, match=r"--audio .*: its name '\.\.?' in --outfile .* would make the path component"):
+        next(run_many(opts, [audio, media["de"]]))
+    assert list(work.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["audios", "work"]
+    from wav2lip_trt.many_audios import plan_runs
+
+    inside = plan_runs(options(media, checkpoints, work, outfile=work / "out/{audio}.mp4"), [audio, media["de"]])
+    assert inside[0].outfile == work / "out" / f"{audio.stem}.mp4"  # part of a name: '...mp4' is a plain file name

@@ -157,10 +157,7 @@ def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Pa
 
 
 def _check_json(json_path: Path | None, options: InferenceOptions) -> None:
-    check_json_path(json_path, {"--face": options.face, "--audio": options.audio,
-                                "--checkpoint_path": options.checkpoint_path, "--s3fd-checkpoint": options.s3fd_checkpoint},
-                    {"--outfile": options.outfile, "--save-frames": options.save_frames,
-                     "--dump-intermediates": options.dump_intermediates})
+    check_json_path(json_path, *options.paths())
 
 
 def _report(result: Any) -> dict[str, Any]:
@@ -197,19 +194,19 @@ def _scores_line(result: Any) -> str:
 def _infer_many(options: InferenceOptions, audios: tuple[Path, ...], quiet: bool, json_path: Path | None,
                 show_profile: bool) -> None:
     """One video per audio; models and detection once. A failed audio is an Error line; exit 1 if any failed."""
-    from dataclasses import replace
-
-    from .many_audios import OWN_PROBLEMS, outfiles_for, run_many
+    from .many_audios import OWN_PROBLEMS, plan_runs, run_many
     from .progress import Progress
 
-    outs = outfiles_for(options.outfile, audios)
-    for audio, out in zip(audios, outs):  # what all audios share fails once, up front (checked with the first
-        try:  # audio whose own files pass); an audio's own problem is its outcome in run_many
-            replace(options, audio=audio, outfile=out).validate()
+    # every output against every input and each other (--json too), then what all audios share fails once,
+    # up front (checked with the first audio whose own files pass); an audio's own problem is its outcome
+    runs = plan_runs(options, audios, {"--json": None if to_stdout(json_path) else json_path})
+    for run in runs:
+        try:
+            run.validate()
             break
         except OWN_PROBLEMS:
             continue
-    _check_json(json_path, replace(options, outfile=outs[0]))
+    _check_json(json_path, runs[0])
     options.check_face_source()
     bars: list[Progress] = []
 

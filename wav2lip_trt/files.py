@@ -3,15 +3,20 @@
 Outputs are also checked before any work starts (:func:`check_output_file`, :func:`check_output_dir`):
 a place that cannot be written, a directory where a file is wanted (or the reverse), a name the
 file system refuses, or an input in the way is one :class:`InputError` naming the option and path.
+
+The one rule for every command that writes (:func:`check_separate`): its outputs are compared with
+its inputs and with each other as files, not as spellings (``o/a.mp4``, ``o/sub/../a.mp4``, a
+symlink and a hard link are one file), and a clash is one error naming both paths.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +24,7 @@ from .errors import InputError
 
 NAME_MAX = 255  # bytes in one file name on ext4, XFS, Btrfs, tmpfs, APFS; used when the system does not say
 _RANDOM_CHARS = 8  # hex digits that make a temporary name unique
+PARTIAL = "partial"  # the tag of an output's temporary name (.{stem}.{random}.partial{suffix})
 
 
 def name_max(directory: Path) -> int:
@@ -64,9 +70,28 @@ def _create_hidden_sibling(path: Path, tag: str, mode: int) -> tuple[int, Path]:
 
 def temporary_sibling(path: Path) -> Path:
     """A fresh hidden file next to ``path`` (mode 0600) with the same suffix; :func:`publish` renames it."""
-    fd, tmp = _create_hidden_sibling(Path(path), "partial", 0o600)
+    fd, tmp = _create_hidden_sibling(Path(path), PARTIAL, 0o600)
     os.close(fd)
     return tmp
+
+
+def temporary_siblings(path: Path) -> set[Path]:
+    """The temporary files :func:`temporary_sibling` made for ``path`` that exist now, and nothing else.
+
+    For whoever must clean up after a writer that was killed (a batch worker): the exact name pattern,
+    ``.{stem}.{8 hex digits}.partial{suffix}`` with the stem cut as it was cut, so no other file matches.
+    """
+    path = Path(path)
+    directory = path.parent
+    tail = f".{PARTIAL}{path.suffix}"
+    budget = name_max(directory if directory.exists() else Path(".")) - _name_bytes(tail) - _RANDOM_CHARS - 2
+    pattern = re.compile(re.escape(f".{_cut(path.stem, max(0, budget))}.") + f"[0-9a-f]{{{_RANDOM_CHARS}}}"
+                         + re.escape(tail))
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return set()
+    return {directory / name for name in names if pattern.fullmatch(name) and (directory / name).is_file()}
 
 
 def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
@@ -121,13 +146,54 @@ def work_dir(path: Path | None, prefix: str) -> Iterator[Path]:
 # --- checks before any work starts -------------------------------------------------------------------
 
 
-def _same_path(a: Path, b: Path) -> bool:
+Named = tuple[str, "Path | str | None"]
+"""A path and how to name it in an error: ``("--outfile out.mp4", Path("out.mp4"))``, ``("line 3's face a.mp4", ...)``."""
+
+
+def file_key(path: Path | str) -> object:
+    """What decides whether two paths are one file: its device and inode when it exists, else its resolved path.
+
+    Resolved (``os.path.realpath``: absolute, ``..`` and symlinks of the existing folders followed), so
+    ``o/a.mp4``, ``o/sub/../a.mp4`` and ``link/a.mp4`` agree even before the file exists; the inode
+    catches hard links and a case-insensitive file system's other spellings of an existing file.
+    """
     try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
+        resolved = os.path.realpath(path)
+    except (OSError, ValueError):  # ValueError: a NUL in the name; the open would refuse it
+        return os.path.abspath(path)
+    try:
+        info = os.stat(resolved)
+    except (OSError, ValueError):
+        return resolved
+    return (info.st_dev, info.st_ino)
+
+
+def named(paths: Mapping[str, Path | None] | None) -> list[Named]:
+    """``{"--face": Path("a.mp4")}`` -> ``[("--face a.mp4", Path("a.mp4"))]`` (unset paths left out)."""
+    return [(f"{label} {path}", path) for label, path in (paths or {}).items() if path is not None]
+
+
+def check_separate(outputs: Iterable[Named], inputs: Iterable[Named] = ()) -> None:
+    """The write-safety rule: no output is one of the inputs of the same command, nor another of its outputs.
+
+    Raises :class:`InputError` naming both paths of the first clash. Inputs may repeat (two jobs read
+    one face); ``None`` paths are skipped. Call it before any slow work, with every path the command reads
+    and writes: a clash found later would already have overwritten something.
+    """
+    read: dict[object, str] = {}
+    for name, path in inputs:
+        if path is not None:
+            read.setdefault(file_key(path), name)
+    written: dict[object, str] = {}
+    for name, path in outputs:
+        if path is None:
+            continue
+        key = file_key(path)
+        if key in read:
+            raise InputError(f"{name} is the same file as {read[key]}; inputs are never overwritten")
+        if key in written:
+            raise InputError(f"{name} is the same file as {written[key]}; give each output its own path")
+        written[key] = name
 
 
 def _check_creatable(path: Path, label: str) -> None:
@@ -147,12 +213,7 @@ def _check_creatable(path: Path, label: str) -> None:
 
 def _check_distinct(path: Path, label: str, inputs: Mapping[str, Path | None] | None,
                     outputs: Mapping[str, Path | None] | None) -> None:
-    for other_label, other in (inputs or {}).items():
-        if other is not None and _same_path(path, Path(other)):
-            raise InputError(f"{label} {path} is the same as {other_label}; inputs are never overwritten")
-    for other_label, other in (outputs or {}).items():
-        if other is not None and _same_path(path, Path(other)):
-            raise InputError(f"{label} {path} is also given to {other_label}; give each output its own path")
+    check_separate([*named({label: path}), *named(outputs)], named(inputs))
 
 
 def check_output_file(path: Path, label: str, inputs: Mapping[str, Path | None] | None = None,

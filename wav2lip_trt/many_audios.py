@@ -11,11 +11,14 @@ audio alike and stops the run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import AudioError, InputError, OutfileError
+from .files import Named, check_separate, named
 from .options import InferenceOptions
 from .session import InferenceResult, Session, prepare_job
 
@@ -29,25 +32,62 @@ def outfiles_for(outfile: Path, audios: Sequence[Path]) -> list[Path]:
     """Where each audio's video goes.
 
     One audio: ``outfile`` itself. Several: ``outfile`` with ``{audio}`` replaced by each audio's
-    stem, or, when ``outfile`` is a folder (exists as one, or has no extension), ``DIR/<stem>.mp4``.
+    stem (see :func:`fill`), or, when ``outfile`` is a folder (exists as one, or has no extension),
+    ``DIR/<stem>.mp4``.
     """
     if len(audios) == 1:
         return [Path(outfile)]
-    text = str(outfile)
-    if AUDIO_FIELD in text:
-        outs = [Path(text.replace(AUDIO_FIELD, Path(a).stem)) for a in audios]
-    elif Path(outfile).is_dir() or Path(outfile).suffix == "":
-        outs = [Path(outfile) / f"{Path(a).stem}{DEFAULT_SUFFIX}" for a in audios]
-    else:
-        raise InputError(f"--outfile {outfile}: with {len(audios)} --audio files give a folder or a name containing "
-                         f"{AUDIO_FIELD} (e.g. out/{AUDIO_FIELD}.mp4)")
-    seen: dict[Path, Path] = {}
+    if AUDIO_FIELD in str(outfile):
+        return [fill(outfile, audio, "--outfile") for audio in audios]
+    if Path(outfile).is_dir() or Path(outfile).suffix == "":
+        return [Path(outfile) / f"{Path(a).stem}{DEFAULT_SUFFIX}" for a in audios]
+    raise InputError(f"--outfile {outfile}: with {len(audios)} --audio files give a folder or a name containing "
+                     f"{AUDIO_FIELD} (e.g. out/{AUDIO_FIELD}.mp4)")
+
+
+def fill(template: Path, audio: Path, label: str) -> Path:
+    """``template`` with ``{audio}`` replaced by ``audio``'s stem, which must stay inside the folder the template names.
+
+    The stem fills part of one path component; a component it turns into ``.``, ``..`` or nothing
+    (an audio named ``...wav`` has the stem ``..``), or splits with a separator, would write beside or
+    above that folder: such an audio is refused, with the advice to rename it.
+    """
+    stem = Path(audio).stem
+    separators = "".join(sep for sep in (os.sep, os.altsep) if sep)
+    parts = re.split(f"([{re.escape(separators)}])", str(template))
+    filled = [part.replace(AUDIO_FIELD, stem) for part in parts]
+    for before, after in zip(parts, filled):
+        if AUDIO_FIELD in before and (after in ("", ".", "..") or any(sep in after for sep in separators)):
+            raise InputError(f"--audio {audio}: its name {stem!r} in {label} {template} would make the path "
+                             f"component {after!r}, which is no name of its own (the output could land outside "
+                             "that folder); rename the audio, or link it under another name")
+    return Path("".join(filled))
+
+
+def plan_runs(options: InferenceOptions, audios: Sequence[Path],
+              extra_outputs: Mapping[str, Path | None] | None = None) -> list[InferenceOptions]:
+    """The options of each audio's run, checked together before any runs: outputs never hit an input or each other.
+
+    ``--save-frames``/``--dump-intermediates`` take ``{audio}`` as ``--outfile`` does; without it every
+    run would write the same folder, which is refused like any other two outputs that are one file.
+    ``extra_outputs`` are the command's own (``--json``), checked with the rest.
+    """
+    outs = outfiles_for(options.outfile, audios)
+    runs = []
     for audio, out in zip(audios, outs):
-        if out in seen:
-            raise InputError(f"--audio {seen[out]} and {audio} would both write {out}: rename one, or use {AUDIO_FIELD} "
-                             "in a name that tells them apart")
-        seen[out] = Path(audio)
-    return outs
+        folders = {name: fill(value, audio, label) if value is not None and AUDIO_FIELD in str(value) else value
+                   for name, label, value in (("save_frames", "--save-frames", options.save_frames),
+                                              ("dump_intermediates", "--dump-intermediates", options.dump_intermediates))}
+        runs.append(replace(options, audio=Path(audio), outfile=out, **folders))
+    inputs: list[Named] = []
+    outputs: list[Named] = named(extra_outputs)
+    for run in runs:
+        run_inputs, run_outputs = run.paths()
+        inputs += named(run_inputs)
+        whose = f" (for --audio {run.audio})" if len(runs) > 1 else ""
+        outputs += [(f"{name}{whose}", path) for name, path in named(run_outputs)]
+    check_separate(outputs, inputs)
+    return runs
 
 
 @dataclass(frozen=True)
@@ -66,8 +106,7 @@ def run_many(options: InferenceOptions, audios: Sequence[Path], *, session: Sess
     output file) is its outcome, any other error stops the run. ``progress(options)`` may return
     the ``on_start``/``on_frame``/``on_phase`` callbacks for that run.
     """
-    outs = outfiles_for(options.outfile, audios)
-    per_audio = [replace(options, audio=Path(a), outfile=o) for a, o in zip(audios, outs)]
+    per_audio = plan_runs(options, audios)
     own = session is None
     opened = None
     try:
@@ -75,7 +114,7 @@ def run_many(options: InferenceOptions, audios: Sequence[Path], *, session: Sess
             try:
                 job = prepare_job(opts)
                 if opened is None and own:
-                    opened = Session.for_options(opts, generator_batch=job.plan.generator_batch)
+                    opened = Session.for_options(opts)
                 active = session if session is not None else opened
                 assert active is not None
                 result = active.execute(job, **(progress(opts) if progress is not None else {}))

@@ -71,6 +71,15 @@ class InferenceOptions:
         """S3FD runs unless a fixed --box or a --boxes file says where the face is."""
         return not self.uses_fixed_box and self.boxes is None
 
+    def paths(self) -> tuple[dict[str, Path | None], dict[str, Path | None]]:
+        """(inputs, outputs) of this run by option name: what :func:`wav2lip_trt.files.check_separate` keeps apart."""
+        inputs = {"--face": self.face, "--audio": self.audio, "--checkpoint_path": self.checkpoint_path,
+                  "--s3fd-checkpoint": self.s3fd_checkpoint if self.needs_detector else None, "--boxes": self.boxes,
+                  "--expert-checkpoint": self.expert_checkpoint, "--disc-checkpoint": self.disc_checkpoint}
+        outputs = {"--outfile": self.outfile, "--save-frames": self.save_frames,
+                   "--dump-intermediates": self.dump_intermediates}
+        return inputs, outputs
+
     def validate(self) -> None:
         """Raise :class:`InputError` for anything that would fail later, before slow work starts."""
         for label, path in (("--checkpoint_path", self.checkpoint_path), ("--face", self.face), ("--audio", self.audio)):
@@ -106,9 +115,7 @@ class InferenceOptions:
             )
         from .encode import check_container  # here, not at the top: the CLI imports this module to start
 
-        inputs = {"--face": self.face, "--audio": self.audio, "--checkpoint_path": self.checkpoint_path,
-                  "--s3fd-checkpoint": self.s3fd_checkpoint if self.needs_detector else None,
-                  "--boxes": self.boxes}
+        inputs, outputs = self.paths()
         try:
             check_output_file(self.outfile, "--outfile", inputs)
         except InputError as exc:  # this output's own problem (many_audios)
@@ -116,7 +123,7 @@ class InferenceOptions:
         check_container(self.outfile, "--outfile")
         for label, folder in (("--save-frames", self.save_frames), ("--dump-intermediates", self.dump_intermediates)):
             if folder is not None:
-                check_output_dir(folder, label, inputs, {"--outfile": self.outfile})
+                check_output_dir(folder, label, inputs, {k: v for k, v in outputs.items() if k != label})
         from .video import check_fps
 
         check_fps(self.fps)

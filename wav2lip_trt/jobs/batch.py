@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, Wav2LipTrtError
-from ..files import check_output_file
+from ..files import check_output_file, named
 from ..options import BACKEND_CHOICES, DEVICES, PRECISION_CHOICES, InferenceOptions
 from .results import Outcome, ResultsFile, is_done, mark_started
-from .spec import JobSpec, read_jobs
+from .spec import JobSpec, check_paths, read_jobs
 from .worker import Task, WorkerSpec, failed
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def run_batch(options: BatchOptions, *, on_phase: Callable[[str], None] | None =
     jobs = read_jobs(options.jobs_file)
     shared = options.shared()
     planned = [(job, job.inference_options(shared)) for job in jobs]
-    _check_results_path(options, planned)
+    _check_paths(options, planned)
     outcomes: dict[int, Outcome] = {}
     with ResultsFile(options.results_path) as results:
 
@@ -178,15 +178,12 @@ def _run(tasks: list[Task], options: BatchOptions, report: Callable[[Outcome], N
     return count
 
 
-def _check_results_path(options: BatchOptions, planned: list[tuple[JobSpec, InferenceOptions]]) -> None:
-    """The results file must be writable and must not be the jobs file or any job's input or output."""
-    inputs: dict[str, Path | None] = {"the jobs file": Path(options.jobs_file)}
-    outputs: dict[str, Path | None] = {}
-    for job, opts in planned:
-        inputs[f"line {job.line}'s face"] = opts.face
-        inputs[f"line {job.line}'s audio"] = opts.audio
-        outputs[f"line {job.line}'s outfile"] = opts.outfile
-    check_output_file(options.results_path, "--results", inputs, outputs)
+def _check_paths(options: BatchOptions, planned: list[tuple[JobSpec, InferenceOptions]]) -> None:
+    """No output of the batch (a job's, the results file) is an input or another output; the results file is writable."""
+    check_paths(options.jobs_file, planned,
+                named({"--checkpoint_path": options.checkpoint_path, "--s3fd-checkpoint": options.s3fd_checkpoint}),
+                named({"--results": options.results_path}))
+    check_output_file(options.results_path, "--results")
 
 
 def _absolute(path: Path) -> Path:

@@ -11,7 +11,8 @@ as JSONL when its first non-blank character is ``{``, else as CSV. Blank lines a
 start with ``#`` are skipped. Relative paths are relative to the current directory.
 
 The whole file is checked first: a malformed file is refused with one :class:`InputError` naming
-its line, so a typo on line 900 does not surface after 899 finished jobs. Values are checked for
+its line, so a typo on line 900 does not surface after 899 finished jobs; :func:`check_paths` then
+keeps every job's outputs off every input and each other. Values are checked for
 their type here; what needs the files (a box outside the frame, an unreadable audio) fails that
 job alone, when it runs.
 """
@@ -22,12 +23,13 @@ import csv
 import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..files import Named, check_separate
 from ..options import InferenceOptions
 
 REQUIRED = ("face", "audio", "outfile")
@@ -80,14 +82,32 @@ def read_jobs(path: str | Path) -> list[JobSpec]:
     jobs = _read_jsonl(path, text) if _is_jsonl(path, text) else _read_csv(path, text)
     if not jobs:
         raise InputError(f"jobs file {path} holds no jobs")
-    seen: dict[Path, int] = {}
-    for job in jobs:
-        key = _absolute(job.outfile)
-        if key in seen:
-            raise InputError(f"{path} line {job.line}: outfile {job.outfile} is also the outfile of line {seen[key]}; "
-                             "give each job its own output")
-        seen[key] = job.line
     return jobs
+
+
+def check_paths(path: Path, planned: Sequence[tuple[JobSpec, InferenceOptions]], inputs: Sequence[Named] = (),
+                outputs: Sequence[Named] = ()) -> None:
+    """The write-safety rule over the whole jobs file, before any job runs: :func:`wav2lip_trt.files.check_separate`.
+
+    No job's output (``outfile``, ``save_frames``, ``dump_intermediates``) is the jobs file, another
+    job's input or output, or one of the command's own ``inputs`` and ``outputs`` (the checkpoints,
+    the results file), compared as files whatever the spelling; one :class:`InputError` names both lines.
+    """
+    read: list[Named] = [(f"the jobs file {path}", path), *inputs]
+    written: list[Named] = list(outputs)
+    for job, options in planned:
+        own_inputs, own_outputs = options.paths()
+        for paths, into in ((own_inputs, read), (own_outputs, written)):
+            for label, absolute in paths.items():
+                name = label.lstrip("-").replace("-", "_")
+                if absolute is None or name in SHARED_OPTIONS:
+                    continue
+                spelled = getattr(job, name) if name in REQUIRED else job.options.get(name, absolute)
+                into.append((f"line {job.line}'s {name} {spelled}", absolute))
+    try:
+        check_separate(written, read)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def _is_jsonl(path: Path, text: str) -> bool:
