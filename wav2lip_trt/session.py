@@ -46,6 +46,8 @@ from .stages import StageTimes
 from .video import FaceSource
 
 if TYPE_CHECKING:
+    from .live.avatar import Avatar
+    from .live.stream import LiveStream
     from .scoring.networks import ScoringNetworks
     from .scoring.online import OnlineScorer
 
@@ -291,6 +293,26 @@ class Session:
         return DetectionPass(detector, ops, options, source, times, runner_label=label, cache=cache,
                              memo=self.detections if options.needs_detector else None,
                              decode_ahead=plan.decode_ahead).run(limit, dump)
+
+    def avatar(self, face: str | Path, out: str | Path | None = None, *, loop: str = "forward",
+               **per_call: Any) -> "Avatar":
+        """Prepare ``face`` for live use (boxes, face crops; :mod:`wav2lip_trt.live.avatar`), saved to ``out`` if given.
+
+        ``per_call`` takes ``infer``'s face options (pads, box, boxes, nosmooth, detect_every, ...).
+        """
+        from .live.avatar import prepare_avatar, save_avatar
+
+        target = Path(out) / "stream.mp4" if out is not None else Path("results/result_voice.mp4")  # checked, never written
+        avatar = prepare_avatar(self, self.options(face, face, target, **per_call), loop=loop)
+        return avatar if out is None else save_avatar(avatar, out)
+
+    def stream(self, avatar: "Avatar | str | Path", **options: Any) -> "LiveStream":
+        """A live stream of ``avatar`` (or an avatar folder): ``feed``/``close`` audio, iterate frames
+        (:class:`wav2lip_trt.live.stream.LiveStream` for the clocks, queues and batches)."""
+        from .live.avatar import Avatar, load_avatar
+        from .live.stream import LiveStream
+
+        return LiveStream(self, avatar if isinstance(avatar, Avatar) else load_avatar(avatar), **options)
 
     def close(self) -> None:
         for networks in self._scoring.values():
