@@ -36,9 +36,20 @@ bench: $(VENV)/.dev
 clean:
 	rm -rf $(VENV) demo .pytest_cache
 
-# GPU check for a bare GPU machine (its image's python3 + staged wheels in /tmp/site; no venv, no
-# network): results in one folder, at most 8 minutes. Without a GPU it prints one line and exits 0.
-.PHONY: gpu-check
+# GPU check for a bare GPU machine (its image's python3 + wheels staged into /tmp/site; no venv, no
+# network; README, "Proving it on a GPU"). Without a GPU it prints one line and exits 0.
+#   make gpu-check [OUT=DIR] [GPU_RUN=check|rtx]   run 1 (every required step, <= 9 min) or 2 (TensorRT-RTX)
+#   make gpu-rehearse                              every step's flow on this CPU (what CI runs a part of)
+#   make gpu-stage [SET=check|rtx]                 what run 1 (check) or run 2 (rtx) uploads, into ./.gpu/
+.PHONY: gpu-check gpu-rehearse gpu-stage
 OUT ?= benchmarks/results/gpu-check-$(shell date -u +%Y%m%dT%H%M%SZ)
+GPU_RUN ?= check
+SET ?= check
 gpu-check:
-	@PYTHONPATH=$(CURDIR):/tmp/site$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) scripts/gpu_check.py --out $(OUT) $(GPU_CHECK_ARGS)
+	@PYTHONPATH=$(CURDIR):/tmp/site$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m gpucheck --run $(GPU_RUN) --out $(OUT) $(GPU_CHECK_ARGS)
+
+gpu-rehearse: $(VENV)/.dev
+	$(BIN)/python -m gpucheck --rehearse --out $${REHEARSE_OUT:-/tmp/gpu-rehearse} $(GPU_CHECK_ARGS)
+
+gpu-stage:
+	$(PYTHON) -m gpucheck.staging $(SET)

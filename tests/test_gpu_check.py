@@ -1,364 +1,403 @@
-"""scripts/gpu_check.py without a GPU: the no-GPU exit, the summary files, the time budget, log parsing."""
+"""gpu-check (the ``gpucheck`` package) without a GPU: the verdicts on real files and real tool output, the
+budget, the summary, the no-GPU exit, and the CPU rehearsal of the determinism step."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "scripts" / "gpu_check.py"
+sys.path.insert(0, str(REPO))  # gpucheck lives beside the package, in the repository
+
+from gpucheck import __main__ as cli  # noqa: E402
+from gpucheck.logs import parse_junit, parse_sanitizer_log, parse_sync_warnings  # noqa: E402
+from gpucheck.report import write_summary  # noqa: E402
+from gpucheck.runner import Runner, Step, StepResult, cap_log, run_logged  # noqa: E402
+from gpucheck.verdicts import (FAILED, FP32_LIMITS, NOT_RUN, PASSED, compare_dumps, hash_frames, headline,  # noqa: E402
+                               judge_compute_sanitizer, judge_csan, judge_determinism, judge_parity, judge_pytest,
+                               judge_syncs, passed)
+from wav2lip_trt.execution.gpu_timing import EventClock, SteadyRate, memory_report  # noqa: E402
+from wav2lip_trt.execution.handoff import STALL_ENV, smallest, stall  # noqa: E402
+
+GPU_CHILD_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
+def child(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**GPU_CHILD_ENV, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "gpucheck", *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=timeout)
 
 
-gc = _load()
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _step(name: str, status: str, summary: str = "", **kw) -> "gc.StepResult":
-    return gc.StepResult(name=name, title=name.title(), status=status, summary=summary, **kw)
-
-
-# -- no GPU ---------------------------------------------------------------------------------
+# ---- no GPU, the Makefile, the budget ---------------------------------------------------------------
 
 
 def test_without_a_gpu_it_prints_one_line_exits_0_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "results"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU even on a machine that has one
-    before = sorted(p.name for p in tmp_path.iterdir())
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=120)
+    proc = child(["--out", str(out)], tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == [gc.NO_GPU_LINE]
-    assert proc.stderr == ""
-    assert not out.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert proc.stdout.splitlines() == [cli.NO_GPU_LINE]
+    assert proc.stderr == "" and not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_makefile_target_runs_the_script_without_the_venv() -> None:
+def test_make_targets() -> None:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    proc = subprocess.run(["make", "-n", "gpu-check", "OUT=/tmp/x"], capture_output=True, text=True, cwd=REPO,
-                          timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    assert "scripts/gpu_check.py --out /tmp/x" in proc.stdout
-    assert "/tmp/site" in proc.stdout
-    assert ".venv" not in proc.stdout and "pip" not in proc.stdout
+
+    def dry(*args: str) -> str:
+        proc = subprocess.run(["make", "-n", *args], capture_output=True, text=True, cwd=REPO, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    check = dry("gpu-check", "OUT=/tmp/x")
+    assert "-m gpucheck --run check --out /tmp/x" in check and "/tmp/site" in check and ".venv" not in check
+    assert "-m gpucheck --run rtx" in dry("gpu-check", "GPU_RUN=rtx", "OUT=/tmp/x")
+    assert "-m gpucheck --rehearse" in dry("gpu-rehearse")
+    assert "-m gpucheck.staging rtx" in dry("gpu-stage", "SET=rtx")
 
 
-# -- summary files --------------------------------------------------------------------------
+@pytest.mark.parametrize("run, limit_s", [("check", 9 * 60), ("rtx", 4 * 60)])
+def test_the_step_caps_fit_the_budget_and_the_budget_fits_the_run(run: str, limit_s: float) -> None:
+    steps = cli.plan(run, rehearsal=False, env_out={})
+    assert sum(s.timeout_s for s in steps) <= cli.budget_for(run)
+    assert cli.budget_for(run) <= limit_s - 30  # start-up, staging and the summary inside the run's minutes
+    assert len({s.name for s in steps}) == len(steps)
 
 
-def _throughput_step() -> "gc.StepResult":
-    report = {"frames": 125, "width": 1920, "height": 1080, "frames_per_second": 61.234, "realtime_factor": 2.45,
-              "seconds": 2.041, "stages": [
-                  {"stage": "detect", "seconds": 0.5, "items": 125, "items_per_second": 250.0},
-                  {"stage": "encode", "seconds": 1.0, "items": 125, "items_per_second": 125.0},
-                  {"stage": "load", "seconds": 3.25, "items": 0, "items_per_second": 0.0}]}
-    busy = {"method": "nvidia-smi -lms 100", "busy_fraction": 0.42, "busy_fraction_active": 0.61, "samples": 20}
-    return _step("fps-fp16-1080p", "passed", "125 frames", seconds=9.5,
-                 details={"kind": "throughput", "report": report, "gpu_busy": busy}, files=["fps-fp16-1080p.json"])
+# ---- the runner: every step ends PASSED, FAILED or NOT RUN -----------------------------------------------
 
 
-def test_write_summary_reports_every_step_and_the_environment(tmp_path: Path) -> None:
-    steps = [
-        _step("env", "passed", "NVIDIA H200, torch 2.11", seconds=1.25),
-        _step("parity", "failed", "boxes equal in 50% | of frames", seconds=30.0,
-              markdown=["| run | x |", "|---|---|", "| a | 1 |"]),
-        _throughput_step(),
-        _step("kernels-bench", "skipped", "out of time: 3 s of the 450 s budget left"),
-    ]
-    env = {"torch": "2.11.0+cu130", "cuda": "13.0", "cudnn": 91000, "python": "3.12.3",
-           "gpu": {"name": "NVIDIA H200", "capability": "9.0", "memory_bytes": 150 * 2**30, "count": 1},
-           "versions": {"triton": "3.5.0", "tqdm": None}, "util_method": "nvidia-smi -lms 100", "driver": "580.1"}
-    doc = gc.write_summary(tmp_path, steps, env, budget_s=450, started_utc="2026-01-01T00:00:00Z", seconds=41.0)
-
-    data = json.loads((tmp_path / "summary.json").read_text())
-    assert data == json.loads(json.dumps(doc, default=str))
-    assert data["status"] == "failed"
-    assert data["counts"] == {"passed": 2, "failed": 1, "skipped": 1}
-    assert [s["name"] for s in data["steps"]] == ["env", "parity", "fps-fp16-1080p", "kernels-bench"]
-    assert data["steps"][3]["summary"].startswith("out of time")
-    assert data["steps"][2]["details"]["gpu_busy"]["busy_fraction"] == 0.42
-    assert data["env"]["gpu"]["name"] == "NVIDIA H200" and data["budget_s"] == 450
-
-    md = (tmp_path / "summary.md").read_text()
-    assert md.startswith("# gpu-check: FAILED\n")
-    assert "2 passed, 1 failed, 1 skipped" in md
-    assert "| GPU | NVIDIA H200 (compute 9.0, 150 GiB), 1 visible |" in md
-    assert "| tqdm | not installed |" in md
-    assert "| parity | failed | 30.0 | boxes equal in 50% \\| of frames |" in md  # pipes escaped
-    assert "| kernels-bench | skipped | 0.0 | out of time: 3 s of the 450 s budget left |" in md
-    assert "## Throughput" in md
-    head = next(line for line in md.splitlines() if line.startswith("| run | frames"))
-    assert "| detect /s | encode /s | load /s |" in head
-    row = next(line for line in md.splitlines() if line.startswith("| fps-fp16-1080p | 125"))
-    assert "| 61.2 |" in row and "42% / 61%" in row and row.endswith("| 250.0 | 125.0 | 3.25 s |")
-    assert "## Parity\n\n| run | x |" in md  # a step's own markdown gets its section
+def test_a_step_that_did_nothing_is_not_run(tmp_path: Path) -> None:
+    runner = Runner(tmp_path, tmp_path, budget_s=60, echo=lambda line: None)
+    nothing = runner.run(Step("empty", "Empty", lambda ctx: passed("0 frames compared", 0), 10))
+    assert nothing.status == NOT_RUN and "did nothing" in nothing.summary
+    silent = runner.run(Step("silent", "Silent", lambda ctx: None, 10))
+    assert silent.status == NOT_RUN and "no verdict" in silent.summary
+    # real evidence of nothing: two runs that saved no frames
+    empty_a, empty_b = tmp_path / "a", tmp_path / "b"
+    empty_a.mkdir()
+    empty_b.mkdir()
+    verdict = judge_determinism({"normal": hash_frames(empty_a), "blocking": hash_frames(empty_b)})
+    assert verdict.status == NOT_RUN and "saved no frames" in verdict.reason
 
 
-def test_summary_passes_when_nothing_failed(tmp_path: Path) -> None:
-    doc = gc.write_summary(tmp_path, [_step("env", "passed"), _step("fps", "skipped", "needs step 'deps'")], {})
-    assert doc["status"] == "passed"
-    assert (tmp_path / "summary.md").read_text().startswith("# gpu-check: PASSED")
-    assert "## Throughput" not in (tmp_path / "summary.md").read_text()
+def test_out_of_time_prerequisites_crashes_and_overruns(tmp_path: Path) -> None:
+    now = [1000.0]
+    runner = Runner(tmp_path, tmp_path, budget_s=10, clock=lambda: now[0], grace_s=0.05, echo=lambda line: None)
 
+    def slow(ctx):
+        now[0] += 8
+        return passed("did it", 1)
 
-# -- deadline and step outcomes -------------------------------------------------------------
-
-
-def test_a_step_that_would_start_past_the_budget_is_skipped_out_of_time(tmp_path: Path) -> None:
-    clock = FakeClock()
-    runner = gc.Runner(tmp_path, tmp_path, budget_s=10, clock=clock, echo=lambda line: None)
-    seen = {}
-
-    def slow(ctx) -> None:
-        seen["timeout"] = ctx.timeout_s
-        clock.now += 8  # uses 8 of the 10 s
-        ctx.summary = "done"
-
-    def never(ctx) -> None:
-        raise AssertionError("must not run")
-
-    first = runner.run("first", "First", slow, timeout_s=60, min_s=1)
-    assert first.status == "passed" and first.summary == "done"
-    assert seen["timeout"] == 10  # capped to what is left of the budget
-    second = runner.run("second", "Second", never, timeout_s=60, min_s=5)
-    assert second.status == "skipped"
-    assert second.summary.startswith("out of time: 2 s of the 10 s budget left")
-    third = runner.run("third", "Third", lambda ctx: None, timeout_s=60, min_s=1)
-    assert third.status == "passed"  # 2 s left is enough for it
-    clock.now += 5
-    fourth = runner.run("fourth", "Fourth", never, timeout_s=1, min_s=0.5)
-    assert fourth.status == "skipped" and "out of time" in fourth.summary
-
-
-def test_failures_do_not_stop_later_steps_and_prerequisites_are_honoured(tmp_path: Path) -> None:
-    runner = gc.Runner(tmp_path, tmp_path, budget_s=60, echo=lambda line: None)
-
-    def fails(ctx) -> None:
-        raise gc.StepFailed("found a problem")
-
-    def crashes(ctx) -> None:
-        raise ZeroDivisionError("boom")
-
-    def skips(ctx) -> None:
-        raise gc.StepSkipped("nothing to do here")
-
-    assert runner.run("a", "A", fails, timeout_s=5).status == "failed"
-    crashed = runner.run("b", "B", crashes, timeout_s=5)
-    assert crashed.status == "failed" and crashed.summary == "ZeroDivisionError: boom"
-    assert "Traceback" in crashed.details["traceback"]
-    assert runner.run("c", "C", skips, timeout_s=5).summary == "nothing to do here"
-    dependent = runner.run("d", "D", lambda ctx: None, timeout_s=5, needs=("a",))
-    assert dependent.status == "skipped" and dependent.summary == "needs step 'a', which failed"
-    assert runner.run("e", "E", lambda ctx: None, timeout_s=5).status == "passed"
-    assert gc.overall_status(runner.results) == "failed"
-
-
-def test_a_step_that_overruns_its_timeout_is_failed_and_left_behind(tmp_path: Path) -> None:
-    runner = gc.Runner(tmp_path, tmp_path, budget_s=60, grace_s=0.05, echo=lambda line: None)
+    assert runner.run(Step("first", "First", slow, 60, 1)).status == PASSED
+    late = runner.run(Step("late", "Late", slow, 60, 5))
+    assert late.status == NOT_RUN and late.summary.startswith("out of time: 2 s of the 10 s budget left")
+    needs = runner.run(Step("after", "After", slow, 60, 0, needs=("late",)))
+    assert needs.status == NOT_RUN and needs.summary == "needs step 'late', which not run"
+    crash = Runner(tmp_path, tmp_path, budget_s=60, grace_s=0.05, echo=lambda line: None)
+    broken = crash.run(Step("boom", "Boom", lambda ctx: 1 / 0, 5))
+    assert broken.status == FAILED and broken.summary.startswith("ZeroDivisionError") and "Traceback" in broken.details["traceback"]
     start = time.monotonic()
-    result = runner.run("hang", "Hang", lambda ctx: time.sleep(2), timeout_s=0.1)
-    assert time.monotonic() - start < 1.5
-    assert result.status == "failed" and result.summary.startswith("timed out after")
+    hung = crash.run(Step("hang", "Hang", lambda ctx: time.sleep(2), 0.1))
+    assert hung.status == FAILED and hung.summary.startswith("timed out") and time.monotonic() - start < 1.5
 
 
-def test_main_with_no_budget_skips_every_step_and_still_writes_the_summary(tmp_path: Path) -> None:
-    out = tmp_path / "res"
-    rc = gc.main(["--rehearse", "--budget", "0", "--out", str(out)])
-    assert rc == 0
-    data = json.loads((out / "summary.json").read_text())
-    assert [s["name"] for s in data["steps"]] == list(gc.STEP_NAMES)
-    assert {s["status"] for s in data["steps"]} == {"skipped"}
-    assert data["steps"][0]["summary"].startswith("out of time")  # env: the budget was spent before it
-    assert all("out of time" in s["summary"] or s["summary"].startswith("needs step") for s in data["steps"])
-
-
-def test_run_logged_kills_a_child_that_overruns(tmp_path: Path) -> None:
+def test_run_logged_kills_a_child_that_overruns_and_long_logs_keep_head_and_tail(tmp_path: Path) -> None:
     log = tmp_path / "x.log"
-    start = time.monotonic()
-    proc = gc.run_logged([sys.executable, "-c", "print('hi', flush=True); import time; time.sleep(30)"], log, 1.0)
-    assert time.monotonic() - start < 10
-    assert proc.timed_out and proc.returncode is None
-    assert "hi" in log.read_text() and "killed after" in log.read_text()
-
-
-def test_long_logs_keep_head_and_tail(tmp_path: Path) -> None:
-    log = tmp_path / "big.log"
+    proc = run_logged([sys.executable, "-c", "print('hi', flush=True); import time; time.sleep(30)"], log, 1.0)
+    assert proc.timed_out and proc.returncode is None and "killed after" in log.read_text()
     log.write_bytes(b"H" * 100 + b"M" * 1000 + b"T" * 50)
-    gc.cap_log(log, head=100, tail=50)
-    text = log.read_text()
-    assert text.startswith("H" * 100) and text.endswith("T" * 50) and "cut 1000 bytes" in text
-    assert "M" not in text
+    cap_log(log, head=100, tail=50)
+    assert log.read_text().startswith("H" * 100) and "M" not in log.read_text() and "cut 1000 bytes" in log.read_text()
 
 
-# -- parsing ---------------------------------------------------------------------------------
+# ---- asynchronous determinism: frames hashed from real PNG files --------------------------------------------
 
-CSAN_SAMPLE = """gpu-check child: CUDA sanitizer enabled
-============================
+
+def write_frames(folder: Path, frames: np.ndarray) -> Path:
+    folder.mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        assert cv2.imwrite(str(folder / f"frame_{i:06d}.png"), frame)
+    return folder
+
+
+def test_frames_differing_in_one_pixel_between_normal_and_serialised_runs_fail(tmp_path: Path) -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (5, 36, 48, 3), dtype=np.uint8)
+    changed = frames.copy()
+    changed[3, 10, 20, 1] ^= 1
+    normal = hash_frames(write_frames(tmp_path / "normal", frames))
+    same = hash_frames(write_frames(tmp_path / "stalled", frames))
+    serialised = hash_frames(write_frames(tmp_path / "blocking", changed))
+    ok = judge_determinism({"normal": normal, "stalled": same})
+    assert ok.status == PASSED and ok.work == 5
+    bad = judge_determinism({"normal": normal, "stalled": same, "blocking": serialised})
+    assert bad.status == FAILED and bad.reason == "blocking vs normal: 1 frames differ (first frame_000003.png)"
+    (tmp_path / "stalled" / "frame_000004.png").unlink()
+    short = judge_determinism({"normal": normal, "stalled": hash_frames(tmp_path / "stalled")})
+    assert short.status == FAILED and "1 frames missing" in short.reason
+
+
+# ---- CSAN: real report text, the positive control -----------------------------------------------------------
+
+CSAN_REPORT = """============================
 CSAN detected a possible data race on tensor with data pointer 139800000000
 Access by stream 94000001 during kernel:
-aten::copy_(Tensor(a!) self, Tensor src, bool non_blocking=False) -> Tensor(a!)
-writing to argument(s) self, and to the output
-With stack trace:
-  File "wav2lip_trt/frame_ops.py", line 10, in upload
-
-Previous access by stream 0 during kernel:
-aten::index_select(Tensor self, int dim, Tensor index) -> Tensor
+aten::mul.Tensor(Tensor self, Tensor other) -> Tensor
 reading from argument(s) self
 With stack trace:
-  File "wav2lip_trt/pipeline.py", line 99, in detect
+  File "gpucheck/child.py", line 80, in read
+
+Previous access by stream 94000002 during kernel:
+aten::add_.Tensor(Tensor(a!) self, Tensor other, *, Scalar alpha=1) -> Tensor(a!)
+writing to argument(s) self, and to the output
+With stack trace:
+  File "gpucheck/child.py", line 72, in write
 
 Tensor was allocated with stack trace:
-  File "wav2lip_trt/decode.py", line 5, in ring
-Traceback (most recent call last):
-torch.cuda._sanitizer.CUDASanitizerErrors: detected 1 errors
-gpu-check child: sanitizer covered 3 worker threads
+  File "gpucheck/child.py", line 66, in positive_control
 """
+ENABLED = "gpu-check child: CUDA sanitizer enabled\n"
+FINISHED = "gpu-check child: run finished\n"
 
 
-def test_sanitizer_log_parsing() -> None:
-    parsed = gc.parse_sanitizer_log(CSAN_SAMPLE)
-    assert parsed["reports"] == 1
-    assert parsed["kernels"] == {"aten::copy_(Tensor(a!)": 1}
-    assert parsed["aborted_by_sanitizer"] is True
-    assert parsed["worker_threads_covered"] == 3
-    clean = gc.parse_sanitizer_log("gpu-check child: CUDA sanitizer enabled\n"
-                                   "gpu-check child: sanitizer covered 2 worker threads\n")
-    assert clean == {"reports": 0, "kernels": {}, "aborted_by_sanitizer": False, "worker_threads_covered": 2}
+def covered(n: int) -> str:
+    return f"gpu-check child: sanitizer covered {n} worker threads\n"
 
 
-def test_sync_warning_parsing_counts_every_warning_by_site() -> None:
-    msg = "UserWarning: called a synchronizing CUDA operation (Triggered internally at /pytorch/c10/cuda/X.cpp:1.)"
-    text = "\n".join([
-        f"{REPO}/wav2lip_trt/frame_ops.py:120: {msg}",
-        "  return frame.cpu().numpy()",
-        f"{REPO}/wav2lip_trt/frame_ops.py:120: {msg}",
-        "  return frame.cpu().numpy()",
-        f"/usr/lib/python3/site-packages/torch/nn/functional.py:7: {msg}",
-        "  x = y.item()",
-        "some other line",
-    ])
-    parsed = gc.parse_sync_warnings(text, repo=REPO)
-    assert parsed["warnings"] == 3
-    assert parsed["sites"] == {"wav2lip_trt/frame_ops.py:120": 2,
-                               "/usr/lib/python3/site-packages/torch/nn/functional.py:7": 1}
-    assert gc.parse_sync_warnings("no warnings at all\n") == {"warnings": 0, "sites": {}}
-    bare = gc.parse_sync_warnings("[W] called a synchronizing CUDA operation\n")
-    assert bare == {"warnings": 1, "sites": {"(no source line)": 1}}
-
-
-def test_utilisation_parsing_and_busy_fraction() -> None:
-    samples = gc.parse_nvidia_smi("0, 500\n0, 500\n80, 9000\n[N/A], 1\n100, 9100\n0, 9100\n")
-    assert samples == [(0.0, 500.0), (0.0, 500.0), (80.0, 9000.0), (100.0, 9100.0), (0.0, 9100.0)]
-    stats = gc.busy_stats([u for u, _ in samples], [m for _, m in samples])
-    assert stats["samples"] == 5
-    assert stats["busy_fraction"] == pytest.approx(0.36)
-    assert stats["busy_fraction_active"] == pytest.approx(0.9)  # from the first to the last busy sample
-    assert stats["max_percent"] == 100.0 and stats["peak_memory_used_mib"] == 9100.0
-    assert gc.busy_stats([])["busy_fraction"] is None
-    assert gc.busy_stats([0, 0])["busy_fraction_active"] is None
-
-
-def test_junit_counts(tmp_path: Path) -> None:
-    xml = tmp_path / "j.xml"
-    xml.write_text('<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="7" failures="1" errors="1" '
-                   'skipped="2"></testsuite></testsuites>')
-    assert gc.parse_junit(xml) == {"tests": 7, "failures": 1, "errors": 1, "skipped": 2, "passed": 3}
-
-
-def test_dump_comparison(tmp_path: Path) -> None:
-    ref, other = tmp_path / "ref", tmp_path / "other"
-    ref.mkdir()
-    other.mkdir()
-    boxes = np.array([[10, 50, 20, 60]] * 4, dtype=np.int64)
-    moved = boxes.copy()
-    moved[1] += 2
-    frames = np.zeros((4, 6, 8, 3), np.uint8)
-    changed = frames.copy()
-    changed[0, 0, 0, 0] = 3
-    changed[3, 1, 1, 1] = 1
-    for folder, b, f in ((ref, boxes, frames), (other, moved, changed)):
-        np.save(folder / "det_boxes.npy", boxes)
-        np.save(folder / "boxes.npy", b)
-        np.save(folder / "frames.npy", f)
-    result = gc.compare_dumps(ref, other)
-    assert result["det_boxes"] == {"rows": 4, "equal_fraction": 1.0, "max_abs_diff": 0}
-    assert result["boxes"] == {"rows": 4, "equal_fraction": 0.75, "max_abs_diff": 2}
-    assert result["frames"]["count"] == 4 and result["frames"]["max_abs_diff"] == 3
-    assert result["frames"]["mean_abs_diff"] == pytest.approx(4 / frames.size)
-    assert result["frames"]["differing_fraction"] == pytest.approx(2 / frames.size)
-    same = gc.compare_dumps(ref, ref)
-    assert same["frames"]["psnr_db"] is None and same["frames"]["max_abs_diff"] == 0
-    np.save(other / "frames.npy", frames[:3])
-    assert "count" not in gc.compare_dumps(ref, other)["frames"]
+def test_a_sanitizer_whose_positive_control_is_not_reported_is_failed() -> None:
+    clean_run = ENABLED + FINISHED + covered(3)
+    blind = judge_csan(ENABLED + FINISHED + covered(2), {"csan-fp32": clean_run})
+    assert blind.status == FAILED and blind.reason.startswith("blind:")
+    control = ENABLED + CSAN_REPORT + "gpu-check child: control raised CUDASanitizerErrors\n" + FINISHED + covered(2)
+    assert parse_sanitizer_log(control)["reports"] == 1
+    ok = judge_csan(control, {"csan-fp32": clean_run, "csan-fp16": clean_run})
+    assert ok.status == PASSED and ok.work == 2
+    racy = judge_csan(control, {"csan-fp32": ENABLED + CSAN_REPORT + covered(3)})
+    assert racy.status == FAILED and "1 CSAN report(s) in aten::mul.Tensor(Tensor" in racy.reason
+    assert "did not finish" in racy.reason
+    one_thread = judge_csan(control, {"csan-fp32": ENABLED + FINISHED + covered(1)})
+    assert one_thread.status == FAILED and "1 worker threads covered, 2 required" in one_thread.reason
+    uncovered = ENABLED + "gpu-check child: thread wav2lip-trt-writer NOT covered by the sanitizer: RuntimeError()\n"
+    missed = judge_csan(control, {"csan-fp32": uncovered + FINISHED + covered(2)})
+    assert missed.status == FAILED and "not covered: wav2lip-trt-writer" in missed.reason
 
 
 def test_the_sanitizer_child_covers_worker_threads() -> None:
-    """CSAN's dispatch mode is per thread; the child makes new threads run under one that shares the
-    main thread's handler. On a CPU build CSAN sees no CUDA tensors, but it still counts kernel
-    launches, given a stand-in for torch.cuda.current_stream."""
+    """CSAN's dispatch mode is per thread; the child makes new threads run under one sharing the main
+    thread's handler. On a CPU build CSAN sees no CUDA tensors but counts launches, given a stand-in stream."""
     code = f"""
 import sys, threading, types
-sys.path.insert(0, {str(SCRIPT.parent)!r})
+sys.path.insert(0, {str(REPO)!r})
 import torch
 from torch.cuda import _sanitizer as csan
 torch.cuda.current_stream = lambda *a, **k: types.SimpleNamespace(cuda_stream=0)
-import gpu_check
+from gpucheck.child import sanitize_worker_threads
 handler = csan.cuda_sanitizer.dispatch.event_handler
-def work():
-    (torch.ones(3) + 1).sum()
 def in_thread():
-    t = threading.Thread(target=work)
+    t = threading.Thread(target=lambda: (torch.ones(3) + 1).sum())
     t.start()
     t.join()
 in_thread()
 unpatched = handler.seq_num
-covered = gpu_check._sanitize_worker_threads()
+count = sanitize_worker_threads()
 in_thread()
-print(unpatched, handler.seq_num, covered[0])
+print(unpatched, handler.seq_num, count[0])
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "TORCH_CUDA_SANITIZER": "1"})
     assert proc.returncode == 0, proc.stderr
-    unpatched, patched, covered = map(int, proc.stdout.split())
-    assert unpatched == 0  # a plain worker thread is invisible to CSAN
-    assert patched >= 2 and covered == 1
+    unpatched, patched, count = map(int, proc.stdout.split())
+    assert unpatched == 0 and patched >= 2 and count == 1
 
 
-def test_missing_ffmpeg_and_tqdm_are_reported_not_crashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gc, "_importable", lambda module: module not in ("tqdm", "soxr"))
-    monkeypatch.setattr(gc, "find_ffmpeg_exe", lambda: (None, "none: no ffmpeg found"))
-    runner = gc.Runner(tmp_path, tmp_path, budget_s=120, echo=lambda line: None)
-    deps = runner.run("deps", "Deps", gc.step_deps(gc.Config()), timeout_s=100)
-    assert deps.status == "failed"
-    assert "ffmpeg" in deps.summary and "stage prepare imageio-ffmpeg==0.7.0" in deps.summary
-    stub = runner.state["stub_dir"] / "tqdm" / "__init__.py"
-    assert stub.is_file() and "class tqdm" in stub.read_text()
-    assert str(runner.state["stub_dir"]) in gc.child_env(runner.state)["PYTHONPATH"].split(os.pathsep)
-    assert any("soxr missing: not needed" in line for line in deps.markdown)
-    later = runner.run("prepare", "Prepare", lambda ctx: None, timeout_s=10, needs=("deps",))
-    assert later.status == "skipped" and later.summary == "needs step 'deps', which failed"
+# ---- compute-sanitizer, sync debug, pytest ---------------------------------------------------------------
+
+MEMCHECK_CLEAN = """========= COMPUTE-SANITIZER
+.                                                                        [100%]
+1 passed in 41.20s
+========= ERROR SUMMARY: 0 errors
+"""
+RACECHECK_HAZARD = """========= COMPUTE-SANITIZER
+========= Error: Race reported between Write access at paste_kernel+0x1a0
+=========     and Read access at paste_kernel+0x2c0 [128 hazards]
+.                                                                        [100%]
+1 passed in 63.02s
+========= RACECHECK SUMMARY: 1 hazard displayed (1 error, 0 warnings)
+========= ERROR SUMMARY: 1 error
+"""
+SKIPPED_ONLY = """========= COMPUTE-SANITIZER
+s                                                                        [100%]
+1 skipped in 3.10s
+========= ERROR SUMMARY: 0 errors
+"""
+
+
+def test_compute_sanitizer_verdicts() -> None:
+    assert judge_compute_sanitizer({"memcheck": MEMCHECK_CLEAN, "racecheck": MEMCHECK_CLEAN}).status == PASSED
+    race = judge_compute_sanitizer({"memcheck": MEMCHECK_CLEAN, "racecheck": RACECHECK_HAZARD})
+    assert race.status == FAILED and "racecheck: 1 errors (Error: Race reported between" in race.reason
+    assert judge_compute_sanitizer({"memcheck": SKIPPED_ONLY}).status == NOT_RUN
+    cut = judge_compute_sanitizer({"memcheck": MEMCHECK_CLEAN.rsplit("=", 1)[0]})
+    assert cut.status == FAILED and "no ERROR SUMMARY" in cut.reason
+
+
+def sync_log(sites: dict[str, int], mode: bool = True) -> str:
+    msg = "UserWarning: called a synchronizing CUDA operation (Triggered internally at /pytorch/c10/cuda/X.cpp:1.)"
+    lines = ["gpu-check child: sync debug mode 'warn'"] if mode else []
+    for site, n in sites.items():
+        lines += [f"{REPO}/{site}: {msg}", "  x = y.item()"] * n
+    return "\n".join(lines) + "\n"
+
+
+def test_syncs_are_judged_per_frame_on_two_lengths() -> None:
+    load = {"wav2lip_trt/session.py:300": 40}  # load-time copies: the same on both lengths
+    short = sync_log({**load, "wav2lip_trt/frame_ops.py:207": 8})
+    grows = judge_syncs((short, 30), (sync_log({**load, "wav2lip_trt/frame_ops.py:207": 15,
+                                                "wav2lip_trt/frame_ops.py:99": 30}), 60), repo=REPO)
+    assert grows.status == FAILED and grows.reason == ("syncs grow with the clip: wav2lip_trt/frame_ops.py:99: "
+                                                       "+30 syncs for 30 more frames")
+    designed = judge_syncs((short, 30), (sync_log({**load, "wav2lip_trt/frame_ops.py:207": 15}), 60), repo=REPO)
+    assert designed.status == PASSED and designed.details["allowed"] == {"wav2lip_trt/frame_ops.py:207": 7}
+    per_frame = judge_syncs((short, 30), (sync_log({**load, "wav2lip_trt/frame_ops.py:207": 60}), 60), repo=REPO)
+    assert per_frame.status == FAILED  # a designed site may sync per batch, not per frame
+    assert judge_syncs((sync_log(load, mode=False), 30), (sync_log(load), 60)).status == NOT_RUN
+    assert parse_sync_warnings("[W] called a synchronizing CUDA operation\n") == {
+        "warnings": 1, "sites": {"(no source line)": 1}}
+
+
+def run_pytest(tmp_path: Path, body: str) -> tuple[dict, int]:
+    (tmp_path / "test_probe.py").write_text("import pytest\n" + body)
+    xml = tmp_path / "out.xml"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_probe.py"),
+                           f"--junitxml={xml}", "-o", "junit_family=xunit2", "--rootdir", str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    return parse_junit(xml), proc.returncode
+
+
+def test_pytest_verdicts_from_real_junit_files(tmp_path: Path) -> None:
+    skipped_only, rc = run_pytest(tmp_path, "def test_a():\n    pytest.importorskip('no_such_package_xyz')\n")
+    verdict = judge_pytest(skipped_only, rc)
+    assert verdict.status == NOT_RUN and "did nothing" in verdict.reason
+    mixed, rc = run_pytest(tmp_path, "def test_a():\n    pytest.importorskip('no_such_package_xyz')\n\n"
+                                     "def test_b():\n    assert 1 + 1 == 2\n")
+    verdict = judge_pytest(mixed, rc)
+    assert verdict.status == PASSED and verdict.details["not_run"][0].startswith("test_probe::test_a (could not import")
+    broken, rc = run_pytest(tmp_path, "import no_such_package_xyz\n")
+    assert rc == 2 and judge_pytest(broken, rc).status == FAILED  # a collection error fails the step
+
+
+# ---- parity: real dumps -------------------------------------------------------------------------------------
+
+
+def write_dump(folder: Path, boxes: np.ndarray, frames: np.ndarray) -> Path:
+    folder.mkdir()
+    np.save(folder / "det_boxes.npy", boxes)
+    np.save(folder / "boxes.npy", boxes)
+    np.save(folder / "frames.npy", frames)
+    return folder
+
+
+def test_parity_on_real_dumps(tmp_path: Path) -> None:
+    boxes = np.tile(np.array([[10, 50, 20, 60]], np.int64), (100, 1))
+    frames = np.random.default_rng(1).integers(0, 250, (100, 16, 24, 3), dtype=np.uint8)
+    ref = write_dump(tmp_path / "cpu", boxes, frames)
+    reordered = frames.copy()
+    reordered[7, 3, 3, 0] += 1  # one level: FP32 reordering can do that
+    assert judge_parity("fp32", compare_dumps(ref, write_dump(tmp_path / "ok", boxes, reordered)), FP32_LIMITS) == []
+    corrupted = frames.copy()
+    corrupted[42, 4:8, 4:8] = 0  # a face patch from the wrong batch
+    problems = judge_parity("fp32", compare_dumps(ref, write_dump(tmp_path / "bad", boxes, corrupted)), FP32_LIMITS)
+    assert len(problems) == 2 and "frames with identical boxes differ by" in problems[0]
+    moved = boxes.copy()
+    moved[5] += 3
+    problems = judge_parity("fp32", compare_dumps(ref, write_dump(tmp_path / "moved", moved, frames)), FP32_LIMITS)
+    assert any("differ by 3 px" in p for p in problems)
+
+
+# ---- the summary ----------------------------------------------------------------------------------------
+
+
+def step(name: str, status: str, summary: str = "", required: bool = True, **details) -> StepResult:
+    return StepResult(name, name.title(), status, summary, required=required, details=details)
+
+
+def test_the_first_line_says_proven_only_when_every_required_step_passed(tmp_path: Path) -> None:
+    good = [step("determinism", PASSED, "30 frames"), step("dali", NOT_RUN, "DALI is not staged", required=False),
+            step("pytest-gpu", PASSED, "9 passed", not_run=["test_x (could not import 'nvidia.dali')"])]
+    line = headline(good)
+    assert line.startswith("PROVEN: all 2 required steps passed")
+    assert "dali (DALI is not staged)" in line and "pytest-gpu: test_x (could not import 'nvidia.dali')" in line
+    late = good + [step("timings", NOT_RUN, "out of time: 3 s of the 500 s budget left")]
+    assert headline(late).startswith("NOT PROVEN - not run: dali") and "timings (out of time" in headline(late)
+    assert headline(good + [step("csan", FAILED, "blind")]).startswith("NOT PROVEN - failed: csan")
+    assert headline(good, rehearsal=True).startswith("REHEARSAL on the CPU, proves the check and not the GPU: NOT PROVEN")
+    doc = write_summary(tmp_path, late, {"torch": "2.11", "rehearsal": False}, budget_s=500, seconds=12.0)
+    md = (tmp_path / "summary.md").read_text()
+    assert md.splitlines()[0] == doc["headline"] and doc["proven"] is False
+    assert "| timings | yes | NOT RUN |" in md and "| dali | no | NOT RUN |" in md
+    assert json.loads((tmp_path / "summary.json").read_text())["counts"] == {"passed": 2, "failed": 0, "not run": 2}
+
+
+# ---- the hook and the GPU timing helpers ----------------------------------------------------------------
+
+
+def test_the_stall_hook_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(STALL_ENV, raising=False)
+    assert smallest(3) == 3
+    monkeypatch.setenv(STALL_ENV, "2000")
+    assert smallest(3) == 1
+    stall(None)  # the CPU has no stream to stall
+
+
+def test_steady_rate_leaves_the_start_up_out() -> None:
+    rate = SteadyRate()
+    time.sleep(0.2)  # the start-up: load, JIT, capture
+    for i in range(5):
+        rate.frame(i)
+        time.sleep(0.02)
+    report = rate.report()
+    assert report["frames"] == 5 and report["first_frame_s"] >= 0.2
+    assert 20 < report["steady_fps"] < 60  # 4 intervals of about 20 ms, not 5 frames over 0.3 s
+    assert SteadyRate().report() == {"frames": 0, "first_frame_s": None, "steady_fps": None}
+    assert memory_report()["peak_rss_bytes"] > 10 * 2**20
+    clock = EventClock(None)
+    with clock.span("generate"):
+        pass
+    assert clock.seconds() == {}
+
+
+@pytest.mark.gpu
+def test_event_clock_and_the_stall_measure_gpu_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = torch.cuda.Stream()
+    clock = EventClock(stream)
+    monkeypatch.setenv(STALL_ENV, "20000")  # 20 ms of GPU sleep
+    with clock.span("generate"):
+        stall(stream)
+    assert clock.seconds()["generate"] >= 0.015
+
+
+# ---- the CPU rehearsal ------------------------------------------------------------------------------------
+
+
+def test_rehearsal_of_the_determinism_step(tmp_path: Path) -> None:
+    """The step's real flow on the CPU: three infer runs (normal, CUDA_LAUNCH_BLOCKING, the stall hook) with
+    --save-frames and --score, frames hashed and compared; the GPU-only steps are NOT RUN, not passed."""
+    out = tmp_path / "rehearsal"
+    proc = child(["--rehearse", "--steps", "determinism,csan", "--out", str(out)], tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((out / "summary.json").read_text())
+    by_name = {s["name"]: s for s in data["steps"]}
+    assert by_name["determinism"]["status"] == PASSED and by_name["determinism"]["work"] >= 20
+    assert by_name["csan"]["status"] == NOT_RUN and by_name["timings"]["status"] == NOT_RUN
+    assert data["proven"] is False and data["headline"].startswith("REHEARSAL")
+    assert "gpu-check rehearsal: PASSED" in proc.stdout

@@ -1,0 +1,148 @@
+"""What a bare GPU host lacks, how it gets there (``make gpu-stage``), and the children's environment there.
+
+The host has no network and takes at most 64 MiB per upload, one upload per GPU-machine run, and the
+check has two runs. ../shared/gpu/stage's wheel batches would need four uploads for an ffmpeg (28 MiB)
+and TensorRT-RTX (91 MiB), so the wheels are unpacked here into site folders and packed with xz: the
+ffmpeg's archive rides with run 1, TensorRT-RTX's is cut in two pieces, one riding with each run; the
+host unpacks an archive into /tmp/site once all its pieces are there (gpucheck/unpack.sh). /tmp lasts
+while the machine is held, so run 2 must follow run 1 on the same machine; if it does not, the
+experiment is NOT RUN and says why. DALI (about 200 MiB of wheels) does not fit: its step is NOT RUN.
+
+    python3 -m gpucheck.staging check|rtx     # = make gpu-stage [SET=rtx]: .gpu/ for run 1 or run 2
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from . import REPO
+
+STAGED_SITE = Path("/tmp/site")  # where unpack.sh (and ../shared/gpu/stage's recv.sh) install on the host
+
+WHEEL_SETS: dict[str, tuple[str, ...]] = {
+    # Run 1: an ffmpeg for the clips and the encoder. infer --score needs nothing more; `score`'s MFCCs
+    # (python_speech_features) have no wheel, so the GPU tests that need them are listed as not run.
+    "check": ("imageio-ffmpeg==0.7.0",),
+    # Run 2: TensorRT-RTX's runtime and bindings, to learn whether its engines build on SM90 (first piece in run 1).
+    "rtx": ("tensorrt-rtx-cu13-libs==1.7.1.116", "tensorrt-rtx-cu13-bindings==1.7.1.116"),
+}
+
+# Distribution -> module, for the environment table and the deps step.
+MODULES = {
+    "torch": "torch", "triton": "triton", "numpy": "numpy", "opencv-python-headless": "cv2", "click": "click",
+    "tqdm": "tqdm", "imageio-ffmpeg": "imageio_ffmpeg", "python_speech_features": "python_speech_features",
+    "cupy": "cupy", "onnxruntime": "onnxruntime", "pytest": "pytest", "nvidia-dali": "nvidia.dali",
+    "tensorrt-rtx": "tensorrt_rtx", "soxr": "soxr",
+}
+NEEDED = ("torch", "numpy", "opencv-python-headless", "click", "tqdm", "pytest")
+STAGED = ("imageio-ffmpeg",)  # needed, and carried by run 1
+
+
+def importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_runtime() -> list[str]:
+    """What the check's steps need and this Python cannot import, each with the staging command."""
+    missing = [f"{name} (in the host's image: not importable)" for name in NEEDED if not importable(MODULES[name])]
+    for name in STAGED:
+        if not importable(MODULES[name]):
+            missing.append(f"{name} (stage it: make gpu-stage, then upload .gpu/ with run 1)")
+    return missing
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The children's environment: PYTHONPATH with the repository and /tmp/site first."""
+    env = dict(os.environ)
+    paths = [str(REPO)] + ([str(STAGED_SITE)] if STAGED_SITE.is_dir() else [])
+    paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in paths]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    env.update(extra)
+    return env
+
+
+CACHE = Path(os.environ.get("GPU_CHECK_CACHE", Path.home() / ".cache" / "gpucheck"))
+UPLOAD = REPO / ".gpu"
+FIRST_PIECE_BYTES = 34 * 2**20  # TensorRT-RTX's first piece: run 1 carries it beside the ffmpeg archive
+
+
+def download(wheels: tuple[str, ...], into: Path) -> list[Path]:
+    """The cp312 x86-64 wheels the host's Python takes (no dependencies: each is named)."""
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
+                    "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform",
+                    "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(into), *wheels], check=True)
+    found = []
+    for spec in wheels:
+        name, version = spec.split("==")
+        prefix = f"{name.replace('-', '_').lower()}-{version}-"
+        found += [p for p in into.glob("*.whl") if p.name.lower().startswith(prefix)]
+    return found
+
+
+def pack(wheel_set: str) -> Path:
+    """``CACHE/<set>.tar.xz``: the set's wheels unpacked as a site folder (a wheel's files are its install)."""
+    import tarfile
+    import zipfile
+
+    archive = CACHE / f"{wheel_set}.tar.xz"
+    if archive.is_file():
+        return archive
+    site = CACHE / f"site-{wheel_set}"
+    for wheel in download(WHEEL_SETS[wheel_set], CACHE / "wheels"):
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(site)
+    partial = archive.with_suffix(".partial")
+    with tarfile.open(partial, "w:xz", preset=9) as tar:
+        for path in sorted(site.iterdir()):
+            tar.add(path, arcname=path.name)
+    partial.rename(archive)
+    return archive
+
+
+def pieces(archive: Path, first: int | None) -> list[bytes]:
+    data = archive.read_bytes()
+    return [data] if first is None or first >= len(data) else [data[:first], data[first:]]
+
+
+def stage(run: str) -> int:
+    """Fill ./.gpu/ (git-ignored) with what run ``check`` (1) or ``rtx`` (2) uploads, and the manifest."""
+    import hashlib
+
+    if run not in ("check", "rtx"):
+        print(f"Error: unknown run {run!r}; choose check (run 1) or rtx (run 2)", file=sys.stderr)
+        return 1
+    archives = {name: pack(name) for name in ("check", "rtx")}
+    split = {"check": pieces(archives["check"], None), "rtx": pieces(archives["rtx"], FIRST_PIECE_BYTES)}
+    shutil.rmtree(UPLOAD, ignore_errors=True)
+    UPLOAD.mkdir()
+    manifest = []
+    for name, parts in split.items():
+        data = b"".join(parts)
+        manifest.append(f"{name}.tar.xz {len(parts)} {hashlib.sha256(data).hexdigest()}")
+        carried = parts if run == "check" and name == "check" else parts[:1] if run == "check" else parts[1:]
+        for i, part in enumerate(carried, start=1 if run == "check" else 2):
+            (UPLOAD / f"{name}.tar.xz.part{i}").write_bytes(part)
+    (UPLOAD / "MANIFEST").write_text("\n".join(manifest) + "\n")
+    shutil.copy(Path(__file__).with_name("unpack.sh"), UPLOAD / "unpack.sh")
+    exclude = REPO / ".git" / "info" / "exclude"
+    if exclude.parent.is_dir() and "/.gpu/" not in (exclude.read_text() if exclude.is_file() else ""):
+        with open(exclude, "a") as f:
+            f.write("/.gpu/\n")
+    size = sum(p.stat().st_size for p in UPLOAD.iterdir())
+    print(f"gpu-stage: .gpu/ holds {size / 2**20:.1f} MiB for run {1 if run == 'check' else 2}; upload it with the "
+          f"run (it is git-ignored: carry .gpu) and start the command with 'bash .gpu/unpack.sh && '")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(stage(sys.argv[1] if len(sys.argv) > 1 else "check"))

@@ -1,0 +1,86 @@
+"""GPU time, measured on the GPU: CUDA events around a stage's launches on the compute stream, the
+steady-state frame rate, and the memory a run held.
+
+Host timers around asynchronous launches measure enqueue time; the GPU's own time then lands at the next
+wait (the per-batch event, the host copy). An event pair on the compute stream measures what the stream
+spent between the two points. The steady rate counts frames from the first finished one to the last, so
+model load, cuDNN autotuning, Triton JIT and graph capture are reported apart, not averaged in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+
+import torch
+
+
+class EventClock:
+    """Per-stage GPU seconds on one stream: an event before and after each span of launches."""
+
+    def __init__(self, stream: "torch.cuda.Stream | None") -> None:
+        self.stream = stream
+        self._spans: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = defaultdict(list)
+
+    @contextlib.contextmanager
+    def span(self, name: str) -> Iterator[None]:
+        """Time the work enqueued on the stream inside the block (nothing on the CPU)."""
+        if self.stream is None:
+            yield
+            return
+        start = torch.cuda.Event(enable_timing=True)
+        start.record(self.stream)
+        try:
+            yield
+        finally:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record(self.stream)
+            self._spans[name].append((start, end))
+
+    def seconds(self) -> dict[str, float]:
+        """Stage -> GPU seconds; waits for the last recorded event of each stage."""
+        totals = {}
+        for name, spans in self._spans.items():
+            spans[-1][1].synchronize()
+            totals[name] = round(sum(start.elapsed_time(end) for start, end in spans) / 1000.0, 6)
+        return totals
+
+
+class SteadyRate:
+    """Timestamps of finished frames; the rate between the first and the last excludes the start-up."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.times: list[float] = []
+
+    def frame(self, _written: int = 0) -> None:
+        self.times.append(self.clock())
+
+    def report(self) -> dict[str, float | int | None]:
+        """Frames, seconds to the first finished frame (load, JIT, capture, first batch), steady fps."""
+        n = len(self.times)
+        steady = (n - 1) / (self.times[-1] - self.times[0]) if n > 1 and self.times[-1] > self.times[0] else None
+        return {"frames": n, "first_frame_s": round(self.times[0] - self.started, 4) if n else None,
+                "steady_fps": round(steady, 3) if steady is not None else None}
+
+
+def memory_report(device: "torch.device | None" = None) -> dict[str, int | None]:
+    """Peak device memory reserved and allocated, pinned host bytes held by torch, the process's peak RSS."""
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: KiB on Linux
+    out: dict[str, int | None] = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
+                                  "max_memory_reserved": None, "max_memory_allocated": None, "pinned_host_bytes": None}
+    if torch.cuda.is_available():
+        out["max_memory_reserved"] = int(torch.cuda.max_memory_reserved(device))
+        out["max_memory_allocated"] = int(torch.cuda.max_memory_allocated(device))
+        stats = getattr(torch.cuda, "host_memory_stats", None)
+        if stats is not None:
+            try:
+                out["pinned_host_bytes"] = int(stats().get("reserved_bytes.current", 0))
+            except RuntimeError:
+                pass
+    return out
