@@ -123,11 +123,12 @@ def test_a_job_whose_worker_died_is_retried_on_another(media, checkpoints, tmp_p
     proc = subprocess.Popen(batch_args(jobs, checkpoints), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     victim = None
-    while victim is None:  # a worker in the middle of a job: its ffmpeg is writing the video
+    while victim is None:  # a worker in the middle of a job: its ffmpeg is writing the video's temporary file
         assert proc.poll() is None and time.monotonic() < deadline
         for worker in psutil.Process(proc.pid).children():
             try:
-                if any("ffmpeg" in child.name() for child in worker.children()):
+                if any("ffmpeg" in child.name() and any(".partial." in arg for arg in child.cmdline())
+                       for child in worker.children()):
                     victim = worker
                     break
             except psutil.NoSuchProcess:
@@ -140,6 +141,8 @@ def test_a_job_whose_worker_died_is_retried_on_another(media, checkpoints, tmp_p
     rows = read_results(tmp_path / "jobs.results.jsonl")
     assert sorted(row["attempts"] for row in rows) == [1, 1, 2] and {row["status"] for row in rows} == {"ok"}
     assert all(frame_count(out / f"{i}.mp4") == rows[0]["frames"] for i in range(3))
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".") and not p.name.endswith(MARK_TAG)]
+    assert leftovers == []  # the dead worker's temporary video was removed by the batch
 
 
 def test_default_workers_split_the_cores_and_ray_addresses_are_checked() -> None:
@@ -152,3 +155,26 @@ def test_default_workers_split_the_cores_and_ray_addresses_are_checked() -> None
         check_ray_address(address)
     with pytest.raises(InputError, match="put --ray after JOBS|write --ray after JOBS"):
         check_ray_address("jobs.jsonl")  # `batch --ray jobs.jsonl` took the jobs file for the address
+
+
+def test_a_dead_workers_temporary_files_and_nothing_else_are_removed(tmp_path) -> None:
+    from wav2lip_trt.files import temporary_sibling
+    from wav2lip_trt.jobs.worker import Task, remove_temporaries, temporaries
+    from wav2lip_trt.options import InferenceOptions
+
+    name = "n" * 250 + ".mp4"  # a long name: the temporary name's stem is cut, and still matched
+    for outfile in (tmp_path / "a.mp4", tmp_path / name):
+        task = Task(1, InferenceOptions(checkpoint_path=Path("w.pth"), face=Path("f.mp4"), audio=Path("a.wav"),
+                                        outfile=outfile), str(outfile))
+        older = temporary_sibling(outfile)  # there before the job started: not this job's
+        before = temporaries(task)
+        assert before == {older}
+        own = [temporary_sibling(outfile), temporary_sibling(outfile)]
+        stem = outfile.stem[:200]
+        alike = [tmp_path / f".{stem}.1234.partial.mp4", tmp_path / f".{stem}.0123456z.partial.mp4",
+                 tmp_path / f".{stem}.01234567.partial.mkv", tmp_path / f".{stem}.01234567.tmp.mp4",
+                 tmp_path / f".{stem}.mp4{MARK_TAG}", tmp_path / ".b.01234567.partial.mp4", outfile]
+        for path in alike:
+            path.write_bytes(b"x")
+        assert sorted(remove_temporaries(task, before)) == sorted(own)
+        assert older.exists() and all(path.exists() for path in alike) and not any(path.exists() for path in own)

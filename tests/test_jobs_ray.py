@@ -57,23 +57,27 @@ def test_the_same_jobs_on_ray_actors(cluster, checkpoints, tmp_path) -> None:
     assert [o.status for o in again.outcomes] == ["skipped", "skipped", "failed", "skipped"]
 
 
-def test_a_job_whose_actor_died_is_retried_once_on_another(cluster) -> None:
+def test_a_job_whose_actor_died_is_retried_once_on_another(cluster, tmp_path) -> None:
+    from wav2lip_trt.files import temporary_sibling, temporary_siblings
     from wav2lip_trt.jobs.ray_runner import dispatch
 
     class Flaky:
-        """Dies running line 2 the first time and line 3 every time."""
+        """Dies running line 2 the first time and line 3 every time, each time in the middle of writing its video."""
 
         def ready(self) -> None:
             return None
 
         def run(self, task: Task) -> Outcome:
             if task.line == 3 or (task.line == 2 and task.attempt == 1):
+                temporary_sibling(task.options.outfile)
                 os._exit(1)
             return Outcome(task.line, "ok", task.output, worker=str(os.getpid()), attempts=task.attempt)
 
     actor = cluster.remote(Flaky).options(num_cpus=1)
-    options = InferenceOptions(checkpoint_path=Path("w.pth"), face=Path("f.mp4"), audio=Path("a.wav"))
-    tasks = [Task(line, options, f"out{line}.mp4") for line in (1, 2, 3, 4, 5)]
+    older = temporary_sibling(tmp_path / "out3.mp4")  # there before the batch: not the dead actor's to remove
+    tasks = [Task(line, InferenceOptions(checkpoint_path=Path("w.pth"), face=Path("f.mp4"), audio=Path("a.wav"),
+                                         outfile=tmp_path / f"out{line}.mp4"), f"out{line}.mp4")
+             for line in (1, 2, 3, 4, 5)]
     outcomes: list[Outcome] = []
     dispatch(cluster, actor.remote, 2, tasks, outcomes.append)
     by_line = {o.job: o for o in outcomes}
@@ -81,6 +85,7 @@ def test_a_job_whose_actor_died_is_retried_once_on_another(cluster) -> None:
     assert by_line[2].status == "ok" and by_line[2].attempts == 2
     assert by_line[3].status == "failed" and by_line[3].attempts == 2 and "died twice" in by_line[3].error
     assert all(by_line[line].status == "ok" and by_line[line].attempts == 1 for line in (1, 4, 5))
+    assert [temporary_siblings(task.options.outfile) for task in tasks] == [set(), set(), {older}, set(), set()]
 
 
 def test_without_ray_the_option_says_what_to_install(checkpoints, tmp_path) -> None:

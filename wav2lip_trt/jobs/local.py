@@ -7,8 +7,9 @@ it is killed with SIGKILL (``PR_SET_PDEATHSIG`` on Linux, a watchdog elsewhere),
 leaves no worker behind that could finish a job while a resumed batch runs it again.
 
 Each worker gets the next job when it reports the last one, so a slow job never holds others up. A
-worker that dies (the kernel's OOM killer, a crash in a native library) is replaced, and the job it
-was running is retried once on another worker, as on Ray.
+worker that dies (the kernel's OOM killer, a crash in a native library) is replaced, the temporary
+output it was writing is removed, and the job it was running is retried once on another worker, as
+on Ray.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 from .. import errors
 from ..errors import InputError
 from .results import Outcome
-from .worker import Task, WorkerSpec, failed, open_session, run_task, this_worker
+from .worker import Task, WorkerSpec, failed, open_session, remove_temporaries, run_task, temporaries, this_worker
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class _Slot:
     gpu: int | None = None
     task: Task | None = None
     ready: bool = False
+    before: set[Path] = field(default_factory=set)  # the task's temporary files that existed when it was handed out
 
 
 class LocalPool:
@@ -89,6 +92,7 @@ class LocalPool:
         self._slots: list[_Slot] = []
         self._started = 0
         self._load_deaths = 0
+        self._orphans: list[tuple[Task, set[Path]]] = []  # jobs of dead workers: their temporary files go at the end
 
     def run(self, tasks: Sequence[Task], on_outcome: Callable[[Outcome], None],
             on_ready: Callable[[int], None] | None = None) -> None:
@@ -120,9 +124,12 @@ class LocalPool:
                 for slot in self._slots:  # a retried job goes to any worker that is free
                     if pending and slot.ready and slot.task is None:
                         slot.task = pending.popleft()
+                        slot.before = temporaries(slot.task)
                         slot.conn.send(slot.task)
         finally:
             self._stop()
+            for task, before in self._orphans:  # again: the dead worker's ffmpeg may have outlived it a moment
+                remove_temporaries(task, before)
 
     def _handle(self, slot: _Slot, message: tuple[Any, ...], on_outcome: Callable[[Outcome], None],
                 on_ready: Callable[[int], None] | None) -> None:
@@ -165,6 +172,8 @@ class LocalPool:
                                  f"{self.workers}? try fewer --workers")
             log.warning("batch worker %d died while loading the models (%s); starting another", slot.index, how)
         if slot.task is not None:
+            self._orphans.append((slot.task, slot.before))
+            remove_temporaries(slot.task, slot.before)  # before a retry starts its own
             if slot.task.attempt == 1:
                 log.warning("batch worker %d died (%s) running line %d; retrying it on another worker",
                             slot.index, how, slot.task.line)

@@ -3,7 +3,8 @@
 Ray schedules the actors (``num_gpus=1`` each on a cluster with GPUs, so one per GPU, and Ray sets
 each one's ``CUDA_VISIBLE_DEVICES``); this module hands each free actor the next job and takes the
 results back as they finish (``ray.wait``), in whatever order. An actor that dies (its node lost,
-its process killed for memory) is replaced, and the job it was running is retried once on another.
+its process killed for memory) is replaced, the temporary output it was writing is removed, and the
+job it was running is retried once on another.
 
 Files travel as paths, never as bytes: every node must see the inputs and write the outputs at the
 same paths (shared storage such as NFS or a mounted bucket). Ray is an optional extra; without it,
@@ -16,13 +17,14 @@ import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from .. import errors
 from ..errors import InputError, MissingDependencyError
 from .local import default_workers
 from .results import Outcome
-from .worker import Task, WorkerSpec, failed, open_session, run_task, this_worker
+from .worker import Task, WorkerSpec, failed, open_session, remove_temporaries, run_task, temporaries, this_worker
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,8 @@ def dispatch(ray: Any, make_actor: Callable[[], Any], workers: int, tasks: Seque
     in_flight: dict[Any, tuple[Any, Task | None]] = {}  # object ref -> (actor, its task; None for ready())
     actors: list[Any] = []
     idle: list[Any] = []  # loaded actors without a job
+    before: dict[int, set[Path]] = {}  # by line: the job's temporary files that existed when it was handed out
+    orphans: list[Task] = []  # jobs whose actor died: their temporary files go (again) at the end
     ready = load_deaths = 0
     restarts = len(tasks) + workers
 
@@ -156,12 +160,15 @@ def dispatch(ray: Any, make_actor: Callable[[], Any], workers: int, tasks: Seque
                     load_deaths += 1
                     if load_deaths > 1 and ready == 0:  # a second actor died loading: it will not get better
                         raise InputError(f"Ray actors die while loading the models: {_first_line(exc)}") from None
-                elif task.attempt == 1:
-                    log.warning("Ray actor died running line %d (%s); retrying it on another", task.line,
-                                _first_line(exc))
-                    pending.appendleft(replace(task, attempt=2))
                 else:
-                    on_outcome(failed(task, f"its Ray actor died twice running it: {_first_line(exc)}", None))
+                    orphans.append(task)
+                    remove_temporaries(task, before[task.line])  # before a retry starts its own
+                    if task.attempt == 1:
+                        log.warning("Ray actor died running line %d (%s); retrying it on another", task.line,
+                                    _first_line(exc))
+                        pending.appendleft(replace(task, attempt=2))
+                    else:
+                        on_outcome(failed(task, f"its Ray actor died twice running it: {_first_line(exc)}", None))
                 if pending and restarts > 0 and len(actors) < min(workers, len(pending) + len(in_flight)):
                     start()
                     restarts -= 1
@@ -182,12 +189,15 @@ def dispatch(ray: Any, make_actor: Callable[[], Any], workers: int, tasks: Seque
                 idle.append(handle)
             while pending and idle:
                 handle, task = idle.pop(), pending.popleft()
+                before.setdefault(task.line, temporaries(task))  # the first hand-out: a retry keeps it
                 in_flight[handle.run.remote(task)] = (handle, task)
         for lost in pending:  # every actor died and none could be started
             on_outcome(failed(lost, "no Ray actor left to run it", None))
     finally:
         for handle in actors:
             ray.kill(handle)
+        for task in orphans:
+            remove_temporaries(task, before[task.line])
 
 
 def _lost_worker_errors(ray: Any) -> tuple[type[BaseException], ...]:

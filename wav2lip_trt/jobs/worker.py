@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import Wav2LipTrtError
+from ..files import temporary_siblings
 from ..options import InferenceOptions
 from .results import Outcome
 
@@ -81,3 +82,28 @@ def failed(task: Task, error: str, worker: str | None) -> Outcome:
 def this_worker(prefix: str) -> str:
     """A name for the results: ``prefix:host:pid``."""
     return f"{prefix}:{socket.gethostname()}:{os.getpid()}"
+
+
+def temporaries(task: Task) -> set[Path]:
+    """The temporary files of ``task``'s output that exist now (the exact ``.partial`` names, nothing else)."""
+    return temporary_siblings(Path(task.options.outfile))
+
+
+def remove_temporaries(task: Task, before: set[Path]) -> list[Path]:
+    """Remove the temporary files of ``task``'s output made since ``before`` (:func:`temporaries` when it was handed out).
+
+    For a worker that died running it: a killed process cannot remove its own, and its ffmpeg
+    finishes the file it was writing. Files that existed before the job started are not its own and
+    stay. Returns what was removed.
+    """
+    removed = []
+    for path in temporaries(task) - before:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot remove %s, left by a dead worker: %s", path, exc.strerror or exc)
+            continue
+        removed.append(path)
+    return removed
