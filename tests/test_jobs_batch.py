@@ -178,3 +178,23 @@ def test_a_dead_workers_temporary_files_and_nothing_else_are_removed(tmp_path) -
             path.write_bytes(b"x")
         assert sorted(remove_temporaries(task, before)) == sorted(own)
         assert older.exists() and all(path.exists() for path in alike) and not any(path.exists() for path in own)
+
+
+def test_a_job_whose_outfile_is_another_jobs_face_runs_nothing(media, checkpoints, tmp_path) -> None:
+    face = tmp_path / "in" / "face.mp4"
+    face.parent.mkdir()
+    face.write_bytes(media["face"].read_bytes())
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [
+        {"face": str(face), "audio": str(media["short"]), "outfile": str(tmp_path / "out" / "a.mp4"), "box": BOX},
+        {"face": str(media["face"]), "audio": str(media["long"]), "outfile": str(tmp_path / "in" / ".." / "in" / "face.mp4"),
+         "box": BOX},
+    ])
+    proc = run_batch_cli(jobs, checkpoints, "--quiet")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: {jobs}: line 2's outfile {tmp_path}/in/../in/face.mp4 is the same file as line 1's face {face}; "
+        "inputs are never overwritten"]
+    assert face.read_bytes() == media["face"].read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "jobs.jsonl", "out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sub"]
