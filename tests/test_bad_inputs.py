@@ -22,7 +22,6 @@ import pytest
 
 from wav2lip_trt.encode import CONTAINERS, VideoWriter
 from wav2lip_trt.files import atomic_write_text, check_output_file, temporary_sibling
-from wav2lip_trt.progress import Progress
 from wav2lip_trt.samples import float_to_int16, speechlike_audio, talking_face_frames, write_video, write_wav
 
 from media import make_video
@@ -32,8 +31,9 @@ ROOT_REASON = "runs as root, where a read-only folder is still writable"
 
 
 def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "wav2lip_trt", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    """The real command, its output decoded as written (``text=True`` would turn a carriage return into a newline)."""
+    proc = subprocess.run([sys.executable, "-m", "wav2lip_trt", *map(str, args)], capture_output=True, timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,8 @@ def infer_args(media: dict[str, Path], out: Path, *, face: str = "image", checkp
 def assert_one_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> str:
     """Exit 1, no traceback, and (with --quiet) exactly one line on stderr: ``Error: ...``."""
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and "\r" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().split("\n")  # whole lines, as grep '^Error:' reads a log
     assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
@@ -213,6 +213,23 @@ def test_detector_refuses_small_frames_in_the_library() -> None:
         FaceDetector(runner=None).detect(np.zeros((2, 31, 64, 3), np.uint8))  # type: ignore[arg-type]
 
 
+def test_boxes_file_is_checked_against_the_frame_count_both_ways_up_front(media, tmp_path) -> None:
+    """Issue 17, items 9 and 10: more boxes than frames was accepted (the extra dropped), fewer failed
+    only mid-run; a coordinate beyond int64 with --dump-intermediates was an OverflowError."""
+    out, boxes = tmp_path / "out.mp4", tmp_path / "boxes.json"
+    for count in (25, 15):  # the video has 20 frames
+        boxes.write_text(json.dumps([[10, 10, 60, 70]] * count))
+        proc = run_cli(*infer_args(media, out, face="video", checkpoint="corrupt"), "-q", "--boxes", boxes)
+        assert_one_error(proc, str(boxes), f"has {count} boxes, the face input has 20 frames")
+    for text, problem in (("[[10, 10, 60, 70],\n[10, 10, 60, 9223372036854775808]]", "line 2: the number"),
+                          ("[[10, 10, 60, 9223372036854775807]]", "has a coordinate beyond")):
+        boxes.write_text(text)
+        proc = run_cli(*infer_args(media, out, face="video", checkpoint="corrupt"), "-q", "--boxes", boxes,
+                       "--dump-intermediates", tmp_path / "dump")
+        assert_one_error(proc, str(boxes), problem)
+    assert listing(tmp_path) == ["boxes.json"]
+
+
 # --- 5. absurd frame rates -----------------------------------------------------------------------------
 
 
@@ -356,35 +373,3 @@ def test_parity_and_bench_check_their_outputs_first(media, tmp_path) -> None:
     assert_one_error(run_cli("parity", *common, "--work-dir", blocker / "w"), "--work-dir", "not a folder")
     assert_one_error(run_cli("bench", *common, "--json", blocker / "b.json"), "--json", "not a folder")
     assert listing(tmp_path) == ["a_file"]
-
-
-# --- the progress display ------------------------------------------------------------------------------
-
-
-def test_progress_shows_phases_then_frames_with_a_late_eta(capsys) -> None:
-    with Progress("lip-sync", unit="frame") as progress:
-        progress.phase("loading models")
-        progress.phase("detecting faces")
-        progress.start(297)
-        progress.phase("lip-syncing")
-        time.sleep(0.2)  # past tqdm's minimum redraw interval, so the first frame is drawn
-        progress.update(1)
-        early = capsys.readouterr().err
-        for done in range(2, 298):
-            progress.update(done)
-    late = capsys.readouterr().err
-    assert "loading models" in early and "detecting faces" in early
-    first = [s for s in re.split(r"[\r\n]", early) if "1/297" in s]
-    assert first and all("<" not in s and "frame/s" not in s for s in first), first  # no ETA from one frame
-    final = [s for s in re.split(r"[\r\n]", late) if "297/297" in s][-1]
-    assert final.startswith("lip-syncing: 100%") and "<00:00" in final and "frame/s" in final, final
-
-
-def test_progress_is_silent_when_disabled(capsys) -> None:
-    with Progress("lip-sync", unit="frame", enabled=False) as progress:
-        progress.phase("loading models")
-        progress.start(10)
-        for done in range(1, 11):
-            progress.update(done)
-    captured = capsys.readouterr()
-    assert captured.err == "" and captured.out == ""

@@ -81,9 +81,21 @@ def test_missing_file(tmp_path):
 def test_not_json(tmp_path):
     path = tmp_path / "b.json"
     path.write_text('{"format": "wav2lip-trt-boxes", "boxes": [')
-    assert "is not JSON" in refused(path)
+    assert "line 1: not valid JSON" in refused(path)
     path.write_bytes(b"\xff\xfe\x00binary")
     assert "cannot read it" in refused(path)
+
+
+@pytest.mark.parametrize("text, words", [
+    ('{"boxes":\n' + "[" * 100_000 + "]" * 100_000 + "}", "line 2: nested more than 32 levels deep"),
+    ("[\n[1, 2, 3, 4],\n[1, 2, 3, 99999999999999999999999]]", "line 3: the number 99999999999999999999999 is too large"),
+    ("[[1, 2, 3, 1e999]]", "line 1: the number 1e999 is too large for a float"),
+    ("[[1, 2, NaN, 4]]", "line 1: NaN is not a JSON number"),
+])
+def test_deep_or_huge_json_is_one_error_with_its_line(tmp_path, text, words):
+    path = tmp_path / "b.json"
+    path.write_text(text)
+    assert words in refused(path, frames=None)
 
 
 @pytest.mark.parametrize("value, words", [
@@ -126,6 +138,7 @@ def test_frame_size_mismatch(tmp_path):
     ([10, -1, 30, 40], "has a negative coordinate"),
     ([W, 20, W + 40, 40], f"lies wholly outside the {W}x{H} frame"),
     ([10, H + 3, 30, H + 40], "lies wholly outside"),
+    ([10, 20, 2**63 - 1, 40], "has a coordinate beyond 2147483647"),  # an int64 that pads would overflow
 ])
 def test_bad_box(tmp_path, box, words):
     boxes = [None, None, box, None, None]

@@ -26,6 +26,7 @@ from wav2lip_trt.detection import (
     content_sha256,
     default_cache_dir,
 )
+from wav2lip_trt.errors import InputError
 
 LOGGER = "wav2lip_trt.detection.cache"
 
@@ -80,6 +81,24 @@ def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "wav2lip-trt"
     assert DetectionCache().folder == tmp_path / "home" / ".cache" / "wav2lip-trt" / "detections"
+
+
+def test_without_a_home_directory_the_cache_is_off_with_one_warning(monkeypatch, tmp_path, caplog, files):
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", "relative/home")  # no folder to put the cache in (as no HOME and no passwd entry)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="no detection cache folder: .* pass --cache-dir DIR or set XDG_CACHE_HOME"):
+        default_cache_dir()
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/xdg")  # the XDG rule: a relative path is ignored
+    with pytest.raises(InputError, match="no detection cache folder"):
+        default_cache_dir()
+    cache, key = DetectionCache(), make_key(files["face"], files["s3fd"])
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        assert cache.load(key) is None
+        assert cache.store(key, entry(40, (0, 16))) is False
+    messages = warnings_of(caplog)
+    assert len(messages) == 1 and "continuing without caching" in messages[0], messages
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["face.mp4", "s3fd.pth"]  # nothing written anywhere
 
 
 def test_content_sha256_is_the_bytes_hash_and_is_memoized(monkeypatch, files):
@@ -328,6 +347,72 @@ def test_unreadable_entry_is_ignored(tmp_path, files, caplog):
     assert not cache.store(key, entry(40, (0, 16)))  # cannot replace a folder: not fatal either
 
 
+def test_symlinked_entry_is_not_followed_and_is_replaced(tmp_path, files, caplog):
+    key = make_key(files["face"], files["s3fd"])
+    elsewhere = DetectionCache(tmp_path / "elsewhere")
+    assert elsewhere.store(key, entry(40, (16, 16)))
+    outside = elsewhere.path(key).read_bytes()
+    cache = DetectionCache(tmp_path / "cache")
+    cache.folder.mkdir(parents=True)
+    cache.path(key).symlink_to(elsewhere.path(key))  # a valid entry of this key, through a link: not trusted
+    assert_ignored_then_rewritten(cache, key, caplog, "cannot read it (it is a symbolic link)")
+    assert not cache.path(key).is_symlink() and elsewhere.path(key).read_bytes() == outside
+
+
+def test_fifo_entry_neither_blocks_nor_is_read(tmp_path, files, caplog):
+    cache = DetectionCache(tmp_path / "cache")
+    key = make_key(files["face"], files["s3fd"])
+    cache.folder.mkdir(parents=True)
+    os.mkfifo(cache.path(key))
+    results: list = []
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        reader = threading.Thread(target=lambda: results.append(cache.load(key)), daemon=True)
+        reader.start()
+        reader.join(10)
+    if reader.is_alive():  # blocked in open(): give it a writer, so the thread ends, then fail
+        os.close(os.open(cache.path(key), os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("opening a FIFO entry blocked")
+    assert results == [None]
+    assert "it is a FIFO, not a regular file" in warnings_of(caplog)[0]
+    assert cache.store(key, entry(40, (0, 16))) and cache.load(key).batches() == [(0, 16)]
+
+
+@pytest.mark.parametrize("odd", ["dangling link", "link to a file", "fifo"])
+def test_a_lock_file_that_is_not_a_regular_file_is_replaced(tmp_path, files, caplog, odd):
+    cache = DetectionCache(tmp_path / "cache")
+    key = make_key(files["face"], files["s3fd"])
+    lock = cache.folder / f".{key.digest()}.lock"
+    cache.folder.mkdir(parents=True)
+    target = tmp_path / "outside" / "victim"
+    target.parent.mkdir()
+    if odd == "fifo":
+        os.mkfifo(lock)
+    else:
+        if odd == "link to a file":
+            target.write_bytes(b"someone's file")
+        lock.symlink_to(target)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert cache.store(key, entry(40, (0, 16)))
+    assert "replacing detection cache lock file" in warnings_of(caplog)[0]
+    assert lock.is_file() and not lock.is_symlink()
+    assert [p.name for p in target.parent.iterdir()] == (["victim"] if odd == "link to a file" else [])
+    if odd == "link to a file":
+        assert target.read_bytes() == b"someone's file"
+    assert cache.load(key).batches() == [(0, 16)]
+
+
+def test_clear_and_info_do_not_follow_links(tmp_path, files):
+    key = make_key(files["face"], files["s3fd"])
+    elsewhere = DetectionCache(tmp_path / "elsewhere")
+    assert elsewhere.store(key, entry(40, (0, 16)))
+    cache = DetectionCache(tmp_path / "cache")
+    cache.folder.mkdir(parents=True)
+    cache.path(key).symlink_to(elsewhere.path(key))
+    assert cache.info().entries == 0  # a link is not an entry of this cache
+    cache.clear()
+    assert list(cache.folder.iterdir()) == [] and elsewhere.info().entries == 1
+
+
 # --- failures to write -----------------------------------------------------------------------------------
 
 
@@ -452,3 +537,52 @@ def test_two_writer_processes_and_a_reader(tmp_path, files, caplog):
     check_consistent(final)
     leftovers = [p.name for p in reader.folder.iterdir() if ".tmp" in p.name]
     assert leftovers == []
+
+
+# --- a real run without a cache folder ---------------------------------------------------------------
+
+UNKNOWN_UID = 54321
+
+
+def _without_passwd_entry() -> list[str] | None:
+    """``unshare`` arguments that run a command as a uid without a passwd entry, or None where it cannot."""
+    import pwd
+    import shutil
+
+    try:
+        pwd.getpwuid(UNKNOWN_UID)
+        return None
+    except KeyError:
+        pass
+    if shutil.which("unshare") is None:
+        return None
+    prefix = ["unshare", "--user", f"--map-user={UNKNOWN_UID}", f"--map-group={UNKNOWN_UID}"]
+    probe = subprocess.run([*prefix, sys.executable, "-c", "import pathlib; pathlib.Path.home()"],
+                           capture_output=True, text=True, env=_env_without_home())
+    return prefix if "Could not determine home directory" in probe.stderr else None
+
+
+def _env_without_home(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k not in ("HOME", "XDG_CACHE_HOME")}, **extra}
+
+
+@pytest.mark.parametrize("how", ["uid without a passwd entry", "relative HOME"])
+def test_detect_without_a_home_directory_warns_and_runs(checkpoints, tmp_path, how):
+    """Item 8 of issue 17: RuntimeError("Could not determine home directory") from the default cache path."""
+    from wav2lip_trt.samples import talking_face_frames, write_video
+
+    prefix = _without_passwd_entry() if how == "uid without a passwd entry" else []
+    if prefix is None:
+        pytest.skip("needs unshare --user --map-user and a uid without a passwd entry")
+    env = _env_without_home() if prefix else _env_without_home(HOME="relative")
+    face = write_video(tmp_path / "face.mp4", talking_face_frames(4, 160, 128, seed=3), 25.0)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    proc = subprocess.run([*prefix, sys.executable, "-m", "wav2lip_trt", "detect", "--face", str(face),
+                           "--s3fd-checkpoint", str(checkpoints[1]), "--device", "cpu"],
+                          capture_output=True, text=True, env=env, cwd=work, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "continuing without caching" in line]
+    assert len(warned) == 1 and "no detection cache folder" in warned[0], proc.stderr
+    assert "(detected; S3FD ran on 4)" in proc.stderr  # S3FD ran, uncached
+    assert list(work.iterdir()) == []  # nothing written where the command ran

@@ -155,6 +155,37 @@ def test_detect_fills_the_cache_infer_reads(media, checkpoints, tmp_path) -> Non
     assert run_inference(options(media, checkpoints, tmp_path / "run", audio=media["de"])).detection == "cache hit"
 
 
+def test_detect_after_an_infer_that_showed_every_frame_is_a_hit(media, checkpoints, tmp_path) -> None:
+    """Issue 17, item 11: this said "cache partial; S3FD ran on 0"."""
+    exact = write_wav(tmp_path / "exact.wav", float_to_int16(speechlike_audio(0.9, seed=1)), 16000)
+    first = run_inference(options(media, checkpoints, tmp_path / "run", audio=exact, dump_intermediates=None))
+    assert first.frames == 20 and first.detection == "cache miss"  # every frame, but not past the last one
+    again = detect_face(DetectOptions(face=media["face"], s3fd_checkpoint=checkpoints[1], device="cpu",
+                                      cache_dir=tmp_path / "cache"))
+    assert (again.origin, again.detected, len(again.boxes)) == ("cache hit", 0, 20)
+
+
+def test_boxes_count_of_a_video_without_a_frame_count_is_counted(media, checkpoints, tmp_path) -> None:
+    """A raw H.264 stream has no container frame count: the frames are counted, so both ways are refused."""
+    import cv2
+    from media import run_ffmpeg
+
+    stream = tmp_path / "face.h264"
+    run_ffmpeg("-i", media["face"], "-c:v", "libx264", stream)
+    capture = cv2.VideoCapture(str(stream))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) != 20  # what OpenCV says is no count
+    capture.release()
+    boxes = tmp_path / "boxes.json"
+    for count in (19, 20, 21):
+        boxes.write_text(json.dumps([[10, 10, 60, 70]] * count))
+        opts = options(media, checkpoints, tmp_path / "o", face=stream, boxes=boxes)
+        if count == 20:
+            assert opts.check_face_source().info.kind == "video"
+        else:
+            with pytest.raises(InputError, match=f"has {count} boxes, the face input has 20 frames"):
+                opts.check_face_source()
+
+
 @pytest.mark.parametrize(("boxes", "message"), [
     ([[10, 10, 50, 50]] * 5, "has 5 boxes, the face input has 8 frames"),
     ([[10, 10, 50]] * 8, "4 integers"),

@@ -103,6 +103,7 @@ def test_results_lines_survive_a_cut_last_line(tmp_path) -> None:
         results.write(Outcome(2, "failed", "b.mp4", error="--face file not found: b.mp4"))
     with open(path, "a") as f:
         f.write('{"job": 3, "stat')  # what a kill in the middle of a write leaves
+        f.write("\n" + "[" * 100_000 + "\n")  # a line no results writer made: skipped too, not a RecursionError
     rows = read_results(path)
     assert [row["job"] for row in rows] == [1, 2]
     assert rows[0]["seconds"] == 1.235 and rows[1]["error"] == "--face file not found: b.mp4"

@@ -62,6 +62,10 @@ def test_per_call_options_are_the_infer_options_that_keep_the_models() -> None:
     (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4", "crf": 18.5}'], r"line 1: crf: expected a whole number"),
     (['{"face": 3, "audio": "a.wav", "outfile": "o.mp4"}'], r"line 1: face: expected a path"),
     (["", "# nothing but a comment"], r"holds no jobs"),
+    (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4"}', '{"face": ' + "[" * 50_000 + "]" * 50_000 + "}"],
+     r"jobs.jsonl line 2: nested more than 32 levels deep"),
+    (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4", "crf": 1' + "0" * 5000 + "}"],
+     r"jobs.jsonl line 1: the number 10000000000000000000\.\.\. \(5001 characters\) is too large"),
 ])
 def test_malformed_jsonl_names_the_line(tmp_path, lines, problem) -> None:
     path = tmp_path / "jobs.jsonl"
@@ -78,6 +82,7 @@ def test_malformed_jsonl_names_the_line(tmp_path, lines, problem) -> None:
     ("face,audio,outfile,rotate\na.mp4,a.wav,o.mp4,maybe\n", r"line 2: rotate: expected true or false"),
     ("face,audio,outfile\n\na.mp4,,o.mp4\n", r"line 3: missing audio"),
     ("face,face,outfile\n", r"line 1: the CSV header needs a distinct name"),
+    ("face,audio,outfile,pads\na.mp4,a.wav,o.mp4," + "[" * 5000 + "\n", r"line 2: pads: expected 4 whole numbers"),
 ])
 def test_malformed_csv_names_the_line(tmp_path, text, problem) -> None:
     path = tmp_path / "jobs.csv"

@@ -160,7 +160,8 @@ class InferenceOptions:
         """The checks that need the face input opened (its first frame decoded), before any model loads.
 
         S3FD cannot run on a frame under 32 pixels on a side (after --resize_factor/--rotate/--crop),
-        and a fixed --box must lie inside the frame. Returns the opened source, for the job to use.
+        a fixed --box must lie inside the frame, and a --boxes file must fit the frames and their count.
+        Returns the opened source, for the job to use.
         """
         from .detect import check_frame_size
         from .video import FaceSource, FrameTransform
@@ -176,6 +177,10 @@ class InferenceOptions:
         elif self.needs_detector:
             resized = "" if source.transform.is_identity else " after --resize_factor/--rotate/--crop"
             check_frame_size(info.width, info.height, f"{self.face}: its frames are {info.width}x{info.height}{resized}")
+        else:
+            from .detection.boxes_file import read_boxes_for
+
+            read_boxes_for(Path(self.boxes), source, static=self.static or source.kind == "image")
         return source
 
 

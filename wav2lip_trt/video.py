@@ -85,6 +85,7 @@ class FaceSource:
             raise InputError(f"face input not found: {self.path}")
         check_fps(fps)
         self._files: list[Path] = []
+        self._exact_count: int | None = None
         if self.path.is_dir():
             kind = "frames"
             self._files = sorted(
@@ -129,6 +130,22 @@ class FaceSource:
             raise InputError(f"{self.path}: the video says it runs at {fps:g} frames/s, more than {MAX_FPS:g}; "
                              "re-encode it at its real rate (ffmpeg -i IN -r 25 OUT.mp4)")
         return fps, (count if count > 0 else None)
+
+    def exact_frame_count(self) -> int:
+        """The number of frames :meth:`frames` yields; for a video that means reading it through once
+        (its container's count is an estimate), remembered for this source."""
+        if self.kind != "video":
+            return 1 if self.kind == "image" else len(self._files)
+        if self._exact_count is None:
+            cap = cv2.VideoCapture(str(self.path))
+            count = 0
+            try:
+                while cap.grab():
+                    count += 1
+            finally:
+                cap.release()
+            self._exact_count = count
+        return self._exact_count
 
     def _raw_frames(self) -> Iterator[np.ndarray]:
         if self.kind == "video":

@@ -24,9 +24,10 @@ Format (version 1)::
 
 Coordinates are integer pixels, x to the right and y down, x2/y2 exclusive as in S3FD's output:
 0 <= x1 < x2, 0 <= y1 < y2, and the box must overlap the frame (it may reach past its right or
-bottom edge, as S3FD boxes do). A bare JSON list of boxes (``[[x1, y1, x2, y2] | null, ...]``) is
-accepted too, for users' own tools; it gets the same checks on count and values. Every problem is
-one :class:`~wav2lip_trt.errors.InputError` naming the file.
+bottom edge, as S3FD boxes do, up to :data:`MAX_COORDINATE`). A bare JSON list of boxes
+(``[[x1, y1, x2, y2] | null, ...]``) is accepted too, for users' own tools; it gets the same checks on
+count and values. The file is read by :func:`~wav2lip_trt.json_input.load_json_text` (bounded nesting
+and number size). Every problem is one :class:`~wav2lip_trt.errors.InputError` naming the file.
 """
 
 from __future__ import annotations
@@ -36,13 +37,19 @@ import math
 import operator
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from ..files import atomic_write_text
+from ..json_input import JsonInputError, load_json_text
+
+if TYPE_CHECKING:
+    from ..video import FaceSource
 
 FORMAT = "wav2lip-trt-boxes"
 VERSION = 1
 ORDER = "x1 y1 x2 y2"
+MAX_COORDINATE = 2**31 - 1  # far beyond any frame; keeps pads and smoothing well inside int64
 Box = tuple[int, int, int, int]
 
 
@@ -63,6 +70,8 @@ def box_problem(box: object, width: int, height: int) -> str | None:
     x1, y1, x2, y2 = box
     if min(box) < 0:
         return f"{list(box)} has a negative coordinate"
+    if max(box) > MAX_COORDINATE:
+        return f"{list(box)} has a coordinate beyond {MAX_COORDINATE}"
     if x2 <= x1 or y2 <= y1:
         return f"{list(box)} is empty: it needs x2 > x1 and y2 > y1"
     if x1 >= width or y1 >= height:
@@ -127,9 +136,9 @@ def read_boxes(path: Path, *, frames: int | None, width: int, height: int) -> li
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{label}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
     try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise InputError(f"{label} is not JSON ({exc})") from None
+        data = load_json_text(text)
+    except JsonInputError as exc:
+        raise InputError(f"{label}, line {exc.line}: {exc.problem}") from None
     if isinstance(data, list):
         boxes = data
     elif isinstance(data, dict):
@@ -138,8 +147,7 @@ def read_boxes(path: Path, *, frames: int | None, width: int, height: int) -> li
         raise InputError(f"{label} is not a {FORMAT} file: it holds a JSON {type(data).__name__}, "
                          "expected an object or a list of boxes")
     if frames is not None and len(boxes) != frames:
-        raise InputError(f"{label} has {len(boxes)} boxes, the face input has {frames} frames; "
-                         "give one box (or null) per frame")
+        raise _count_error(label, len(boxes), frames)
     result: list[Box | None] = []
     for index, box in enumerate(boxes):
         problem = box_problem(box, width, height)
@@ -147,6 +155,33 @@ def read_boxes(path: Path, *, frames: int | None, width: int, height: int) -> li
             raise InputError(f"{label}: box {index} {problem}")
         result.append(None if box is None else (box[0], box[1], box[2], box[3]))
     return result
+
+
+def read_boxes_for(path: Path, source: FaceSource, *, static: bool) -> list[Box | None]:
+    """The boxes of a boxes file for the opened face input: its frame size, and one box per frame.
+
+    Runs before any model loads, so a wrong file fails at once. A ``static`` run (``--static``, or
+    an image) shows only the first frame, so a single box is accepted there too. A video's own frame
+    count is its container's estimate: when that disagrees with the file, the frames are counted
+    (:meth:`~wav2lip_trt.video.FaceSource.exact_frame_count`), so a mismatch either way is refused
+    and a right file for a video with a wrong header is not.
+    """
+    info = source.info
+    label = f"boxes file {path}"
+    boxes = read_boxes(path, frames=None, width=info.width, height=info.height)
+    if static and len(boxes) == 1:
+        return boxes
+    frames = info.frame_count
+    if len(boxes) != frames and info.kind == "video":
+        frames = source.exact_frame_count()
+    if len(boxes) != frames:
+        raise _count_error(label, len(boxes), frames, static=static)
+    return boxes
+
+
+def _count_error(label: str, boxes: int, frames: int | None, *, static: bool = False) -> InputError:
+    return InputError(f"{label} has {boxes} boxes, the face input has {frames} frames; give one box (or null) per "
+                      f"frame{' (or one box for --static)' if static else ''}")
 
 
 def _checked_document(data: dict, label: str, width: int, height: int) -> list:

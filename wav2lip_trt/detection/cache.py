@@ -22,28 +22,37 @@ file and the reason, and is replaced by the next :meth:`DetectionCache.store` - 
 Writes go to a uniquely named temporary file in the same folder renamed over the entry, so readers
 see a whole old or a whole new entry. :meth:`DetectionCache.store` merges with the entry on disk
 under an ``fcntl.flock`` lock file, so concurrent runs detecting different batches keep them all.
-A cache folder that cannot be created or written is never fatal: ``store`` logs one warning and
-returns False, and the run goes on without caching. The empty ``.<digest>.lock`` files stay beside
-the entries; :meth:`DetectionCache.clear` removes them too, so clear only while no run is storing.
+Entries and lock files are opened only as regular files, never through a symbolic link and never
+blocking (``O_NOFOLLOW | O_NONBLOCK``, then ``fstat``): a linked or special entry (a FIFO would block
+the read forever) is ignored with a warning and replaced, a linked or special lock file is replaced,
+so nothing is read or created outside the cache folder. A cache that cannot be used - a folder
+that cannot be created or written, or no folder at all (no ``--cache-dir``, no ``XDG_CACHE_HOME``
+and no home directory, as for a container's uid without a passwd entry) - is never fatal: one
+warning, and the run goes on without caching. The empty ``.<digest>.lock`` files stay beside the
+entries; :meth:`DetectionCache.clear` removes them too, so clear only while no run is storing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
 import logging
 import os
 import re
+import stat
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..files import atomic_write_bytes, sha256_file
+from ..json_input import JsonInputError, load_json_text
 
 try:
     import fcntl
@@ -61,9 +70,23 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/wav2lip-trt``, else ``~/.cache/wav2lip-trt`` (the XDG base directory rule)."""
+    """``$XDG_CACHE_HOME/wav2lip-trt``, else ``~/.cache/wav2lip-trt`` (the XDG base directory rule, which
+    ignores a relative ``XDG_CACHE_HOME``).
+
+    Raises :class:`InputError` when neither names a folder: no usable ``XDG_CACHE_HOME`` and no home
+    directory (``HOME`` unset or relative and the uid without a passwd entry, common in containers).
+    """
     base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "wav2lip-trt"
+    if base and os.path.isabs(base):
+        return Path(base) / "wav2lip-trt"
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError, OSError):  # Path.home(): RuntimeError("Could not determine home directory")
+        home = None
+    if home is None or not home.is_absolute():
+        raise InputError("no detection cache folder: XDG_CACHE_HOME is not set and there is no home directory; "
+                         "pass --cache-dir DIR or set XDG_CACHE_HOME")
+    return home / ".cache" / "wav2lip-trt"
 
 
 # --- content hashes ------------------------------------------------------------------------------------
@@ -254,8 +277,8 @@ def _decode(data: bytes, key: DetectionKey) -> CachedDetections:
     if raw_header.dtype != np.uint8 or raw_header.ndim != 1:
         raise _Invalid(f"header is {raw_header.dtype} {raw_header.shape}, not uint8 bytes")
     try:
-        header = json.loads(raw_header.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        header = load_json_text(raw_header.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, JsonInputError) as exc:
         raise _Invalid(f"header is not JSON ({exc})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise _Invalid(f"not a {FORMAT} file")
@@ -294,22 +317,44 @@ class CacheInfo:
 
 
 class DetectionCache:
-    """Entries under ``root/detections``; see the module docstring for the guarantees."""
+    """Entries under ``root/detections``; see the module docstring for the guarantees.
+
+    Without ``root`` the cache lives under :func:`default_cache_dir`; when there is none, the cache
+    is off: :meth:`load` finds nothing and :meth:`store` writes nothing, after one warning.
+    """
 
     def __init__(self, root: Path | None = None) -> None:
-        self.root = Path(root) if root is not None else default_cache_dir()
-        self.folder = self.root / "detections"
+        self._unusable: str | None = None  # why there is no cache folder at all
+        if root is None:
+            try:
+                root = default_cache_dir()
+            except InputError as exc:
+                self._unusable = str(exc)
+        self.root = Path(root) if root is not None else None
+        self.folder = self.root / "detections" if self.root is not None else None
         self._write_warned = False
 
+    def available(self) -> bool:
+        """False (after one warning) when there is no cache folder at all, so a run knows it detects uncached."""
+        if self.folder is None:
+            self._warn_unusable(self._unusable)
+        return self.folder is not None
+
     def path(self, key: DetectionKey) -> Path:
-        return self.folder / f"{key.digest()}.npz"
+        return self._folder() / f"{key.digest()}.npz"
 
     def load(self, key: DetectionKey) -> CachedDetections | None:
         """The stored entry, or None when there is none or it is not trustworthy (logged as a warning)."""
+        if self.folder is None:
+            self._warn_unusable(self._unusable)
+            return None
         return self._read(self.path(key), key)
 
     def store(self, key: DetectionKey, entry: CachedDetections) -> bool:
         """Merge ``entry`` into the stored one and write it atomically; False (and a warning) if it cannot."""
+        if self.folder is None:
+            self._warn_unusable(self._unusable)
+            return False
         target = self.path(key)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -318,17 +363,14 @@ class DetectionCache:
                 merged = stored.merged(entry) if stored is not None else entry
                 atomic_write_bytes(target, _encode(key, merged))
         except OSError as exc:
-            level = logging.DEBUG if self._write_warned else logging.WARNING
-            self._write_warned = True
-            log.log(level, "detection cache %s cannot be written (%s); continuing without caching",
-                    self.folder, exc.strerror or exc)
+            self._warn_unusable(f"detection cache {self.folder} cannot be written ({exc.strerror or exc})")
             return False
         return True
 
     def clear(self) -> int:
         """Remove every entry (and lock and leftover temporary files); returns the number of entries removed."""
         removed = 0
-        for p in self._files():
+        for p, _ in self._files():
             is_entry = bool(_ENTRY_NAME.match(p.name))
             p.unlink(missing_ok=True)
             removed += is_entry
@@ -336,18 +378,42 @@ class DetectionCache:
 
     def info(self) -> CacheInfo:
         """Number of entries and their size in bytes."""
-        sizes = [p.stat().st_size for p in self._files() if _ENTRY_NAME.match(p.name)]
-        return CacheInfo(self.folder, len(sizes), sum(sizes))
+        sizes = [st.st_size for p, st in self._files() if _ENTRY_NAME.match(p.name) and stat.S_ISREG(st.st_mode)]
+        return CacheInfo(self._folder(), len(sizes), sum(sizes))
 
-    def _files(self) -> list[Path]:
-        if not self.folder.is_dir():
+    def _folder(self) -> Path:
+        if self.folder is None:
+            raise InputError(self._unusable or "no detection cache folder")
+        return self.folder
+
+    def _warn_unusable(self, reason: str | None) -> None:
+        level = logging.DEBUG if self._write_warned else logging.WARNING
+        self._write_warned = True
+        log.log(level, "%s; continuing without caching", reason)
+
+    def _files(self) -> list[tuple[Path, os.stat_result]]:
+        """Everything in the folder but sub-folders, with its ``lstat`` (links are never followed)."""
+        try:
+            children = list(self._folder().iterdir())
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        return [p for p in self.folder.iterdir() if p.is_file()]
+        found = []
+        for p in children:
+            try:
+                st = p.lstat()
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                found.append((p, st))
+        return found
 
     def _read(self, path: Path, key: DetectionKey) -> CachedDetections | None:
         try:
-            data = path.read_bytes()
+            data = _read_regular_file(path)
         except (FileNotFoundError, NotADirectoryError):  # no entry; a blocked folder is reported by store
+            return None
+        except _NotRegular as exc:
+            log.warning("ignoring detection cache entry %s: cannot read it (%s); it will be replaced", path, exc.strerror)
             return None
         except OSError as exc:
             log.warning("ignoring detection cache entry %s: cannot read it (%s)", path, exc.strerror or exc)
@@ -358,20 +424,90 @@ class DetectionCache:
             log.warning("ignoring detection cache entry %s: %s; it will be rewritten", path, exc)
             return None
 
-    @contextmanager
+    @contextlib.contextmanager
     def _locked(self, key: DetectionKey) -> Iterator[None]:
         """An exclusive flock on ``.<digest>.lock``: one read-merge-write per key at a time, across processes."""
         if fcntl is None:  # pragma: no cover
             yield
             return
-        fd = os.open(self.folder / f".{key.digest()}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _lock_file(self._folder() / f".{key.digest()}.lock")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # releases the lock
 
 
+# --- opening files in the cache folder -------------------------------------------------------------------
+
+_NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_LINK_ERRNOS = {errno.ELOOP, errno.EMLINK}  # what open(O_NOFOLLOW) says for a symbolic link (Linux, BSD)
+_SPECIAL_ERRNOS = {errno.EISDIR, errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP}  # a folder, socket, device
+
+
+class _NotRegular(OSError):
+    """The path is a symbolic link, a folder, a FIFO, a device or a socket: never read or locked."""
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _open_regular(path: Path, flags: int, mode: int = 0o666) -> tuple[int, os.stat_result]:
+    """``os.open`` that neither follows a symbolic link nor blocks, and returns only a regular file's fd."""
+    try:
+        fd = os.open(path, flags | _NO_FOLLOW, mode)
+    except OSError as exc:
+        if exc.errno in _LINK_ERRNOS:
+            raise _NotRegular(exc.errno, "it is a symbolic link") from None
+        if exc.errno in _SPECIAL_ERRNOS:
+            raise _NotRegular(exc.errno, "it is not a regular file") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _NotRegular(errno.EINVAL, f"it is {_kind(st.st_mode)}, not a regular file")
+    return fd, st
+
+
+def _read_regular_file(path: Path) -> bytes:
+    fd, _ = _open_regular(path, os.O_RDONLY)
+    with open(fd, "rb") as f:
+        return f.read()
+
+
+def _lock_file(path: Path) -> int:
+    """An fd holding an exclusive flock on ``path``, a regular file (created if missing).
+
+    Anything else at ``path`` (a symbolic link, whose target would be created; a FIFO, which would
+    block) is removed - it is inside the cache folder - and a lock file created instead. After
+    locking, ``path`` must still name the locked file (another run may have replaced it), else the
+    lock is taken again.
+    """
+    for _ in range(10):
+        try:
+            fd, locked = _open_regular(path, os.O_RDWR | os.O_CREAT)
+        except _NotRegular as exc:
+            log.warning("replacing detection cache lock file %s: %s", path, exc.strerror)
+            with contextlib.suppress(FileNotFoundError):  # a folder stays (IsADirectoryError): the store fails
+                os.unlink(path)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            now = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:  # removed while we waited (clear, or a run replacing it): lock again
+            now = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (locked.st_dev, locked.st_ino):
+            return fd
+        os.close(fd)
+    raise OSError(errno.EAGAIN, f"lock file {path} keeps being replaced")
+
+
 def cache_info(root: Path | None = None) -> CacheInfo:
-    """:meth:`DetectionCache.info` of the cache under ``root`` (default :func:`default_cache_dir`)."""
+    """:meth:`DetectionCache.info` of the cache under ``root`` (default :func:`default_cache_dir`;
+    :class:`InputError` when there is none)."""
     return DetectionCache(root).info()

@@ -68,7 +68,8 @@ class DetectionPass:
                  times: StageTimes, *, runner_label: str, cache: DetectionCache | None = None,
                  memo: Memo | None = None, decode_ahead: int = 16) -> None:
         self.detector, self.ops, self.options, self.source, self.times = detector, ops, options, source, times
-        self.runner_label, self.cache, self.memo, self.decode_ahead = runner_label, cache, memo, decode_ahead
+        self.runner_label, self.memo, self.decode_ahead = runner_label, memo, decode_ahead
+        self.cache = cache if cache is not None and cache.available() else None
         info = source.info
         self.scale = detect_scale(info.width, info.height, options.detect_size)
         self.batch = options.face_det_batch_size
@@ -90,11 +91,10 @@ class DetectionPass:
     # --- sources of boxes ---------------------------------------------------------------------------
 
     def _from_file(self, limit: int) -> RawDetections:
-        from .boxes_file import read_boxes
+        from .boxes_file import read_boxes_for
 
-        info = self.source.info
-        exact = info.frame_count if info.kind != "video" else None  # a container's count is an estimate
-        boxes = read_boxes(Path(self.options.boxes), frames=exact, width=info.width, height=info.height)
+        static = self.options.static or self.source.kind == "image"
+        boxes = read_boxes_for(Path(self.options.boxes), self.source, static=static)
         return RawDetections(boxes if limit is None else boxes[:limit], "boxes file", 0)
 
     def _dense(self, limit: int) -> RawDetections:
@@ -119,7 +119,7 @@ class DetectionPass:
             entry.frames_total = len(boxes)  # the input ended: later runs need not decode to learn it
         self._save(key, entry)
         if origin != "detected":
-            origin = "cache miss" if detected == len(boxes) else "cache partial"
+            origin = "cache hit" if detected == 0 else "cache miss" if detected == len(boxes) else "cache partial"
         return RawDetections(boxes, origin, detected)
 
     def _sparse(self, limit: int) -> RawDetections:

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..files import atomic_write_text, name_max
+from ..json_input import JsonInputError, load_json_text
 from ..options import InferenceOptions
 
 MARK_TAG = ".wav2lip-trt-job.json"
@@ -87,8 +88,8 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     rows = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            rows.append(load_json_text(line))
+        except JsonInputError:
             continue
     return rows
 
@@ -128,7 +129,7 @@ def is_done(options: InferenceOptions) -> bool:
         made = os.stat(options.outfile)
         mark = mark_path(options.outfile)
         marked = os.stat(mark)
-        record = json.loads(mark.read_text(encoding="utf-8"))
+        record = load_json_text(mark.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     if not isinstance(record, dict) or record.get("fingerprint") != fingerprint(options):

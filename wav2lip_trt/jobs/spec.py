@@ -20,7 +20,6 @@ job alone, when it runs.
 from __future__ import annotations
 
 import csv
-import json
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..json_input import JsonInputError, load_json_text
 from ..files import Named, check_separate
 from ..options import InferenceOptions
 
@@ -125,9 +125,9 @@ def _read_jsonl(path: Path, text: str) -> list[JobSpec]:
         if not stripped or stripped.startswith("#"):
             continue
         try:
-            record = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path} line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            record = load_json_text(stripped)
+        except JsonInputError as exc:
+            raise InputError(f"{path} line {number}: {exc.problem}") from None
         if not isinstance(record, dict):
             raise InputError(f"{path} line {number}: expected a JSON object {{\"face\": ..., \"audio\": ..., "
                              f"\"outfile\": ...}}, got {type(record).__name__}")
@@ -243,8 +243,8 @@ def _int_tuple(value: Any, size: int, from_text: bool) -> tuple[int, ...]:
     if from_text and isinstance(value, str):
         text = value.strip()
         try:
-            value = json.loads(text) if text.startswith("[") else text.replace(",", " ").split()
-        except json.JSONDecodeError:
+            value = load_json_text(text) if text.startswith("[") else text.replace(",", " ").split()
+        except JsonInputError:
             raise ValueError(f"expected {size} whole numbers, got {value!r}") from None
     if not isinstance(value, (list, tuple)) or len(value) != size:
         raise ValueError(f"expected {size} whole numbers, got {value!r}")
