@@ -1,13 +1,13 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - set up and lip-sync the bundled synthetic sample
-#   make test   - set up (with the dev, onnx and TensorRT-RTX extras) and run the tests
+#   make test   - set up (with the dev, onnx and TensorRT-RTX extras, and Chromium for the page test) and run the tests
 PYTHON ?= python3
 VENV ?= .venv
 # torch first, pinned: an unpinned torch makes pip pull several GB of CUDA wheels on a CPU box.
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench install install-dev clean
+.PHONY: demo test bench install install-dev clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(VENV)/.runtime: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
-	$(BIN)/pip install --quiet -e '.[dev,onnx,rtx,triton,dali,ray,score]'
+	$(BIN)/pip install --quiet -e '.[dev,onnx,rtx,triton,dali,ray,score,serve]'
 	touch $@
 
 install: $(VENV)/.runtime
@@ -27,8 +27,16 @@ install-dev: $(VENV)/.dev
 demo: $(VENV)/.runtime
 	$(BIN)/python scripts/demo.py
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev chromium
 	$(BIN)/python -m pytest -q tests
+
+# The page test (tests/test_serve_page.py) drives Debian's Chromium: installed here when run as root on a
+# fresh machine (about 30 s); Playwright's own browser download cannot reach its server from CI.
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
+	@[ -x $(CHROMIUM) ] || echo "make: $(CHROMIUM) missing (apt-get install chromium as root): the page test will fail" >&2
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m pytest -q benchmarks

@@ -15,6 +15,7 @@ from .build_engines.command import build_engines_command
 from .detection.command import detect_command
 from .scoring.command import score_command
 from .jobs.command import batch_command
+from .serve.command import serve_command
 from .cli_errors import install_signal_handlers, interrupted_exit, setup_logging, user_errors
 from .cli_options import DETECTION_OPTIONS, FRAME_OPTIONS, RUNNER_OPTIONS, with_options
 from .errors import InputError
@@ -248,6 +249,7 @@ def _stage_table(rows: list[dict]) -> str:
 cli.add_command(build_engines_command)
 cli.add_command(detect_command)
 cli.add_command(batch_command)
+cli.add_command(serve_command)
 cli.add_command(score_command)
 
 

@@ -1,0 +1,87 @@
+"""What ``wav2lip-trt serve`` was started with, checked once before anything starts."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+from ..options import BACKEND_CHOICES, DEVICES, PRECISION_CHOICES
+
+TOKEN_ENV = "WAV2LIP_TRT_TOKEN"
+LOCAL_HOSTS = ("localhost",)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The server's options; the model ones mean what they mean to ``infer`` and ``batch``."""
+
+    checkpoint_path: Path  # Wav2Lip generator checkpoint, loaded once per worker
+    s3fd_checkpoint: Path = Path("checkpoints/s3fd.pth")  # loaded when it exists (else jobs must give a box)
+    device: str = "auto"
+    backend: str = "torch"
+    precision: str = "auto"
+    engines_dir: Path = Path("engines")
+    flavor: str = "auto"
+    cache_dir: Path | None = None  # detection cache shared by the workers
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None  # bearer token; required for any bind other than the loopback
+    workers: int | None = None  # None = one per GPU, or a few that split the CPU cores (as batch)
+    state_dir: Path = Path("serve-state")  # jobs.sqlite3, uploads and results
+    allow_path: tuple[Path, ...] = ()  # folders whose files a job may name instead of uploading them
+    max_upload_mb: float = 512.0  # one request's body
+    queue_size: int = 16  # jobs waiting for a worker; more is refused with 429
+    drain_seconds: float = 30.0  # SIGTERM: how long running jobs get to finish before they are re-queued
+
+    def validate(self) -> None:
+        """:class:`InputError` for a start that must be refused (a public bind without a token, ...)."""
+        if not Path(self.checkpoint_path).is_file():
+            raise InputError(f"--checkpoint_path file not found: {self.checkpoint_path}")
+        for label, value, choices in (("--device", self.device, DEVICES), ("--backend", self.backend, BACKEND_CHOICES),
+                                      ("--precision", self.precision, PRECISION_CHOICES)):
+            if value not in choices:
+                raise InputError(f"{label} must be one of {', '.join(choices)}, got {value}")
+        if not is_loopback(self.host) and not self.token:
+            raise InputError(f"--host {self.host} is reachable from other machines: give --token (or set {TOKEN_ENV}) "
+                             "so every request must carry it, or bind 127.0.0.1")
+        if self.token is not None and len(self.token) < 16:
+            raise InputError("--token must be at least 16 characters (e.g. python -c 'import secrets; "
+                             "print(secrets.token_urlsafe())')")
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"--port must be in 0..65535, got {self.port}")
+        if self.workers is not None and self.workers < 1:
+            raise InputError(f"--workers must be at least 1, got {self.workers}")
+        if self.queue_size < 0:
+            raise InputError(f"--queue-size must be 0 or more, got {self.queue_size}")
+        if not self.max_upload_mb > 0:
+            raise InputError(f"--max-upload-mb must be positive, got {self.max_upload_mb}")
+        for root in self.allow_path:
+            if not Path(root).is_dir():
+                raise InputError(f"--allow-path {root}: not a folder")
+        try:
+            Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"--state-dir {self.state_dir}: cannot create it: {exc.strerror or exc}") from None
+        if not os.access(self.state_dir, os.W_OK):
+            raise InputError(f"--state-dir {self.state_dir}: not writable")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * (1 << 20))
+
+    @property
+    def allowed_roots(self) -> tuple[Path, ...]:
+        return tuple(Path(root).resolve() for root in self.allow_path)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``: addresses no other machine can reach."""
+    if host in LOCAL_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
