@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from wav2lip_trt.execution import DeviceContext, FinishedBatch, PinnedPool, ReadyBatch, WriterThread, plan_batches
+from wav2lip_trt.execution import (
+    DeviceContext, FinishedBatch, PinnedSlab, ReadyBatch, Readback, WriterThread, pinned_bytes, plan_batches,
+)
 from wav2lip_trt.execution.budget import chunk_sizes
 
 
@@ -47,26 +49,54 @@ def test_context_on_the_cpu_copies_to_the_host_buffer() -> None:
     assert ready.ready is None and ready.tensor is out and torch.equal(out, src)
 
 
-def test_pool_hands_out_at_most_count_buffers_and_reuses_them() -> None:
-    pool = PinnedPool(2, 4, 3, 5, pin=False)
-    a, release_a = pool.acquire(4)
-    b, release_b = pool.acquire(2)
-    assert a.shape == (4, 3, 5, 3) and b.shape == (2, 3, 5, 3)
-    got: list[torch.Tensor] = []
-    waiter = threading.Thread(target=lambda: got.append(pool.acquire(3)[0]))
-    waiter.start()
-    time.sleep(0.3)
-    assert not got  # both buffers are out: the third acquire waits
-    release_a()
-    waiter.join(2)
-    assert got and got[0].data_ptr() == a.data_ptr()  # the same memory, handed out again
-    with pytest.raises(ValueError, match="do not fit"):
-        pool.acquire(5)
+def test_slab_cuts_disjoint_buffers_of_exactly_the_bytes_asked_for() -> None:
+    slab = PinnedSlab(2 * 4 * 3 * 5 * 3 + 7, pin=False)
+    assert slab.nbytes == 2 * 4 * 3 * 5 * 3 + 7 and not slab.pinned  # no rounding to a power of two
+    a, b = slab.buffers(2, (4, 3, 5, 3))
+    assert a.shape == b.shape == (4, 3, 5, 3)
+    assert a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() == slab.tensor.data_ptr()  # one block
+    assert b.data_ptr() - a.data_ptr() == 4 * 3 * 5 * 3  # back to back
+    a.fill_(1)
+    b.fill_(2)
+    assert int(slab.tensor[: a.numel()].sum()) == a.numel() and int(slab.tensor[a.numel() : 2 * a.numel()].min()) == 2
+    with pytest.raises(ValueError, match="the slab has"):
+        slab.buffers(3, (4, 3, 5, 3))
+    slab.close()
+    assert pinned_bytes()["slabs"] == 0  # nothing was pinned on the CPU
+
+
+def test_readback_on_the_cpu_gives_the_batch_in_chunks() -> None:
+    ctx = DeviceContext(torch.device("cpu"))
+    frames = torch.arange(7 * 2 * 3 * 3, dtype=torch.int64).remainder(251).to(torch.uint8).reshape(7, 2, 3, 3)
+    readback = Readback(ctx, 3, (2, 3, 3))
+    ready = ctx.finished(frames)
+    assert ready.ready is None and ready.tensor is frames
+    chunks = [c.copy() for c in readback.chunks(ready)]
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    np.testing.assert_array_equal(np.concatenate(chunks), frames.numpy())
+    whole = readback.all(ready)
+    np.testing.assert_array_equal(whole, frames.numpy())
+    assert not np.shares_memory(whole, frames.numpy())
+
+
+def test_writer_reads_a_device_style_batch_back_in_chunks() -> None:
+    ctx = DeviceContext(torch.device("cpu"))
+    readback = Readback(ctx, 4, (2, 3, 3))
+    sink, busy = Sink(), []
+    with WriterThread(sink, depth=1, busy=lambda seconds, count: busy.append(count)) as writer:
+        for first in range(0, 20, 10):
+            frames = torch.stack([torch.full((2, 3, 3), first + k, dtype=torch.uint8) for k in range(10)])
+            writer.put(FinishedBatch(first, ctx.finished(frames), readback=readback))
+    assert [int(f[0, 0, 0]) for f in sink.frames] == list(range(20)) and busy == [10, 10]
+
+
+def test_a_failed_writer_sets_stop_for_whoever_waits_on_it() -> None:
     stop = threading.Event()
-    stop.set()
-    with pytest.raises(RuntimeError, match="writer stopped"):
-        pool.acquire(1, stop)  # every buffer is out and the consumer is gone: no hang
-    release_b()
+    with pytest.raises(OSError, match="stopped accepting"):
+        with WriterThread(Sink(fail_at=1), depth=1, stop=stop) as writer:
+            writer.put(batch_of(0, 3))
+            assert stop.wait(5)  # set by the worker when it failed, before the producer learns of it
+            writer.put(batch_of(3, 3))
 
 
 def test_writer_keeps_order_reports_every_frame_and_releases_buffers() -> None:
@@ -178,16 +208,81 @@ def test_a_slow_upload_in_another_thread_is_complete_before_the_consumer_reads_i
     assert [int(s) for s in sums] == [int(h.to(torch.int64).sum()) for h in host]
 
 
-@pytest.mark.gpu
-def test_finished_frames_come_back_through_one_pinned_copy() -> None:
-    ctx = DeviceContext(torch.device("cuda"))
-    frames = torch.randint(0, 255, (8, 720, 1280, 3), dtype=torch.uint8, device="cuda")
-    pool = ctx.pinned_pool(2, 8, 720, 1280)
-    out, release = pool.acquire(8)
-    assert out.is_pinned()
+def _made_late_on_compute(ctx: DeviceContext, expected: torch.Tensor) -> torch.Tensor:
+    """``expected`` on the device, written by the compute stream only after it has slept ~50 ms (zeros before):
+    a reader that does not wait for the compute stream sees zeros."""
+    source = expected.pin_memory()
     with ctx.on_compute():
-        torch.cuda._sleep(20_000_000)
-    ready = ctx.to_host(frames, out)
-    assert ready.ready is not None
-    np.testing.assert_array_equal(ready.synchronize().numpy(), frames.cpu().numpy())
-    release()
+        frames = torch.zeros(expected.shape, dtype=expected.dtype, device=ctx.device)
+        torch.cuda._sleep(100_000_000)
+        frames.copy_(source, non_blocking=True)
+    return frames
+
+
+@pytest.mark.gpu
+def test_finished_frames_are_read_back_in_the_writer_thread_after_the_compute_stream() -> None:
+    """Everything on the run's streams, nothing on the default stream: the frames are made on the compute
+    stream, handed over with its event, and read back on the readback stream from the writer thread."""
+    ctx = DeviceContext(torch.device("cuda"))
+    expected = torch.randint(0, 255, (12, 720, 1280, 3), dtype=torch.uint8)
+    frames = _made_late_on_compute(ctx, expected)
+    readback = Readback(ctx, 5, (720, 1280, 3))
+    sink = Sink()
+    with WriterThread(sink, depth=1) as writer:
+        writer.put(FinishedBatch(0, ctx.finished(frames), readback=readback))
+        del frames  # the writer's reference keeps it; record_stream keeps the allocator off it until read
+    np.testing.assert_array_equal(np.stack(sink.frames), expected.numpy())
+    assert sink.thread_names == {"wav2lip-trt-writer"}
+    readback.close()
+
+
+@pytest.mark.gpu
+def test_readback_does_not_queue_behind_the_next_batch() -> None:
+    """The finished batch's copy runs on the readback stream, so it completes while the compute stream is
+    still busy with later work (on the compute stream it would wait for it)."""
+    ctx = DeviceContext(torch.device("cuda"))
+    expected = torch.randint(0, 255, (8, 1080, 1920, 3), dtype=torch.uint8)
+    frames = _made_late_on_compute(ctx, expected)
+    ready = ctx.finished(frames)
+    with ctx.on_compute():
+        torch.cuda._sleep(4_000_000_000)  # the next batch: about two seconds of kernels
+    readback = Readback(ctx, 8, (1080, 1920, 3))
+    got = np.concatenate([chunk.copy() for chunk in readback.chunks(ready)])
+    assert not ctx.compute.query()  # the compute stream is still busy: the copy did not wait for it
+    np.testing.assert_array_equal(got, expected.numpy())
+    ctx.compute.synchronize()
+    readback.close()
+
+
+@pytest.mark.gpu
+def test_slab_pins_exactly_its_bytes_outside_torchs_pool_and_unpins() -> None:
+    nbytes = 3 * 1080 * 1920 * 3 + 1  # torch's pool would round this up to 32 MiB
+    before, torch_before = pinned_bytes()["slabs"], torch.cuda.host_memory_stats().get("allocated_bytes.current", 0)
+    slab = PinnedSlab(nbytes, pin=True)
+    (buffer,) = slab.buffers(1, (3, 1080, 1920, 3))
+    assert slab.pinned and buffer.is_pinned()
+    assert pinned_bytes()["slabs"] == before + nbytes
+    assert torch.cuda.host_memory_stats().get("allocated_bytes.current", 0) == torch_before
+    device = torch.randint(0, 255, buffer.shape, dtype=torch.uint8, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        buffer.copy_(device, non_blocking=True)
+    stream.synchronize()
+    assert torch.equal(buffer, device.cpu())
+    slab.close()
+    assert pinned_bytes()["slabs"] == before and not slab.pinned
+
+
+@pytest.mark.gpu
+def test_device_batch_is_sized_by_the_gpu_not_the_host_budget() -> None:
+    ctx = DeviceContext(torch.device("cuda"))
+    total = torch.cuda.get_device_properties(ctx.device).total_memory
+    assert ctx.device_batch(1920 * 1080 * 3, 128) == min(128, int(total * 0.25) // (3 * 1920 * 1080 * 3))
+    assert ctx.device_batch(1920 * 1080 * 3, 128) > plan_batches(1920, 1080).generator_batch  # 12 on the host
+    assert ctx.device_batch(1 << 40, 128) == 2  # never fewer than two
+
+
+def test_device_batch_is_for_cuda_runs_only() -> None:
+    with pytest.raises(ValueError, match="CUDA"):
+        DeviceContext(torch.device("cpu")).device_batch(1920 * 1080 * 3, 128)

@@ -17,7 +17,7 @@ from .scoring.command import score_command
 from .jobs.command import batch_command
 from .serve.command import serve_command
 from .cli_errors import install_signal_handlers, interrupted_exit, setup_logging, user_errors
-from .cli_options import DETECTION_OPTIONS, FRAME_OPTIONS, RUNNER_OPTIONS, with_options
+from .cli_options import DETECTION_OPTIONS, FRAME_OPTIONS, PRESET_OPTION, RUNNER_OPTIONS, with_options
 from .errors import InputError
 from .cli_json import check_json_path, to_stdout, write_json
 from .files import check_output_dir
@@ -106,6 +106,7 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
               help="Also write the output frames as PNG images to this folder.")
 @click.option("--ffmpeg", type=str, help="ffmpeg executable to use [imageio-ffmpeg's].")
 @click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality (lower is better).")
+@PRESET_OPTION
 @click.option("--decoder", type=click.Choice(("auto", "opencv", "dali")), default="auto", show_default=True,
               help="GPU runs: decode with OpenCV into pinned buffers, or with DALI (NVDEC); auto = DALI where it "
                    "applies. CPU runs always use OpenCV (the reference's decoder).")

@@ -47,7 +47,7 @@ import torch
 
 from .errors import InputError, MissingDependencyError
 from .execution import ReadyBatch, on_stream
-from .execution.handoff import smallest, stall
+from .execution.handoff import PinnedSlab, smallest, stall
 from .kernels import resize_linear
 from .video import IMAGE_SUFFIXES, FaceSource, FaceSourceInfo, FrameTransform, natural_key
 
@@ -168,24 +168,33 @@ class OpenCVDecoder:
         copy_stream = self.stream
         assert copy_stream is not None
         shape = (self.batch, self.info.height, self.info.width, 3)
-        slots: list[torch.Tensor | None] = [None] * self.ring
+        slab: PinnedSlab | None = None  # the ring's slots, pinned exactly (made at the first batch)
+        slots: list[torch.Tensor] = []
         copied: list[torch.cuda.Event | None] = [None] * self.ring
-        for index, group in enumerate(groups):
-            k = index % self.ring
-            if copied[k] is not None:
-                copied[k].synchronize()  # the slot's previous upload must finish before it is overwritten
-            if slots[k] is None:
-                slots[k] = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-            host = slots[k][: len(group)]
-            np.stack(group, out=host.numpy())
-            with torch.cuda.device(self.device), torch.cuda.stream(copy_stream):
-                frames = torch.empty(host.shape, dtype=torch.uint8, device=self.device)
-                stall(copy_stream)
-                frames.copy_(host, non_blocking=True)
-                event = torch.cuda.Event(blocking=True)  # also waited on by this thread (ring reuse)
-                event.record(copy_stream)
-            copied[k] = event
-            yield ReadyBatch(frames, event)
+        try:
+            for index, group in enumerate(groups):
+                k = index % self.ring
+                if copied[k] is not None:
+                    copied[k].synchronize()  # the slot's previous upload must finish before it is overwritten
+                if slab is None:
+                    slab = PinnedSlab(self.ring * int(np.prod(shape)), pin=True)
+                    slots = slab.buffers(self.ring, shape)
+                host = slots[k][: len(group)]
+                np.stack(group, out=host.numpy())
+                with torch.cuda.device(self.device), torch.cuda.stream(copy_stream):
+                    frames = torch.empty(host.shape, dtype=torch.uint8, device=self.device)
+                    stall(copy_stream)
+                    frames.copy_(host, non_blocking=True)
+                    event = torch.cuda.Event(blocking=True)  # also waited on by this thread (ring reuse)
+                    event.record(copy_stream)
+                copied[k] = event
+                yield ReadyBatch(frames, event)
+        finally:
+            for event in copied:  # uploads still reading the slab finish before it is unpinned
+                if event is not None:
+                    event.synchronize()
+            if slab is not None:
+                slab.close()
 
 
 def _copy_stream(device: torch.device, stream: torch.cuda.Stream | None) -> torch.cuda.Stream | None:

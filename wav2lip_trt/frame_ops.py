@@ -23,6 +23,7 @@ from .faces import Box, crop_faces, generator_inputs, paste_back, prediction_to_
 from .runners.base import S3FD_INPUTS, S3FD_OUTPUTS, WAV2LIP_INPUTS, Runner
 from .errors import InputError
 from .execution import DeviceContext, FinishedBatch
+from .execution.context import Readback
 from .execution.budget import CPU_GENERATOR_CHUNK, chunk_sizes
 from .execution.handoff import upload
 from .stages import StageTimes, prefetch, timed
@@ -38,6 +39,8 @@ BLENDS = ("none", "feather")
 
 class FrameOps(Protocol):
     """Frames are opaque to the pipeline: NumPy arrays on the host path, device tensors on the GPU path."""
+
+    pixel_format: str  # what finished batches hold for the writer: "bgr24" frames, or "yuv420p" (GPU path)
 
     def frames(self, limit: int | None, ahead: int, times: StageTimes) -> Iterator[Frame]:
         """Decoded, transformed (H, W, 3) uint8 BGR frames from the start, at most ``limit``.
@@ -84,6 +87,8 @@ class FrameOps(Protocol):
 
 class HostOps:
     """NumPy/OpenCV stages: the reference-exact path."""
+
+    pixel_format = "bgr24"  # what its finished batches hold (the writer's input format)
 
     def __init__(self, chunks: MelChunks, blend: str = "none", source: FaceSource | None = None) -> None:
         self.chunks, self.blend, self.source = chunks, blend, source
@@ -141,13 +146,17 @@ class DeviceOps:
     """Batched kernels on the runners' device (Triton on CUDA, their torch references elsewhere).
 
     With a ``decoder`` the frames themselves live on the device (pinned-ring uploads or NVDEC);
-    finished frames come back in one copy per batch into a pool of ``buffers`` host buffers of
-    ``batch_frames`` frames. Host frames given directly are uploaded.
+    finished batches stay there until the writer thread reads them back, ``batch_frames`` frames
+    at a time (:class:`~wav2lip_trt.execution.context.Readback`). Host frames given directly are
+    uploaded. With ``yuv`` (CUDA) finished frames are converted to ``yuv420p`` on the device
+    first (:func:`~wav2lip_trt.kernels.yuv.bgr_to_yuv420`: half the bytes to copy back, and no
+    conversion left to ffmpeg); ``pixel_format`` says which the writer gets.
     """
 
     def __init__(self, chunks: MelChunks, context: DeviceContext | torch.device, blend: str = "none",
-                 decoder: Decoder | None = None, *, batch_frames: int = 128, buffers: int = 3,
-                 size: tuple[int, int] | None = None) -> None:
+                 decoder: Decoder | None = None, *, batch_frames: int = 128, yuv: bool = False,
+                 buffers: int | None = None, size: tuple[int, int] | None = None) -> None:
+        del buffers, size  # accepted for older callers: the readback ring is sized by ``batch_frames`` alone
         self.ctx = context if isinstance(context, DeviceContext) else DeviceContext(context)
         self.device, self.blend, self.decoder = self.ctx.device, blend, decoder
         self.mel, self.starts = None, None  # no chunks: detection only
@@ -155,16 +164,20 @@ class DeviceOps:
             with self.ctx.on_compute():
                 self.mel = upload(np.ascontiguousarray(chunks.mel, dtype=np.float32), self.device, self.ctx.compute)
             self.starts = chunks.starts()
-        self.batch_frames, self.buffers = batch_frames, buffers
-        if size is None and decoder is not None:
-            size = (decoder.info.height, decoder.info.width)
-        self._pool = self.ctx.pinned_pool(buffers, batch_frames, *size) if size is not None else None
+        self.batch_frames = batch_frames
+        self.yuv = yuv and self.ctx.is_cuda
+        self.pixel_format = "yuv420p" if self.yuv else "bgr24"
+        self._readback: Readback | None = None
 
     def frames(self, limit: int | None, ahead: int, times: StageTimes) -> Iterator[torch.Tensor]:
         assert self.decoder is not None
         batches = max(1, ahead // self.decoder.batch)
-        for batch in prefetch(timed(self.decoder.frames(limit), times, "decode"), batches, "decode"):
-            yield from batch.wait(self.ctx.compute).unbind(0)  # in the consuming thread, when it is needed
+        decoded = prefetch(timed(self.decoder.frames(limit), times, "decode"), batches, "decode")
+        try:
+            for batch in decoded:
+                yield from batch.wait(self.ctx.compute).unbind(0)  # in the consuming thread, when it is needed
+        finally:
+            decoded.close()  # the decode thread ends with this generator, whoever holds a reference to it
 
     def stack(self, frames: Sequence[torch.Tensor]) -> torch.Tensor:
         with self.ctx.on_compute():
@@ -238,11 +251,24 @@ class DeviceOps:
         return finished, (pred if keep_pred else None)
 
     def _finish(self, batch: torch.Tensor, first_index: int) -> FinishedBatch:
-        """One asynchronous device-to-host copy of the whole batch into a pooled buffer."""
-        if self._pool is None:
-            self._pool = self.ctx.pinned_pool(self.buffers, max(self.batch_frames, len(batch)), *batch.shape[1:3])
-        out, release = self._pool.acquire(len(batch))
-        return FinishedBatch(first_index, self.ctx.to_host(batch, out), release)
+        """The finished batch, still on the device, handed to the writer thread with its event.
+
+        Nothing waits here: the writer's :class:`Readback` copies it out on the readback stream,
+        so the next batch's kernels start at once and the copy overlaps them.
+        """
+        if self.yuv:
+            from .kernels.yuv import bgr_to_yuv420
+
+            with self.ctx.on_compute():
+                batch = bgr_to_yuv420(batch)
+        if self._readback is None:
+            self._readback = Readback(self.ctx, self.batch_frames, tuple(batch.shape[1:]))
+        return FinishedBatch(first_index, self.ctx.finished(batch), readback=self._readback)
+
+    def close(self) -> None:
+        """Unpin the readback ring (after the writer has finished)."""
+        if self._readback is not None:
+            self._readback.close()
 
 
 def _paste_with_kernel(frames: Sequence[np.ndarray], pred: torch.Tensor, boxes: Sequence[Box], blend: str) -> None:
@@ -255,12 +281,14 @@ def _paste_with_kernel(frames: Sequence[np.ndarray], pred: torch.Tensor, boxes: 
 
 
 def frame_ops_for(context: DeviceContext, chunks: MelChunks, source: FaceSource, *, blend: str = "none",
-                  decoder: str = "auto", batch: int = 16, batch_frames: int = 128, buffers: int = 3) -> FrameOps:
+                  decoder: str = "auto", batch: int = 16, batch_frames: int = 128, yuv: bool = False,
+                  buffers: int | None = None) -> FrameOps:
     """Device frames and kernels next to GPU runners; the exact host path everywhere else.
 
-    ``batch`` is the decode batch; ``batch_frames`` and ``buffers`` size the pool of host buffers
-    that finished frames return in.
+    ``batch`` is the decode batch; ``batch_frames`` the chunk finished frames are read back in
+    (the host holds two); ``yuv`` converts them to ``yuv420p`` on the device (GPU path only).
     """
+    del buffers  # accepted for older callers (see DeviceOps)
     if not context.is_cuda:
         if decoder == "dali":
             raise InputError("--decoder dali needs --device cuda (DALI decodes on the GPU here)")
@@ -269,4 +297,4 @@ def frame_ops_for(context: DeviceContext, chunks: MelChunks, source: FaceSource,
 
     frames = open_decoder(source.path, kind=decoder, device=context.device, fps=source.info.fps,
                           transform=source.transform, batch=batch, stream=context.copy)
-    return DeviceOps(chunks, context, blend, decoder=frames, batch_frames=batch_frames, buffers=buffers)
+    return DeviceOps(chunks, context, blend, decoder=frames, batch_frames=batch_frames, yuv=yuv)

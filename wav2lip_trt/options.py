@@ -48,6 +48,7 @@ class InferenceOptions:
     save_frames: Path | None = None  # also write the output frames as PNG files here
     ffmpeg: str | None = None  # ffmpeg executable; default imageio-ffmpeg's
     crf: int = 18  # libx264 quality (lower = better, larger)
+    preset: str = "medium"  # libx264 preset: speed against size at the same quality (ultrafast .. placebo)
     decoder: str = "auto"  # GPU path only: auto | opencv (pinned-ring uploads) | dali (NVDEC); CPU uses OpenCV
     encoder: str = "auto"  # auto = h264_nvenc when the GPU and ffmpeg can, else libx264
     blend: str = "none"  # paste-back: none (the original's hard box) | feather (soft edges, no seam)
@@ -155,6 +156,10 @@ class InferenceOptions:
             raise InputError(f"--frame-memory must be a positive number of MiB, got {self.frame_memory}")
         if not 0 <= self.crf <= 51:
             raise InputError(f"--crf must be in 0..51, got {self.crf}")
+        from .encode import X264_PRESETS
+
+        if self.preset not in X264_PRESETS:
+            raise InputError(f"--preset {self.preset!r} is not a libx264 preset; choose one of {', '.join(X264_PRESETS)}")
 
     def check_face_source(self) -> "FaceSource":
         """The checks that need the face input opened (its first frame decoded), before any model loads.

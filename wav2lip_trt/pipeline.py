@@ -13,6 +13,7 @@ on its resolution (the reference keeps every frame).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -156,13 +157,15 @@ def face_items(
 
     seen: list[Box | None] = []
     frame0: Frame | None = None
-    for index, frame, box in first:
-        seen.append(box)
-        if static:
-            frame0 = frame
-            first.close()
-            break
-        yield FaceItem(index, index, frame, box)
+    # Each pass over the video is closed when this generator stops, however it stops: its decode
+    # thread must not outlive the run (an error's traceback can keep this generator alive).
+    with contextlib.closing(first):
+        for index, frame, box in first:
+            seen.append(box)
+            if static:
+                frame0 = frame
+                break
+            yield FaceItem(index, index, frame, box)
     if static:
         assert frame0 is not None
         for i in range(count):
@@ -171,9 +174,10 @@ def face_items(
     produced = len(seen)
     while produced < count:
         before = produced
-        for j, frame in enumerate(decoded(min(len(seen), count - produced))):
-            yield FaceItem(produced, j, frame, seen[j])
-            produced += 1
+        with contextlib.closing(decoded(min(len(seen), count - produced))) as again:
+            for j, frame in enumerate(again):
+                yield FaceItem(produced, j, frame, seen[j])
+                produced += 1
         if produced == before:
             raise InputError(f"{source.path}: the video could not be read again from the start to loop it")
 

@@ -217,9 +217,11 @@ class Session:
         if not self._load_reported:
             times.add("load", self.load_seconds)
             self._load_reported = True
+        generator_batch = (self.context.device_batch(plan.frame_bytes, options.wav2lip_batch_size) if self.context.is_cuda
+                           else plan.generator_batch)  # on a GPU the frames being generated live on the device
         if not self._warm:
             with times.stage("load"):
-                _warm_up(self.generator, self.generator_batch or plan.generator_batch, self.context)
+                _warm_up(self.generator, self.generator_batch or generator_batch, self.context)
             self._warm = True
         dump = IntermediateDump(options.dump_intermediates) if options.dump_intermediates else None
         if options.save_frames is not None:
@@ -228,7 +230,8 @@ class Session:
             if dump is not None:
                 dump.save("mel", job.mel.astype(np.float32))
             ops = frame_ops_for(self.context, chunks, source, blend=options.blend, decoder=options.decoder,
-                                batch=plan.decode_ahead, batch_frames=plan.largest_batch, buffers=plan.buffers)
+                                batch=plan.decode_ahead, batch_frames=plan.largest_batch,
+                                yuv=options.save_frames is None and dump is None)  # BGR only where the host needs it
             scorer = None
             if options.score:  # before detection: a wrong scoring checkpoint fails before the slow work
                 with times.stage("load"):
@@ -239,15 +242,16 @@ class Session:
                 raw = self._raw_boxes(options, source, ops, times, plan, dump, 1 if options.static or source.kind == "image" else total)
                 detection, origin = Detection(raw.boxes, options, source), raw.origin
             items = face_items(source, total, options, detection, ops, times, plan.decode_ahead)
-            batches = generate(items, ops, self.generator, plan.generator_batch, dump, times, chunks,
+            batches = generate(items, ops, self.generator, generator_batch, dump, times, chunks,
                                reference_batch=options.wav2lip_batch_size, total=total, scorer=scorer)
             ffmpeg = find_ffmpeg(options.ffmpeg)
             phase("lip-syncing")
             if on_start is not None:
                 on_start(total)
-            with contextlib.closing(batches), VideoWriter(
+            with contextlib.closing(items), contextlib.closing(batches), VideoWriter(
                 options.outfile, width=info.width, height=info.height, fps=info.fps, audio=options.audio,
                 ffmpeg=ffmpeg, crf=options.crf, encoder=choose_encoder(options.encoder, ffmpeg),
+                preset=options.preset, pixel_format=ops.pixel_format,
             ) as writer, WriterThread(
                 writer, depth=plan.writer_batches, on_frame=on_frame, extra=_frame_saver(options.save_frames),
                 busy=lambda seconds, frames: times.add("encode", seconds, frames),
@@ -341,7 +345,7 @@ def run_inference(
     if on_phase is not None:
         on_phase("loading models")
     with job.times.stage("load"):
-        session = Session.for_options(options, generator_batch=job.plan.generator_batch)
+        session = Session.for_options(options)  # the generator's graph: at this job's batch (execute's warm-up)
     session._load_reported = True  # its load time is already in this job's "load" row
     with session:
         return session.execute(job, on_start=on_start, on_frame=on_frame, on_phase=on_phase)

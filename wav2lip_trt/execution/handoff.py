@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import threading
-from collections.abc import Callable
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,46 +66,74 @@ class ReadyBatch:
         return self.tensor
 
 
-class PinnedPool:
-    """A fixed set of host buffers for device-to-host copies of finished frames.
+class PinnedSlab:
+    """One block of host memory, page-locked on CUDA, that its owner slices instead of allocating.
 
-    Pinned on CUDA so the copy is asynchronous (a pageable copy blocks the launching thread).
-    ``acquire`` blocks while every buffer is out, which bounds the frames in flight towards the
-    encoder; a buffer comes back through the release function handed out with it.
+    torch's pinned allocator (``pin_memory=True``) rounds every request up to a power of two and
+    keeps the blocks for the life of the process, so pinned buffers could take twice what the
+    ``--frame-memory`` plan allows and never come back. A slab pins exactly ``nbytes`` of ordinary
+    host memory (``cudaHostRegister``), is cut into the buffers its owner needs, and is unpinned by
+    :meth:`close` (or when it is collected). Without ``pin`` (the CPU) it is plain memory.
     """
 
-    def __init__(self, count: int, frames: int, height: int, width: int, *, pin: bool) -> None:
-        if count < 1 or frames < 1:
-            raise ValueError(f"a pool needs at least one buffer of one frame, got {count} x {frames}")
-        self.shape = (frames, height, width, 3)
-        self.pin = pin
-        self._free: queue.Queue[torch.Tensor] = queue.Queue()
-        self._made = 0
-        self._count = smallest(count)
-        self._lock = threading.Lock()
+    def __init__(self, nbytes: int, *, pin: bool) -> None:
+        self.nbytes = max(1, int(nbytes))
+        self.tensor = torch.empty(self.nbytes, dtype=torch.uint8)
+        self.pinned = False
+        self._finalizer: weakref.finalize | None = None
+        if pin:
+            pointer = self.tensor.data_ptr()
+            error = int(torch.cuda.cudart().cudaHostRegister(pointer, self.nbytes, 0))
+            if error != 0:
+                raise RuntimeError(f"cudaHostRegister of {self.nbytes} bytes failed with CUDA error {error}")
+            self.pinned = True
+            _count_pinned(self.nbytes)
+            self._finalizer = weakref.finalize(self, _unpin, pointer, self.nbytes)  # before the memory is freed
 
-    def acquire(self, frames: int, stop: threading.Event | None = None) -> tuple[torch.Tensor, Callable[[], None]]:
-        """A (frames, H, W, 3) uint8 view of a free buffer, and the function that returns it."""
-        if frames > self.shape[0]:
-            raise ValueError(f"{frames} frames do not fit a pool buffer of {self.shape[0]}")
-        buffer = self._take(stop)
-        return buffer[:frames], lambda: self._free.put(buffer)
+    def buffers(self, count: int, shape: tuple[int, ...]) -> list[torch.Tensor]:
+        """``count`` disjoint uint8 tensors of ``shape`` cut from the start of the slab."""
+        size = int(np.prod(shape))
+        if count * size > self.nbytes:
+            raise ValueError(f"{count} buffers of {shape} need {count * size} bytes; the slab has {self.nbytes}")
+        return [self.tensor[k * size : (k + 1) * size].view(shape) for k in range(count)]
 
-    def _take(self, stop: threading.Event | None) -> torch.Tensor:
+    def close(self) -> None:
+        """Unpin now (the caller has waited for every copy that reads or writes the slab)."""
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+            self.pinned = False
+
+
+_pinned_lock = threading.Lock()
+_pinned = [0, 0]  # slab bytes pinned now, and the most at any time
+
+
+def _count_pinned(nbytes: int) -> None:
+    with _pinned_lock:
+        _pinned[0] += nbytes
+        _pinned[1] = max(_pinned[1], _pinned[0])
+
+
+def _unpin(pointer: int, nbytes: int) -> None:
+    torch.cuda.cudart().cudaHostUnregister(pointer)
+    _count_pinned(-nbytes)
+
+
+def pinned_bytes() -> dict[str, int]:
+    """Page-locked host memory of this process: the slabs (now and at most) and torch's own pinned pool.
+
+    torch's pool serves the small per-batch uploads (boxes, chunk starts) and anything else pinned
+    with ``pin_memory()``; its bytes are counted as torch rounds them (powers of two).
+    """
+    torch_pool = 0
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         try:
-            return self._free.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if self._made < self._count:  # buffers are made on first need: a short run pins little
-                self._made += 1
-                return torch.empty(self.shape, dtype=torch.uint8, pin_memory=self.pin)
-        while True:
-            try:
-                return self._free.get(timeout=0.1)
-            except queue.Empty:
-                if stop is not None and stop.is_set():
-                    raise RuntimeError("the frame writer stopped while a buffer was awaited") from None
+            torch_pool = int(torch.cuda.host_memory_stats().get("allocated_bytes.current", 0))
+        except (AttributeError, RuntimeError):
+            torch_pool = 0
+    with _pinned_lock:
+        return {"slabs": _pinned[0], "slabs_peak": _pinned[1], "torch_pool": torch_pool}
 
 
 def upload(array: np.ndarray | torch.Tensor, device: torch.device, stream: "torch.cuda.Stream | None") -> torch.Tensor:
