@@ -48,11 +48,10 @@ clean:
 # network; README, "Proving it on a GPU"). Without a GPU it prints one line and exits 0.
 #   make gpu-check [OUT=DIR] [GPU_RUN=check|rtx]   run 1 (every required step, <= 9 min) or 2 (TensorRT-RTX)
 #   make gpu-rehearse                              every step's flow on this CPU (what CI runs a part of)
-#   make gpu-stage [SET=check|rtx]                 what run 1 (check) or run 2 (rtx) uploads, into ./.gpu/
+#   make gpu-stage                                 what runs 1 and 2 upload, into ./.gpu/run1 and ./.gpu/run2
 .PHONY: gpu-check gpu-rehearse gpu-stage
 OUT ?= benchmarks/results/gpu-check-$(shell date -u +%Y%m%dT%H%M%SZ)
 GPU_RUN ?= check
-SET ?= check
 gpu-check:
 	@PYTHONPATH=$(CURDIR):/tmp/site$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m gpucheck --run $(GPU_RUN) --out $(OUT) $(GPU_CHECK_ARGS)
 
@@ -60,4 +59,4 @@ gpu-rehearse: $(VENV)/.dev
 	$(BIN)/python -m gpucheck --rehearse --out $${REHEARSE_OUT:-/tmp/gpu-rehearse} $(GPU_CHECK_ARGS)
 
 gpu-stage:
-	$(PYTHON) -m gpucheck.staging $(SET)
+	$(PYTHON) -m gpucheck.staging

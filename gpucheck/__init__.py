@@ -2,7 +2,7 @@
 
     make gpu-check [OUT=DIR]          # python3 -m gpucheck --out DIR; without a GPU: one line, exit 0
     make gpu-rehearse                 # python3 -m gpucheck --rehearse: every step's flow on the CPU, tiny sizes
-    make gpu-stage [SET=check|rtx]    # the wheels the host lacks, into ./.gpu/ for the upload
+    make gpu-stage                    # what runs 1 and 2 upload (.gpu/run1, .gpu/run2): ffmpeg, TensorRT-RTX
 
 Modules, one job each: ``steps`` and ``runs`` (what each step does), ``child`` (the modes the runs execute
 in: CSAN, sync debug, event timing), ``verdicts`` (PASSED / FAILED / NOT RUN from the evidence: pure

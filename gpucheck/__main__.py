@@ -24,7 +24,7 @@ from .runner import LIVE, Runner, Step, kill_group
 from .verdicts import FAILED, NOT_RUN, PASSED
 
 NO_GPU_LINE = "gpu-check: no CUDA GPU visible to torch; nothing to check (make gpu-rehearse checks the check on the CPU)"
-DEFAULT_BUDGET_S = 500.0  # run 1: with the staging, start-up and the summary, within 9 minutes
+DEFAULT_BUDGET_S = 480.0  # run 1: with the unpacking, start-up and the summary, within 9 minutes
 RTX_BUDGET_S = 200.0  # run 2: within 4 minutes
 # Steps that need CUDA hardware: NOT RUN in a rehearsal, which passes when every other step passed.
 NEEDS_A_GPU = ("pytest-gpu", "csan", "compute-sanitizer", "sync-debug", "dali", "tensorrt-rtx")
@@ -45,15 +45,15 @@ def plan(run: str, rehearsal: bool, env_out: dict[str, Any]) -> list[Step]:
                                ("env",))]
     else:
         planned = head + [
-            Step("determinism", "Asynchronous determinism", runs.step_determinism(cfg), 90, 30, setup),
+            Step("determinism", "Asynchronous determinism", runs.step_determinism(cfg), 85, 30, setup),
             Step("csan", "CUDA Sanitizer with a positive control", runs.step_csan(cfg), 45, 20, setup),
             Step("parity", "Parity: CPU FP32 vs CUDA FP32 (TF32 off) and FP16", runs.step_parity(cfg), 40, 15, setup),
             Step("sync-debug", "Synchronisations per frame", runs.step_sync(cfg), 35, 15, setup),
-            Step("pytest-gpu", "pytest -m gpu", steps.step_pytest(cfg), 75, 20, ("env",)),
+            Step("pytest-gpu", "pytest -m gpu", steps.step_pytest(cfg), 70, 20, ("env",)),
             Step("compute-sanitizer", "compute-sanitizer on the Triton kernels", steps.step_compute_sanitizer(cfg), 60, 20,
                  ("env",)),
-            Step("timings", "Timings: GPU time, steady fps, memory", runs.step_timings(cfg), 80, 15, setup),
-            Step("dali", "DALI decode against OpenCV", steps.step_dali(cfg), 20, 5, ("env",), required=False),
+            Step("timings", "Timings: GPU time, steady fps, memory", runs.step_timings(cfg), 75, 15, setup),
+            Step("dali", "DALI decode against OpenCV", steps.step_dali(cfg), 15, 5, ("env",), required=False),
         ]
     if not rehearsal:
         return planned

@@ -76,6 +76,7 @@ def positive_control() -> None:
     written = threading.Event()
 
     def write() -> None:
+        writer_stream.wait_stream(torch.cuda.default_stream())  # after the allocation's zero fill: only one race
         with torch.cuda.stream(writer_stream):
             torch.cuda._sleep(1_000_000)
             data.add_(1)
@@ -112,7 +113,7 @@ def set_numerics() -> None:
 
 
 def attach_timing(path: Path) -> None:
-    """CUDA events around every timed stage on the run's compute stream, a timestamp per written frame,
+    """CUDA events around every timed stage on the run's compute stream, a timestamp per written batch,
     and the memory peaks at exit, into ``path`` (JSON)."""
     import torch
 
@@ -128,13 +129,13 @@ def attach_timing(path: Path) -> None:
         init_ctx(self, *args, **kwargs)
         clocks.append(EventClock(self.compute))
 
-    def writer_init(self, *args, on_frame=None, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
-        def frame(written: int) -> None:
-            rate.frame(written)
-            if on_frame is not None:
-                on_frame(written)
+    def writer_init(self, *args, busy=None, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+        def batch(seconds: float, frames: int) -> None:  # the writer reports each batch once it is written
+            rate.batch(frames)
+            if busy is not None:
+                busy(seconds, frames)
 
-        init_writer(self, *args, on_frame=frame, **kwargs)
+        init_writer(self, *args, busy=batch, **kwargs)
 
     def timed_stage(self, name, items=0):  # noqa: ANN001, ANN202
         import contextlib

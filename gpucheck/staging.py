@@ -8,7 +8,7 @@ host unpacks an archive into /tmp/site once all its pieces are there (gpucheck/u
 while the machine is held, so run 2 must follow run 1 on the same machine; if it does not, the
 experiment is NOT RUN and says why. DALI (about 200 MiB of wheels) does not fit: its step is NOT RUN.
 
-    python3 -m gpucheck.staging check|rtx     # = make gpu-stage [SET=rtx]: .gpu/ for run 1 or run 2
+    python3 -m gpucheck.staging       # = make gpu-stage: .gpu/run1 and .gpu/run2, what each run uploads
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def missing_runtime() -> list[str]:
     missing = [f"{name} (in the host's image: not importable)" for name in NEEDED if not importable(MODULES[name])]
     for name in STAGED:
         if not importable(MODULES[name]):
-            missing.append(f"{name} (stage it: make gpu-stage, then upload .gpu/ with run 1)")
+            missing.append(f"{name} (stage it: make gpu-stage, then carry .gpu/run1)")
     return missing
 
 
@@ -91,7 +91,6 @@ def download(wheels: tuple[str, ...], into: Path) -> list[Path]:
 
 def pack(wheel_set: str) -> Path:
     """``CACHE/<set>.tar.xz``: the set's wheels unpacked as a site folder (a wheel's files are its install)."""
-    import tarfile
     import zipfile
 
     archive = CACHE / f"{wheel_set}.tar.xz"
@@ -101,10 +100,10 @@ def pack(wheel_set: str) -> Path:
     for wheel in download(WHEEL_SETS[wheel_set], CACHE / "wheels"):
         with zipfile.ZipFile(wheel) as z:
             z.extractall(site)
-    partial = archive.with_suffix(".partial")
-    with tarfile.open(partial, "w:xz", preset=9) as tar:
-        for path in sorted(site.iterdir()):
-            tar.add(path, arcname=path.name)
+    partial = archive.with_name(archive.name + ".partial")
+    tar = subprocess.run(["tar", "-C", str(site), "-cf", "-", "."], stdout=subprocess.PIPE, check=True).stdout
+    with open(partial, "wb") as f:  # xz itself: threaded, and several times faster than the lzma module
+        subprocess.run(["xz", "-T0", "-6", "-c"], input=tar, stdout=f, check=True)
     partial.rename(archive)
     return archive
 
@@ -114,35 +113,39 @@ def pieces(archive: Path, first: int | None) -> list[bytes]:
     return [data] if first is None or first >= len(data) else [data[:first], data[first:]]
 
 
-def stage(run: str) -> int:
-    """Fill ./.gpu/ (git-ignored) with what run ``check`` (1) or ``rtx`` (2) uploads, and the manifest."""
+def write_uploads(archives: dict[str, Path], upload: Path, first_piece: int = FIRST_PIECE_BYTES) -> dict[str, int]:
+    """``upload/run1`` and ``upload/run2``: run 1 carries the check's archive whole and the first piece of
+    the others, run 2 their second pieces; each with the manifest (name, pieces, SHA-256) and unpack.sh."""
     import hashlib
 
-    if run not in ("check", "rtx"):
-        print(f"Error: unknown run {run!r}; choose check (run 1) or rtx (run 2)", file=sys.stderr)
-        return 1
-    archives = {name: pack(name) for name in ("check", "rtx")}
-    split = {"check": pieces(archives["check"], None), "rtx": pieces(archives["rtx"], FIRST_PIECE_BYTES)}
-    shutil.rmtree(UPLOAD, ignore_errors=True)
-    UPLOAD.mkdir()
-    manifest = []
-    for name, parts in split.items():
-        data = b"".join(parts)
-        manifest.append(f"{name}.tar.xz {len(parts)} {hashlib.sha256(data).hexdigest()}")
-        carried = parts if run == "check" and name == "check" else parts[:1] if run == "check" else parts[1:]
-        for i, part in enumerate(carried, start=1 if run == "check" else 2):
-            (UPLOAD / f"{name}.tar.xz.part{i}").write_bytes(part)
-    (UPLOAD / "MANIFEST").write_text("\n".join(manifest) + "\n")
-    shutil.copy(Path(__file__).with_name("unpack.sh"), UPLOAD / "unpack.sh")
+    split = {name: pieces(path, None if name == "check" else first_piece) for name, path in archives.items()}
+    manifest = [f"{name}.tar.xz {len(parts)} {hashlib.sha256(b''.join(parts)).hexdigest()}" for name, parts in split.items()]
+    shutil.rmtree(upload, ignore_errors=True)
+    sizes = {}
+    for run in ("run1", "run2"):
+        folder = upload / run
+        folder.mkdir(parents=True)
+        for name, parts in split.items():
+            for k, part in enumerate(parts, start=1):
+                if (k == 1) == (run == "run1"):
+                    (folder / f"{name}.tar.xz.part{k}").write_bytes(part)
+        (folder / "MANIFEST").write_text("\n".join(manifest) + "\n")
+        shutil.copy(Path(__file__).with_name("unpack.sh"), folder / "unpack.sh")
+        sizes[run] = sum(p.stat().st_size for p in folder.iterdir())
+    return sizes
+
+
+def stage() -> int:
+    """Fill ./.gpu/run1 and ./.gpu/run2 (git-ignored) with what each run uploads."""
+    sizes = write_uploads({name: pack(name) for name in WHEEL_SETS}, UPLOAD)
+    for run, size in sizes.items():
+        print(f"gpu-stage: .gpu/{run} holds {size / 2**20:.1f} MiB (carry .gpu/{run} with run {run[-1]})")
     exclude = REPO / ".git" / "info" / "exclude"
     if exclude.parent.is_dir() and "/.gpu/" not in (exclude.read_text() if exclude.is_file() else ""):
         with open(exclude, "a") as f:
             f.write("/.gpu/\n")
-    size = sum(p.stat().st_size for p in UPLOAD.iterdir())
-    print(f"gpu-stage: .gpu/ holds {size / 2**20:.1f} MiB for run {1 if run == 'check' else 2}; upload it with the "
-          f"run (it is git-ignored: carry .gpu) and start the command with 'bash .gpu/unpack.sh && '")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(stage(sys.argv[1] if len(sys.argv) > 1 else "check"))
+    sys.exit(stage())

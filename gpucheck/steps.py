@@ -67,7 +67,7 @@ def step_deps(cfg: Config):  # noqa: ANN201
         missing = missing_runtime()
         path, desc = find_ffmpeg_exe()
         if path is None:
-            missing.append(f"ffmpeg ({desc}; stage it: make gpu-stage, then upload .gpu/ with run 1)")
+            missing.append(f"ffmpeg ({desc}; stage it: make gpu-stage, then carry .gpu/run1)")
         probe = "import wav2lip_trt.cli, wav2lip_trt.pipeline, wav2lip_trt.samples, wav2lip_trt.random_weights"
         proc = run_logged([sys.executable, "-c", probe], ctx.work / "import-probe.log", ctx.remaining(),
                           env=child_env())
@@ -142,8 +142,8 @@ def step_compute_sanitizer(cfg: Config):  # noqa: ANN201
                    *pytest_cmd(ctx.work / f"cs-{name}.xml", "-m", "gpu", KERNEL_TEST)]
             proc = run_logged(cmd, log, share, env=child_env(TRITON_CACHE_DIR=str(ctx.work / "triton-cache")))
             ctx.add_file(log)
-            if proc.timed_out:
-                return failed(f"{name} timed out after {proc.seconds:.0f} s")
+            if proc.timed_out:  # instrumentation is slow; a hang would show in pytest-gpu, which runs the same test
+                return not_run(f"out of time: {name} needed more than {proc.seconds:.0f} s", **{k: "done" for k in logs})
             logs[name] = proc.text
         return judge_compute_sanitizer(logs)
     return run
@@ -179,8 +179,8 @@ def step_rtx(cfg: Config):  # noqa: ANN201
         from .staging import importable
 
         if not (importable("tensorrt_rtx") or importable("tensorrt_rtx_bindings")):
-            return not_run("TensorRT-RTX is not unpacked: its second piece comes with run 2 (make gpu-stage SET=rtx), "
-                           "its first with run 1 on the same machine")
+            return not_run("TensorRT-RTX is not unpacked: its first piece comes with run 1 (.gpu/run1), its second "
+                           "with run 2 (.gpu/run2), on the same machine")
         if cfg.rehearsal:
             return not_run("rehearsal: TensorRT-RTX builds on the GPU")
         if "checkpoints" not in ctx.state:  # a fresh machine without run 1's ffmpeg: the engines need no media

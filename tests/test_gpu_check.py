@@ -63,7 +63,7 @@ def test_make_targets() -> None:
     assert "-m gpucheck --run check --out /tmp/x" in check and "/tmp/site" in check and ".venv" not in check
     assert "-m gpucheck --run rtx" in dry("gpu-check", "GPU_RUN=rtx", "OUT=/tmp/x")
     assert "-m gpucheck --rehearse" in dry("gpu-rehearse")
-    assert "-m gpucheck.staging rtx" in dry("gpu-stage", "SET=rtx")
+    assert "-m gpucheck.staging" in dry("gpu-stage")
 
 
 @pytest.mark.parametrize("run, limit_s", [("check", 9 * 60), ("rtx", 4 * 60)])
@@ -360,15 +360,15 @@ def test_the_stall_hook_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_steady_rate_leaves_the_start_up_out() -> None:
-    rate = SteadyRate()
-    time.sleep(0.2)  # the start-up: load, JIT, capture
-    for i in range(5):
-        rate.frame(i)
-        time.sleep(0.02)
+    ticks = iter([0.0, 5.0, 5.1, 5.2, 5.3])  # started; then four batches of 10 frames, 5 s of start-up first
+    rate = SteadyRate(clock=lambda: next(ticks))
+    for _ in range(4):
+        rate.batch(10)
     report = rate.report()
-    assert report["frames"] == 5 and report["first_frame_s"] >= 0.2
-    assert 20 < report["steady_fps"] < 60  # 4 intervals of about 20 ms, not 5 frames over 0.3 s
-    assert SteadyRate().report() == {"frames": 0, "first_frame_s": None, "steady_fps": None}
+    assert report == {"frames": 40, "batches": 4, "first_batch_s": 5.0, "steady_fps": pytest.approx(100.0)}
+    one = SteadyRate()
+    one.batch(22)
+    assert one.report()["steady_fps"] is None  # one batch has no steady state
     assert memory_report()["peak_rss_bytes"] > 10 * 2**20
     clock = EventClock(None)
     with clock.span("generate"):
@@ -401,3 +401,42 @@ def test_rehearsal_of_the_determinism_step(tmp_path: Path) -> None:
     assert by_name["csan"]["status"] == NOT_RUN and by_name["timings"]["status"] == NOT_RUN
     assert data["proven"] is False and data["headline"].startswith("REHEARSAL")
     assert "gpu-check rehearsal: PASSED" in proc.stdout
+
+
+# ---- staging: what the two runs upload, unpacked on the host -----------------------------------------------
+
+
+def test_the_uploads_unpack_once_every_piece_has_arrived(tmp_path: Path) -> None:
+    """Run 1 carries the ffmpeg archive whole and the first piece of TensorRT-RTX's; run 2 the second piece.
+    Real xz archives, the real unpack.sh; the host's folders redirected into tmp_path."""
+    from gpucheck.staging import write_uploads
+
+    archives = {}
+    for name, payload in (("check", b"ffmpeg" * 1000), ("rtx", os.urandom(300_000))):
+        site = tmp_path / f"site-{name}" / name
+        site.mkdir(parents=True)
+        (site / "lib.bin").write_bytes(payload)
+        archives[name] = tmp_path / f"{name}.tar.xz"
+        subprocess.run(["tar", "-C", str(site.parent), "-cJf", str(archives[name]), "."], check=True)
+    sizes = write_uploads(archives, tmp_path / "upload", first_piece=100_000)
+    assert sizes["run1"] < archives["check"].stat().st_size + 110_000 < sizes["run1"] + sizes["run2"]
+    env = {**os.environ, "GPU_SITE": str(tmp_path / "host-site"), "GPU_PACK_STORE": str(tmp_path / "host-store")}
+
+    def unpack(run: str) -> str:
+        proc = subprocess.run(["bash", str(tmp_path / "upload" / run / "unpack.sh")], capture_output=True, text=True,
+                              env=env, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    first = unpack("run1")
+    assert "check.tar.xz unpacked" in first and "rtx.tar.xz has 1 of 2 pieces" in first
+    assert (tmp_path / "host-site" / "check" / "lib.bin").read_bytes() == b"ffmpeg" * 1000
+    assert not (tmp_path / "host-site" / "rtx").exists()
+    second = unpack("run2")
+    assert "rtx.tar.xz unpacked" in second and "check" not in second  # unpacked once
+    assert (tmp_path / "host-site" / "rtx" / "lib.bin").read_bytes() == (tmp_path / "site-rtx" / "rtx" / "lib.bin").read_bytes()
+    (tmp_path / "host-site" / ".unpacked-rtx.tar.xz").unlink()
+    (tmp_path / "upload" / "run2" / "rtx.tar.xz.part2").write_bytes(b"cut short in the upload")
+    proc = subprocess.run(["bash", str(tmp_path / "upload" / "run2" / "unpack.sh")], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 1 and "rtx.tar.xz is corrupt" in proc.stdout

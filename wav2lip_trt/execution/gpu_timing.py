@@ -3,7 +3,7 @@ steady-state frame rate, and the memory a run held.
 
 Host timers around asynchronous launches measure enqueue time; the GPU's own time then lands at the next
 wait (the per-batch event, the host copy). An event pair on the compute stream measures what the stream
-spent between the two points. The steady rate counts frames from the first finished one to the last, so
+spent between the two points. The steady rate counts frames from the first finished batch to the last, so
 model load, cuDNN autotuning, Triton JIT and graph capture are reported apart, not averaged in.
 """
 
@@ -51,22 +51,25 @@ class EventClock:
 
 
 class SteadyRate:
-    """Timestamps of finished frames; the rate between the first and the last excludes the start-up."""
+    """When each finished batch was written; the rate from the first batch's end to the last's leaves the
+    start-up out (it needs two batches: one batch has no steady state)."""
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.clock = clock
         self.started = clock()
-        self.times: list[float] = []
+        self.batches: list[tuple[float, int]] = []
 
-    def frame(self, _written: int = 0) -> None:
-        self.times.append(self.clock())
+    def batch(self, frames: int) -> None:
+        self.batches.append((self.clock(), frames))
 
     def report(self) -> dict[str, float | int | None]:
-        """Frames, seconds to the first finished frame (load, JIT, capture, first batch), steady fps."""
-        n = len(self.times)
-        steady = (n - 1) / (self.times[-1] - self.times[0]) if n > 1 and self.times[-1] > self.times[0] else None
-        return {"frames": n, "first_frame_s": round(self.times[0] - self.started, 4) if n else None,
-                "steady_fps": round(steady, 3) if steady is not None else None}
+        """Frames, batches, seconds to the first finished batch (load, JIT, capture, first batch), steady fps."""
+        frames = sum(n for _, n in self.batches)
+        steady = None
+        if len(self.batches) > 1 and self.batches[-1][0] > self.batches[0][0]:
+            steady = round((frames - self.batches[0][1]) / (self.batches[-1][0] - self.batches[0][0]), 3)
+        first = round(self.batches[0][0] - self.started, 4) if self.batches else None
+        return {"frames": frames, "batches": len(self.batches), "first_batch_s": first, "steady_fps": steady}
 
 
 def memory_report(device: "torch.device | None" = None) -> dict[str, int | None]:
