@@ -35,7 +35,6 @@ entries; :meth:`DetectionCache.clear` removes them too, so clear only while no r
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import json
@@ -53,6 +52,7 @@ import numpy as np
 from ..errors import InputError
 from ..files import atomic_write_bytes, sha256_file
 from ..json_input import JsonInputError, load_json_text
+from .regular_files import NotRegularFile, lock_file, read_regular_file
 
 try:
     import fcntl
@@ -409,10 +409,10 @@ class DetectionCache:
 
     def _read(self, path: Path, key: DetectionKey) -> CachedDetections | None:
         try:
-            data = _read_regular_file(path)
+            data = read_regular_file(path)
         except (FileNotFoundError, NotADirectoryError):  # no entry; a blocked folder is reported by store
             return None
-        except _NotRegular as exc:
+        except NotRegularFile as exc:
             log.warning("ignoring detection cache entry %s: cannot read it (%s); it will be replaced", path, exc.strerror)
             return None
         except OSError as exc:
@@ -430,81 +430,12 @@ class DetectionCache:
         if fcntl is None:  # pragma: no cover
             yield
             return
-        fd = _lock_file(self._folder() / f".{key.digest()}.lock")
+        fd = lock_file(self._folder() / f".{key.digest()}.lock", on_replaced=lambda path, why: log.warning(
+            "replacing detection cache lock file %s: %s", path, why))
         try:
             yield
         finally:
             os.close(fd)  # releases the lock
-
-
-# --- opening files in the cache folder -------------------------------------------------------------------
-
-_NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-_LINK_ERRNOS = {errno.ELOOP, errno.EMLINK}  # what open(O_NOFOLLOW) says for a symbolic link (Linux, BSD)
-_SPECIAL_ERRNOS = {errno.EISDIR, errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP}  # a folder, socket, device
-
-
-class _NotRegular(OSError):
-    """The path is a symbolic link, a folder, a FIFO, a device or a socket: never read or locked."""
-
-
-def _kind(mode: int) -> str:
-    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link"))
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
-
-
-def _open_regular(path: Path, flags: int, mode: int = 0o666) -> tuple[int, os.stat_result]:
-    """``os.open`` that neither follows a symbolic link nor blocks, and returns only a regular file's fd."""
-    try:
-        fd = os.open(path, flags | _NO_FOLLOW, mode)
-    except OSError as exc:
-        if exc.errno in _LINK_ERRNOS:
-            raise _NotRegular(exc.errno, "it is a symbolic link") from None
-        if exc.errno in _SPECIAL_ERRNOS:
-            raise _NotRegular(exc.errno, "it is not a regular file") from None
-        raise
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise _NotRegular(errno.EINVAL, f"it is {_kind(st.st_mode)}, not a regular file")
-    return fd, st
-
-
-def _read_regular_file(path: Path) -> bytes:
-    fd, _ = _open_regular(path, os.O_RDONLY)
-    with open(fd, "rb") as f:
-        return f.read()
-
-
-def _lock_file(path: Path) -> int:
-    """An fd holding an exclusive flock on ``path``, a regular file (created if missing).
-
-    Anything else at ``path`` (a symbolic link, whose target would be created; a FIFO, which would
-    block) is removed - it is inside the cache folder - and a lock file created instead. After
-    locking, ``path`` must still name the locked file (another run may have replaced it), else the
-    lock is taken again.
-    """
-    for _ in range(10):
-        try:
-            fd, locked = _open_regular(path, os.O_RDWR | os.O_CREAT)
-        except _NotRegular as exc:
-            log.warning("replacing detection cache lock file %s: %s", path, exc.strerror)
-            with contextlib.suppress(FileNotFoundError):  # a folder stays (IsADirectoryError): the store fails
-                os.unlink(path)
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            now = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:  # removed while we waited (clear, or a run replacing it): lock again
-            now = None
-        except BaseException:
-            os.close(fd)
-            raise
-        if now is not None and (now.st_dev, now.st_ino) == (locked.st_dev, locked.st_ino):
-            return fd
-        os.close(fd)
-    raise OSError(errno.EAGAIN, f"lock file {path} keeps being replaced")
 
 
 def cache_info(root: Path | None = None) -> CacheInfo:
