@@ -225,50 +225,43 @@ def judge_pytest(junit: dict[str, Any] | None, returncode: int | None) -> Verdic
 # ---- parity on CUDA ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ParityLimits:
-    """What a precision may differ from the CPU FP32 run by (see README, "Proving it on a GPU")."""
-
-    min_equal_boxes: float  # fraction of frames whose detected and final boxes are identical
-    max_box_diff: int  # pixels, any coordinate, any frame
-    max_pixel_diff: int  # levels, in frames whose boxes are identical
-    max_mean_diff: float  # levels, mean over those frames
-    score_tolerance: float  # --score similarity mean, sync loss, quality mean
+SCORE_TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}  # --score similarity mean, sync loss, quality mean vs the CPU
+MIN_SAME_BOX_FRAMES = 0.5  # pixels are compared where the final boxes agree: at least this share of frames
 
 
-FP32_LIMITS = ParityLimits(0.99, 1, 1, 0.01, 1e-3)
-FP16_LIMITS = ParityLimits(0.90, 4, 255, 1.0, 2e-2)
-
-
-def judge_parity(name: str, comparison: dict[str, Any], limits: ParityLimits,
+def judge_parity(name: str, precision: str, comparison: dict[str, Any],
                  scores: tuple[dict[str, Any], dict[str, Any]] | None = None) -> list[str]:
-    """Problems of one run against the CPU (empty: within ``limits``); ``comparison`` from compare_dumps."""
+    """Problems of one run against the CPU FP32 run (empty: within the parity ladder's tolerances for
+    ``precision``, wav2lip_trt.parity.DEFAULT_TOLERANCES); ``comparison`` from :func:`compare_dumps`."""
+    from wav2lip_trt.detection.cache import array_to_boxes
+    from wav2lip_trt.parity import DEFAULT_TOLERANCES
+    from wav2lip_trt.parity.metrics import compare_boxes
+
+    tol = DEFAULT_TOLERANCES[precision]
     frames = comparison.get("frames") or {}
     if "count" not in frames:
         return [f"{name}: frame count or shape differs {frames}"]
     if not frames["count"]:
         return [f"{name}: no frames to compare"]
     problems = []
-    for label in ("det_boxes", "boxes"):
-        part = comparison.get(label)
-        if part is None:
-            problems.append(f"{name}: {label} missing from the dump")
-            continue
-        if part.get("equal_fraction", 0.0) < limits.min_equal_boxes:
-            problems.append(f"{name}: {label} identical in {part.get('equal_fraction', 0):.1%} of frames "
-                            f"(< {limits.min_equal_boxes:.0%})")
-        if part.get("max_abs_diff", 0) > limits.max_box_diff:
-            problems.append(f"{name}: {label} differ by {part['max_abs_diff']} px (> {limits.max_box_diff})")
-    if frames["same_box_max_diff"] > limits.max_pixel_diff:
+    raw = comparison.get("det_box_rows")
+    if raw is None:
+        problems.append(f"{name}: det_boxes missing or of another shape")
+    else:
+        boxes = compare_boxes(name, array_to_boxes(raw[0]), array_to_boxes(raw[1]), min_iou=tol.min_iou,
+                              max_face_changes=tol.max_face_changes)
+        if not boxes.passed:
+            problems.append(boxes.describe_failure())
+    if frames["same_box_fraction"] < MIN_SAME_BOX_FRAMES:
+        problems.append(f"{name}: final boxes identical in only {frames['same_box_fraction']:.0%} of frames")
+    if frames["same_box_max_diff"] > tol.frame_atol:
         problems.append(f"{name}: frames with identical boxes differ by {frames['same_box_max_diff']} levels "
-                        f"(> {limits.max_pixel_diff})")
-    if frames["same_box_mean_diff"] > limits.max_mean_diff:
-        problems.append(f"{name}: mean difference {frames['same_box_mean_diff']:.4f} levels (> {limits.max_mean_diff})")
+                        f"(> {tol.frame_atol:g})")
     if scores is not None:
         ref, got = scores
         for key in ("similarity_mean", "sync_loss", "quality_mean"):
             a, b = ref.get(key), got.get(key)
-            if a is None or b is None or abs(a - b) > limits.score_tolerance:
+            if a is None or b is None or abs(a - b) > SCORE_TOLERANCE[precision]:
                 problems.append(f"{name}: --score {key} {b} vs CPU {a}")
     return problems
 
@@ -294,6 +287,8 @@ def compare_dumps(ref: Path, other: Path) -> dict[str, Any]:
                      "max_abs_diff": int(np.abs(x.astype(np.int64) - y.astype(np.int64)).max()) if x.size else 0}
         if name == "boxes":
             same_box = equal
+        else:
+            out["det_box_rows"] = (x, y)
     a, b = np.load(ref / "frames.npy", mmap_mode="r"), np.load(other / "frames.npy", mmap_mode="r")
     if a.shape != b.shape:
         out["frames"] = {"shape_ref": list(a.shape), "shape": list(b.shape)}
@@ -315,5 +310,6 @@ def compare_dumps(ref: Path, other: Path) -> dict[str, Any]:
     out["frames"] = {"count": int(len(a)), "max_abs_diff": maxd, "mean_abs_diff": total / n,
                      "differing_fraction": differing / n, "same_box_max_diff": same_max,
                      "same_box_mean_diff": same_total / same_n if same_n else 0.0,
+                     "same_box_fraction": float(same_box.mean()) if len(same_box) else 0.0,
                      "psnr_db": None if mse == 0 else round(10 * math.log10(255.0**2 / mse), 2)}
     return out
