@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -91,7 +91,7 @@ class StreamStats:
                            "chunks": int(lat.size)},
             "batches": {"count": len(self.batches), "mean": round(float(np.mean(self.batches)), 2) if self.batches else None,
                         "max": max(self.batches) if self.batches else None},
-            "seconds": round(wall, 3), "fps": round(self.frames / wall, 2) if wall > 0 else None,
+            "seconds": round(wall, 3), "frames_per_second": round(self.frames / wall, 2) if wall > 0 else None,
             "real_time_factor": round(wall / audio_seconds, 3) if audio_seconds > 0 else None,
         }
 
@@ -125,7 +125,8 @@ class LiveStream:
 
     def __init__(self, session: Session, avatar: Avatar, *, clock: str = "audio", policy: str = "block",
                  queue_frames: int = 32, max_batch: int = 16, reference_batch: int = 128, blend: str = "none",
-                 delay: float = 0.5, pending_frames: int | None = None) -> None:
+                 delay: float = 0.5, pending_frames: int | None = None,
+                 on_samples: Callable[[np.ndarray], None] | None = None) -> None:
         if clock not in CLOCKS:
             raise InputError(f"--clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
         if policy not in POLICIES:
@@ -144,6 +145,7 @@ class LiveStream:
         self.queue_frames = queue_frames
         self.pending_frames = pending_frames if pending_frames is not None else 4 * self.max_batch
         self.fps = avatar.fps
+        self.on_samples = on_samples  # sees every sample the mel sees (inserted silence included), in order
         self.stats = StreamStats()
         self.times = StageTimes()
         self._mel = StreamingMel(self.fps)
@@ -168,7 +170,7 @@ class LiveStream:
         samples = to_float32(pcm)
         with self._cond:
             self._raise_failure()
-            if self._closed:
+            if self._closed or self._aborted:
                 raise InputError("this stream is closed; start a new one")
             if self._t0 is None:
                 self._start_clock()
@@ -196,9 +198,9 @@ class LiveStream:
         with self._cond:
             self._aborted = True
             self._cond.notify_all()
-        for thread in (self._worker, self._pacer):
+        for thread in (self._worker, self._pacer):  # the worker ends after its current batch
             if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout=10)
+                thread.join()
 
     def __enter__(self) -> "LiveStream":
         return self
@@ -213,6 +215,8 @@ class LiveStream:
     def _add(self, samples: np.ndarray) -> None:
         self._chunk_fed.append(time.perf_counter())
         self.stats.samples += samples.shape[0]
+        if self.on_samples is not None:
+            self.on_samples(samples)
         self._queue(self._mel.feed(samples), len(self._chunk_fed) - 1)
 
     def _queue(self, windows: list[tuple[int, np.ndarray]], chunk: int) -> None:
@@ -298,12 +302,17 @@ class LiveStream:
                     total = self._total
                     self._cond.notify_all()
                 for part in _split_lone(take, total, self.reference_batch):
+                    if self._aborted:
+                        break
                     images = self._lip_sync(part)
                     self._deliver(part, images)
         except BaseException as exc:  # handed to the consumer and the producer
             with self._cond:
                 self._error = exc
         finally:
+            close = getattr(self._ops, "close", None)
+            if close is not None:
+                close()  # the device path's readback ring
             with self._cond:
                 self._out.append(_END)
                 self._cond.notify_all()

@@ -1,0 +1,159 @@
+"""`wav2lip-trt avatar` and `wav2lip-trt stream` as a user runs them: real processes, pipes, files and signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.media import probe
+from wav2lip_trt.samples import float_to_int16, speechlike_audio, talking_face_frames, write_video, write_wav
+
+BOX = ["--box", "20", "90", "30", "100"]
+
+
+def cli(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "wav2lip_trt", *map(str, args)], input=stdin, capture_output=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, checkpoints) -> dict:
+    d = tmp_path_factory.mktemp("livecli")
+    pcm = float_to_int16(speechlike_audio(0.5, seed=21))
+    info = {
+        "dir": d, "pcm": pcm, "checkpoint": checkpoints[0], "s3fd": checkpoints[1],
+        "face": write_video(d / "face.mp4", talking_face_frames(8, 128, 96, seed=2), 25.0),
+        "audio": write_wav(d / "speech.wav", pcm, 16000),
+    }
+    proc = cli("avatar", info["face"], "--out", d / "avatar", "--checkpoint_path", checkpoints[0], "--s3fd-checkpoint",
+               checkpoints[1], "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"Wrote avatar" in proc.stderr and (d / "avatar" / "manifest.json").is_file()
+    proc = cli("infer", "--face", info["face"], "--audio", info["audio"], "--outfile", d / "infer.mp4", "--checkpoint_path",
+               checkpoints[0], "--s3fd-checkpoint", checkpoints[1], "--device", "cpu", "--save-frames", d / "infer_frames",
+               "-q")
+    assert proc.returncode == 0, proc.stderr.decode()
+    info["expected"] = np.stack([cv2.imread(str(p)) for p in sorted((d / "infer_frames").glob("*.png"))])
+    return info
+
+
+def stream_args(setup: dict, *extra: str | Path) -> list[str | Path]:
+    return ["stream", "--avatar", setup["dir"] / "avatar", "--checkpoint_path", setup["checkpoint"], "--device", "cpu",
+            *extra]
+
+
+def test_stream_to_a_file_equals_infer(setup, tmp_path) -> None:
+    out = tmp_path / "live.mp4"
+    proc = cli(*stream_args(setup, "--audio", setup["audio"], "--outfile", out, "--save-frames", tmp_path / "frames",
+                            "--json", tmp_path / "report.json", "--chunk-ms", "40"))
+    assert proc.returncode == 0, proc.stderr.decode()
+    frames = np.stack([cv2.imread(str(p)) for p in sorted((tmp_path / "frames").glob("*.png"))])
+    assert np.array_equal(frames, setup["expected"])
+    facts = probe(out)
+    assert facts["video"]["frames"] == len(frames) and facts["audio"]["codec"] == "aac"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["frames"] == len(frames) and report["dropped"] == 0 and report["gaps"] == 0
+    assert report["latency_ms"]["chunks"] > 0 and report["latency_ms"]["p95"] >= report["latency_ms"]["p50"] > 0
+    assert report["real_time_factor"] > 0 and b"Streamed" in proc.stderr
+
+
+def test_stdin_pcm_to_raw_stdout(setup) -> None:
+    proc = cli(*stream_args(setup, "--audio", "-", "--outfile", "-", "--stdout-format", "raw", "-q"),
+               stdin=setup["pcm"].tobytes())
+    assert proc.returncode == 0, proc.stderr.decode()
+    expected = setup["expected"]
+    frames = np.frombuffer(proc.stdout, dtype=np.uint8).reshape(-1, *expected.shape[1:])
+    assert np.array_equal(frames, expected)
+
+
+def test_stdin_at_another_rate_is_resampled_and_muxed(setup, tmp_path) -> None:
+    pcm8k = float_to_int16(speechlike_audio(0.5, rate=8000, seed=3))
+    out = tmp_path / "resampled.mkv"
+    proc = cli(*stream_args(setup, "--audio", "-", "--rate", "8000", "--outfile", out, "--json", tmp_path / "r.json"),
+               stdin=pcm8k.tobytes())
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert abs(report["audio_seconds"] - 0.5) < 0.01 and report["frames"] == len(setup["expected"])
+    assert probe(out)["audio"]["sample_rate"] > 0
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"\x01\x02\x03", "ended inside a sample"),
+    (b"RIFF\x00\x00\x00\x00WAVEfmt ", "starts with a WAV header"),
+    (b"", "audio is empty"),
+])
+def test_bad_pcm_is_one_error_and_no_output(setup, tmp_path, data, message) -> None:
+    proc = cli(*stream_args(setup, "--audio", "-", "--outfile", tmp_path / "x.mp4"), stdin=data)
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert message in err and "Traceback" not in err and err.count("Error:") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_damaged_avatar_and_wrong_options(setup, tmp_path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for p in (setup["dir"] / "avatar").iterdir():
+        (broken / p.name).write_bytes(p.read_bytes())
+    (broken / "frames.npy").write_bytes(b"\x93NUMPY" + b"\x00" * 10)
+    proc = cli(*stream_args({**setup, "dir": tmp_path}, "--audio", setup["audio"], "--outfile", tmp_path / "x.mp4"))
+    assert proc.returncode == 1 and b"Error: avatar folder not found" in proc.stderr
+    proc = cli("stream", "--avatar", broken, "--checkpoint_path", setup["checkpoint"], "--audio", setup["audio"],
+               "--outfile", tmp_path / "x.mp4")
+    assert proc.returncode == 1 and b"Error: " in proc.stderr and b"frames.npy is 16 bytes" in proc.stderr
+    proc = cli(*stream_args(setup, "--audio", "-", "--outfile", "-", "--json", "-"), stdin=b"")
+    assert proc.returncode == 1 and b"both want stdout" in proc.stderr
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_a_sender_that_stops_without_closing(setup, tmp_path) -> None:
+    out = tmp_path / "idle.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "wav2lip_trt", *map(str, stream_args(
+        setup, "--audio", "-", "--outfile", out, "--idle-timeout", "1", "--json", tmp_path / "idle.json"))],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(setup["pcm"].tobytes())
+    proc.stdin.flush()  # and never closed
+    try:
+        assert proc.wait(timeout=300) == 0
+    finally:
+        proc.stdin.close()
+    err = proc.stderr.read()
+    assert b"no audio for 1 s" in err
+    assert json.loads((tmp_path / "idle.json").read_text())["stopped_without_close"] is True and out.is_file()
+
+
+def test_a_reader_that_goes_away(setup) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "wav2lip_trt", *map(str, stream_args(
+        setup, "--audio", setup["audio"], "--outfile", "-", "--stdout-format", "raw"))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(128 * 96 * 3)  # one frame, then the reader leaves
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1
+    assert "stdout was closed by its reader" in err and "Traceback" not in err
+
+
+def test_sigterm_leaves_no_file_and_nothing_running(setup, tmp_path) -> None:
+    out = tmp_path / "term.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "wav2lip_trt", *map(str, stream_args(
+        setup, "--audio", setup["audio"], "--realtime", "--outfile", out))], stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith(".") for p in tmp_path.iterdir()):
+        time.sleep(0.05)  # ffmpeg's temporary file: the stream is running
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, err
+    assert "Interrupted (SIGTERM)" in err and list(tmp_path.iterdir()) == []
+    assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).stdout == b""  # no ffmpeg left
