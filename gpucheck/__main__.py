@@ -39,9 +39,9 @@ def plan(run: str, rehearsal: bool, env_out: dict[str, Any]) -> list[Step]:
     setup = ("env", "deps", "prepare")
     head = [Step("env", "Environment", steps.step_env(cfg, env_out), 10, 1),
             Step("deps", "Runtime dependencies", steps.step_deps(cfg), 15, 1, ("env",)),
-            Step("prepare", "Generated media and checkpoints", steps.step_prepare(cfg), 30, 5, ("deps",))]
+            Step("prepare", "Generated media and checkpoints", steps.step_prepare(cfg), 40, 5, ("deps",))]
     if run == "rtx":
-        planned = head + [Step("tensorrt-rtx", "TensorRT-RTX on this GPU (experiment)", steps.step_rtx(cfg), 140, 30,
+        planned = head + [Step("tensorrt-rtx", "TensorRT-RTX on this GPU (experiment)", steps.step_rtx(cfg), 130, 30,
                                ("env",))]
     else:
         planned = head + [
@@ -49,10 +49,10 @@ def plan(run: str, rehearsal: bool, env_out: dict[str, Any]) -> list[Step]:
             Step("csan", "CUDA Sanitizer with a positive control", runs.step_csan(cfg), 45, 20, setup),
             Step("parity", "Parity: CPU FP32 vs CUDA FP32 (TF32 off) and FP16", runs.step_parity(cfg), 40, 15, setup),
             Step("sync-debug", "Synchronisations per frame", runs.step_sync(cfg), 35, 15, setup),
-            Step("pytest-gpu", "pytest -m gpu", steps.step_pytest(cfg), 70, 20, ("env",)),
+            Step("pytest-gpu", "pytest -m gpu", steps.step_pytest(cfg), 65, 20, ("env",)),
             Step("compute-sanitizer", "compute-sanitizer on the Triton kernels", steps.step_compute_sanitizer(cfg), 60, 20,
                  ("env",)),
-            Step("timings", "Timings: GPU time, steady fps, memory", runs.step_timings(cfg), 75, 15, setup),
+            Step("timings", "Timings: GPU time, steady fps, memory", runs.step_timings(cfg), 70, 15, setup),
             Step("dali", "DALI decode against OpenCV", steps.step_dali(cfg), 15, 5, ("env",), required=False),
         ]
     if not rehearsal:
