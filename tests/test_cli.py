@@ -20,7 +20,9 @@ from media import make_video, probe
 
 
 def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "wav2lip_trt", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    """The real command, its output decoded as written (``text=True`` would turn a carriage return into a newline)."""
+    proc = subprocess.run([sys.executable, "-m", "wav2lip_trt", *map(str, args)], capture_output=True, cwd=cwd)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,7 @@ def test_video_end_to_end(inputs, tmp_path) -> None:
     report = tmp_path / "report.json"
     proc = run_cli(*base_args(inputs, out), "--json", report)
     assert proc.returncode == 0, proc.stderr
-    assert "frame/s" in proc.stderr and f"Wrote {out}" in proc.stderr
+    assert "lip-syncing: 22/22 frames in " in proc.stderr and f"Wrote {out}" in proc.stderr  # a log's plain lines
     info = probe(out)
     assert info["video"]["codec"] == "h264" and info["video"]["pix_fmt"] == "yuv420p"
     assert (info["video"]["width"], info["video"]["height"]) == (128, 96)
@@ -118,10 +120,13 @@ def test_static_bare_flag_and_value_reach_the_options(inputs, tmp_path, monkeypa
 
 
 def assert_user_error(proc: subprocess.CompletedProcess[str], *fragments: str, quiet: bool = True) -> None:
-    """Exit 1, no traceback, one ``Error:`` line (the only stderr line with --quiet, else the last)."""
+    """Exit 1, no traceback, one ``Error:`` line (the only stderr line with --quiet, else the last).
+
+    stderr is a pipe here, as in a log: whole lines, no carriage return, so ``grep '^Error:'`` finds it.
+    """
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and "\r" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().split("\n")
     assert [ln for ln in lines if ln.startswith("Error: ")] == lines[-1:], proc.stderr
     if quiet:
         assert len(lines) == 1, proc.stderr

@@ -16,8 +16,8 @@ from .detection.command import detect_command
 from .scoring.command import score_command
 from .jobs.command import batch_command
 from .serve.command import serve_command
-from .cli_errors import install_signal_handlers, interrupted_exit, setup_logging, user_errors
-from .cli_options import DETECTION_OPTIONS, FRAME_OPTIONS, PRESET_OPTION, RUNNER_OPTIONS, with_options
+from .cli_errors import install_signal_handlers, interrupted_exit, kept_and_lost, setup_logging, user_errors
+from .cli_options import DETECTION_OPTIONS, FRAME_OPTIONS, PRESET_OPTION, PROGRESS_OPTION, RUNNER_OPTIONS, with_options
 from .errors import InputError
 from .cli_json import check_json_path, to_stdout, write_json
 from .files import check_output_dir
@@ -129,10 +129,12 @@ def _one_of(names: dict[str, Any], what: str) -> Any:
               help="--score the 5-frame windows and the faces that start at every K-th frame only "
               "(5: windows side by side, about a third of the scoring time).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and the JSON of --json -).")
+@PROGRESS_OPTION
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report of the run here ('-' = stdout).")
 @user_errors
 def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Path | None, output: Path | None,
-          audios: tuple[Path, ...], quiet: bool, json_path: Path | None, show_profile: bool, **kwargs: Any) -> None:
+          audios: tuple[Path, ...], quiet: bool, progress: str, json_path: Path | None, show_profile: bool,
+          **kwargs: Any) -> None:
     """Lip-sync a face video or image to an audio track (or to several, one video each)."""
     from .progress import Progress
 
@@ -140,7 +142,7 @@ def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Pa
     if face_path is None:
         raise InputError("missing option --face (or --image / --video)")
     out_path = _one_of({"--outfile": outfile, "--output": output}, "outputs") or Path("results/result_voice.mp4")
-    setup_logging(quiet)
+    setup_logging(quiet, progress)
     options = InferenceOptions(face=face_path, outfile=out_path, audio=audios[0], **kwargs)
     if len(audios) > 1:
         _infer_many(options, audios, quiet, json_path, show_profile)
@@ -150,8 +152,8 @@ def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Pa
     # run_inference checks the options, the face and the audio before any model loads; the --json
     # target is this command's, so it is checked first.
     _check_json(json_path, options)
-    with Progress("lip-sync", unit="frame", enabled=not quiet) as progress:
-        result = run_inference(options, on_start=progress.start, on_frame=progress.update, on_phase=progress.phase)
+    with Progress("lip-sync", unit="frame", enabled=not quiet) as shown:
+        result = run_inference(options, on_start=shown.start, on_frame=shown.update, on_phase=shown.phase)
     report = _report(result)
     if json_path is not None:
         write_json(json_path, report)
@@ -213,26 +215,33 @@ def _infer_many(options: InferenceOptions, audios: tuple[Path, ...], quiet: bool
     bars: list[Progress] = []
 
     def progress(opts: InferenceOptions) -> dict[str, Any]:
-        bar = Progress(f"lip-sync {Path(opts.audio).name}", unit="frame", enabled=not quiet)
+        name = Path(opts.audio).name
+        bar = Progress(f"lip-sync {name}", unit="frame", enabled=not quiet)
         bars.append(bar)
-        return {"on_start": bar.start, "on_frame": bar.update, "on_phase": bar.phase}
+        return {"on_start": bar.start, "on_frame": bar.update, "on_phase": lambda label: bar.phase(f"{name}: {label}")}
 
-    reports, failed = [], 0
+    reports, failed, kept = [], 0, []
     try:
         for outcome in run_many(options, audios, progress=progress):
             while bars:
-                bars.pop().__exit__(None, None, None)
+                bars.pop().close(failed=outcome.result is None)
             if outcome.result is None:
                 failed += 1
                 click.echo(f"Error: {outcome.error}", err=True)
                 reports.append({"audio": str(outcome.audio), "outfile": str(outcome.outfile), "error": outcome.error})
                 continue
+            kept.append(outcome.outfile)
             report = {"audio": str(outcome.audio), **_report(outcome.result)}
             reports.append(report)
             _finish(outcome.result, report, quiet, show_profile)
+    except KeyboardInterrupt as exc:  # the finished outputs are kept: say which, and which are not
+        while bars:
+            bars.pop().close(failed=True)
+        interrupted_exit(exc, kept_and_lost([str(out) for out in kept],
+                                            [str(run.outfile) for run in runs if run.outfile not in kept]))
     finally:
         while bars:
-            bars.pop().__exit__(None, None, None)
+            bars.pop().close(failed=True)
     if json_path is not None:
         write_json(json_path, {"runs": reports, "failed": failed})
     if failed:

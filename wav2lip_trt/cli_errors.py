@@ -34,11 +34,18 @@ def _signals() -> list[signal.Signals]:
     return [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
 
 
-def setup_logging(quiet: bool) -> None:
-    """Info lines on stderr; with ``--quiet`` nothing below an error, Python warnings included."""
+def setup_logging(quiet: bool, progress: str = "auto") -> None:
+    """Info lines on stderr; with ``--quiet`` nothing below an error, Python warnings included.
+
+    ``progress`` is ``--progress`` (see :mod:`wav2lip_trt.progress`): bars on a terminal, whole
+    lines in a log, so every message, ``Error: ...`` included, starts a line of its own.
+    """
+    from .progress import set_mode
+
     logging.basicConfig(level=logging.ERROR if quiet else logging.INFO, format="%(message)s", stream=sys.stderr,
                         force=True)
     logging.captureWarnings(True)  # library warnings obey --quiet like log lines
+    set_mode(progress)
 
 
 def install_signal_handlers() -> None:
@@ -64,6 +71,14 @@ def interrupted_exit(exc: BaseException | None, what: str = NOTHING_WRITTEN) -> 
     signum = getattr(exc, "signum", signal.SIGINT)
     click.echo(f"Interrupted ({signal.Signals(signum).name}); {what}.", err=True)
     sys.exit(128 + int(signum))
+
+
+def kept_and_lost(kept: list[str], lost: list[str]) -> str:
+    """What an interrupted command that writes several outputs leaves: the finished ones are kept."""
+    if not kept:
+        return NOTHING_WRITTEN
+    return (f"kept {len(kept)} of {len(kept) + len(lost)} outputs: {', '.join(kept)}"
+            + (f"; not written: {', '.join(lost)}" if lost else ""))
 
 
 def user_errors(func: Callable[..., Any] | None = None, *, interrupted: str = NOTHING_WRITTEN) -> Any:

@@ -10,6 +10,7 @@ import click
 
 from .encode import X264_PRESETS
 from .options import BACKEND_CHOICES, DEVICES, PRECISION_CHOICES
+from .progress import MODES as PROGRESS_MODES
 
 
 def with_options(*options: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -60,3 +61,8 @@ PRESET_OPTION = click.option(
     "--preset", type=click.Choice(X264_PRESETS), default="medium", show_default=True,
     help="libx264 preset: faster ones encode more frames per second into larger files at the same --crf "
          "(1080p, one core: medium ~15 fps, veryfast ~28-46, ultrafast ~86-114).")
+
+PROGRESS_OPTION = click.option(
+    "--progress", type=click.Choice(PROGRESS_MODES), default="auto", show_default=True,
+    help="Progress bars: auto = on a terminal, plain lines elsewhere; off = plain lines (a step's start, its count "
+    "every 10 s, its end), on = bars even into a file.")

@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from .audio import MelChunks
 from .boxes import pad_box, smooth_stream
@@ -31,7 +32,7 @@ from .execution.budget import chunk_sizes
 from .faces import IMG_SIZE, Box
 from .frame_ops import Frame, FrameOps
 from .options import InferenceOptions
-from .runners.base import Runner
+from .runners.base import WAV2LIP_INPUTS, Runner
 from .stages import StageTimes
 from .video import FaceSource
 
@@ -185,7 +186,7 @@ def face_items(
 def generate(
     items: Iterable[FaceItem], ops: FrameOps, runner: Runner, batch_size: int, dump: IntermediateDump | None,
     times: StageTimes | None = None, chunks: MelChunks | None = None, *, reference_batch: int | None = None,
-    total: int | None = None, scorer: OnlineScorer | None = None,
+    total: int | None = None, scorer: OnlineScorer | None = None, on_frame: Callable[[int], None] | None = None,
 ) -> Iterator[FinishedBatch]:
     """Run Wav2Lip on batches of at most ``batch_size`` faces; yield the finished frames per batch.
 
@@ -196,8 +197,13 @@ def generate(
     bit-identical. ``total`` (output frames) tells where the original's last batch ends. A run of
     frames without a face is flushed at ``batch_size`` frames too. ``chunks`` is needed for
     ``dump`` (``mel_chunks.npy``) and ``scorer`` (the expert compares each face with its chunk).
+    ``on_frame(done)`` is told, after every generator call, how many output frames have their
+    faces generated: on the CPU a batch runs in chunks of 16 faces, and progress moves per chunk.
     """
     times = times if times is not None else StageTimes()
+    counter = None if on_frame is None else _GeneratedFrames(on_frame)
+    if counter is not None:
+        runner = _CountingRunner(runner, counter.generated)
     reference_batch = reference_batch or batch_size
     parts: deque[int] = deque()
     pending: list[FaceItem] = []
@@ -212,18 +218,62 @@ def generate(
             parts[0] -= with_face
             if parts[0] <= 0:
                 parts.popleft()
-            yield _generate_batch(pending, ops, runner, dump, times, chunks, scorer)
+            yield _generate_batch(pending, ops, runner, dump, times, chunks, scorer, counter)
             pending, with_face = [], 0
     if pending:
-        yield _generate_batch(pending, ops, runner, dump, times, chunks, scorer)
+        yield _generate_batch(pending, ops, runner, dump, times, chunks, scorer, counter)
+
+
+class _GeneratedFrames:
+    """Counts output frames whose faces are generated, from the faces each generator call made.
+
+    A batch's frames are in output order and its faces are generated in that order, so after
+    ``n`` faces every frame up to the ``n``-th face's is done (a frame without a face needs none).
+    """
+
+    def __init__(self, on_frame: Callable[[int], None]) -> None:
+        self.on_frame = on_frame
+        self.ends: list[int] = []  # per face of the current batch: the output frames done once it is generated
+        self.faces = 0
+
+    def begin(self, items: list[FaceItem]) -> None:
+        self.ends, self.faces = [it.index + 1 for it in items if it.box is not None], 0
+
+    def generated(self, faces: int) -> None:
+        self.faces += faces
+        if self.ends:
+            self.on_frame(self.ends[min(self.faces, len(self.ends)) - 1])
+
+    def finish(self, items: list[FaceItem]) -> None:
+        self.on_frame(items[-1].index + 1)
+
+
+class _CountingRunner:
+    """The generator runner, unchanged, saying how many faces each call made (padding aside: the
+    counter stops at the batch's faces)."""
+
+    def __init__(self, runner: Runner, generated: Callable[[int], None]) -> None:
+        self._runner, self._generated = runner, generated
+
+    def infer(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = self._runner.infer(feed)
+        self._generated(int(feed[WAV2LIP_INPUTS[0]].shape[0]))
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runner, name)
 
 
 def _generate_batch(
     items: list[FaceItem], ops: FrameOps, runner: Runner, dump: IntermediateDump | None, times: StageTimes,
-    chunks: MelChunks | None, scorer: OnlineScorer | None = None,
+    chunks: MelChunks | None, scorer: OnlineScorer | None = None, counter: _GeneratedFrames | None = None,
 ) -> FinishedBatch:
+    if counter is not None:
+        counter.begin(items)
     finished, pred = ops.lip_sync(runner, [it.frame for it in items], [it.box for it in items],
                                   [it.index for it in items], times, keep_pred=dump is not None or scorer is not None)
+    if counter is not None:
+        counter.finish(items)
     faced = [it.index for it in items if it.box is not None]
     if scorer is not None and faced:
         assert chunks is not None and pred is not None

@@ -38,7 +38,6 @@ from .faces import IMG_SIZE
 from .ffmpeg import find_ffmpeg
 from .detection.cache import DetectionCache
 from .detection.stage import DetectionPass, Memo, RawDetections
-from .detection.engine_fit import fit_to_engine
 from .frame_ops import FrameOps, frame_ops_for
 from .options import InferenceOptions
 from .pipeline import Detection, face_items, generate
@@ -101,7 +100,6 @@ def prepare_job(options: InferenceOptions, phase: Phase | None = None) -> Job:
     if source.kind == "image" and not source.transform.is_identity:
         log.warning("--resize_factor/--rotate/--crop are ignored for a still image (as in the original)")
     info = source.info
-    options = fit_to_engine(options, info.width, info.height)  # frames S3FD's TensorRT engine takes, before it loads
     if phase is not None:
         phase("reading audio")
     with times.stage("audio"):
@@ -241,11 +239,12 @@ class Session:
             detection, origin = None, "fixed box"
             if not options.uses_fixed_box:
                 phase("detecting faces" if options.needs_detector else "reading boxes")
-                raw = self._raw_boxes(options, source, ops, times, plan, dump, 1 if options.static or source.kind == "image" else total)
+                raw = self._raw_boxes(options, source, ops, times, plan, dump, 1 if options.static or source.kind == "image" else total,
+                                      on_start=on_start, on_frame=on_frame)
                 detection, origin = Detection(raw.boxes, options, source), raw.origin
             items = face_items(source, total, options, detection, ops, times, plan.decode_ahead)
             batches = generate(items, ops, self.generator, generator_batch, dump, times, chunks,
-                               reference_batch=options.wav2lip_batch_size, total=total, scorer=scorer)
+                               reference_batch=options.wav2lip_batch_size, total=total, scorer=scorer, on_frame=on_frame)
             ffmpeg = find_ffmpeg(options.ffmpeg)
             phase("lip-syncing")
             if on_start is not None:
@@ -255,7 +254,7 @@ class Session:
                 ffmpeg=ffmpeg, crf=options.crf, encoder=choose_encoder(options.encoder, ffmpeg),
                 preset=options.preset, pixel_format=ops.pixel_format,
             ) as writer, WriterThread(
-                writer, depth=plan.writer_batches, on_frame=on_frame, extra=_frame_saver(options.save_frames),
+                writer, depth=plan.writer_batches, extra=_frame_saver(options.save_frames),
                 busy=lambda seconds, frames: times.add("encode", seconds, frames),
             ) as frames_out:
                 for batch in batches:
@@ -291,14 +290,15 @@ class Session:
                             every=options.score_every)
 
     def _raw_boxes(self, options: InferenceOptions, source: FaceSource, ops: FrameOps, times: StageTimes, plan: BatchPlan,
-                   dump: IntermediateDump | None, limit: int) -> RawDetections:
+                   dump: IntermediateDump | None, limit: int, *, on_start: Callable[[int | None], None] | None = None,
+                   on_frame: Callable[[int], None] | None = None) -> RawDetections:
         """Raw boxes from a --boxes file, this session's memo, the disk cache, or S3FD (in that order)."""
         detector = FaceDetector(self.runners.detector, times, ops) if self.runners.detector is not None else None
         cache = None if options.no_cache or not options.needs_detector else DetectionCache(options.cache_dir)
         label = f"{self.runners.backend}/{self.runners.precision}"
         return DetectionPass(detector, ops, options, source, times, runner_label=label, cache=cache,
                              memo=self.detections if options.needs_detector else None,
-                             decode_ahead=plan.decode_ahead).run(limit, dump)
+                             decode_ahead=plan.decode_ahead, on_start=on_start, on_frame=on_frame).run(limit, dump)
 
     def avatar(self, face: str | Path, out: str | Path | None = None, *, loop: str = "forward",
                **per_call: Any) -> "Avatar":
@@ -340,8 +340,11 @@ def run_inference(
     """Lip-sync ``options.face`` to ``options.audio`` and write ``options.outfile`` (a one-job session).
 
     ``on_phase(label)`` says what the run is doing (reading audio, loading models, detecting
-    faces, lip-syncing); ``on_start(total_frames)`` and ``on_frame(frames_written)`` drive a
-    progress bar (``on_frame`` is called from the writer thread, once per frame).
+    faces, lip-syncing); within a step that counts frames, ``on_start(total)`` gives the count and
+    ``on_frame(done)`` the frames done so far: detecting faces counts input frames (after each S3FD
+    batch; ``total`` is the container's estimate), lip-syncing counts output frames whose faces are
+    generated (after each generator call: on the CPU a chunk of 16 faces, so the bar moves within a
+    batch; the writer follows a batch behind).
     """
     job = prepare_job(options, on_phase)
     if on_phase is not None:

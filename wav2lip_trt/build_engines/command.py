@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..cli_errors import setup_logging, user_errors
+from ..cli_options import PROGRESS_OPTION
 from ..cli_json import check_json_path, write_json
 from ..files import check_output_dir
 
@@ -114,12 +115,13 @@ def check_outputs(params: dict[str, Any], json_path: Path | None) -> None:
 @click.option("--force", is_flag=True, help="Rebuild even when the engines are up to date.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report here ('-' = stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or info messages.")
+@PROGRESS_OPTION
 @user_errors(interrupted="engines finished before it were kept, nothing half-written was left")
-def build_engines_command(quiet: bool, json_path: Path | None, **kwargs: Any) -> None:
+def build_engines_command(quiet: bool, progress: str, json_path: Path | None, **kwargs: Any) -> None:
     """Export S3FD, Wav2Lip and the scoring networks to ONNX and build TensorRT engines (skipped when up to date)."""
     from . import build_engines
 
-    setup_logging(quiet)
+    setup_logging(quiet, progress)
     check_outputs(kwargs, json_path)
     report = build_engines(options_from_params(kwargs), show_progress=not quiet)
     if json_path is not None:

@@ -17,7 +17,7 @@ boxes mapped back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Protocol
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,23 +66,33 @@ class DetectionPass:
 
     def __init__(self, detector: FaceDetector | None, ops: FrameOps, options: DetectionSettings, source: FaceSource,
                  times: StageTimes, *, runner_label: str, cache: DetectionCache | None = None,
-                 memo: Memo | None = None, decode_ahead: int = 16) -> None:
+                 memo: Memo | None = None, decode_ahead: int = 16, on_start: Callable[[int | None], None] | None = None,
+                 on_frame: Callable[[int], None] | None = None) -> None:
         self.detector, self.ops, self.options, self.source, self.times = detector, ops, options, source, times
         self.runner_label, self.memo, self.decode_ahead = runner_label, memo, decode_ahead
         self.cache = cache if cache is not None and cache.available() else None
+        self.on_start, self.on_frame = on_start, on_frame  # progress: frames to settle, then frames settled so far
         info = source.info
         self.scale = detect_scale(info.width, info.height, options.detect_size)
         self.batch = options.face_det_batch_size
         self.every = options.detect_every
 
     def run(self, limit: int | None, dump: IntermediateDump | None = None) -> RawDetections:
-        """Boxes for the first ``limit`` frames (fewer if the input has fewer; None = all of them)."""
+        """Boxes for the first ``limit`` frames (fewer if the input has fewer; None = all of them).
+
+        Progress: ``on_start(frames)`` first (the container's frame count is an estimate), then
+        ``on_frame(done)`` after each S3FD batch, and once more with the final count.
+        """
+        if self.on_start is not None:
+            count = self.source.info.frame_count
+            self.on_start(count if limit is None else min(limit, count) if count else limit)
         if self.options.boxes is not None:
             result = self._from_file(limit)
         elif self.every == 1:
             result = self._dense(limit)
         else:
             result = self._sparse(limit)
+        self._advance(len(result.boxes))
         if dump is not None:
             dump.append("det_boxes", boxes_to_array(result.boxes))
         log.info("face boxes: %s (%d frames, S3FD on %d)", result.origin, len(result.boxes), result.detected)
@@ -115,6 +125,7 @@ class DetectionPass:
                 entry.put(start, len(chunk), dets)
                 detected += len(chunk)
             boxes.extend(array_to_boxes(dets))
+            self._advance(len(boxes))
         if limit is None or len(boxes) < limit:
             entry.frames_total = len(boxes)  # the input ended: later runs need not decode to learn it
         self._save(key, entry)
@@ -150,12 +161,17 @@ class DetectionPass:
                 picked.append((index, frame))
                 if len(picked) == self.batch or last:
                     flush()
+                    self._advance(total)
         self._save(self._key(total) if total else None, fresh)
         if origin != "detected":
             origin = "cache miss"
         return RawDetections(interpolate_boxes(total, found_at) if total else [], origin, len(found_at))
 
     # --- helpers ------------------------------------------------------------------------------------
+
+    def _advance(self, done: int) -> None:
+        if self.on_frame is not None:
+            self.on_frame(done)
 
     def _decoded(self, limit: int) -> Iterator[Frame]:
         return self.ops.frames(limit, self.decode_ahead, self.times)

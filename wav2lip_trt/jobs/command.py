@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..cli_errors import setup_logging, user_errors
-from ..cli_options import RUNNER_OPTIONS, with_options
+from ..cli_options import PROGRESS_OPTION, RUNNER_OPTIONS, with_options
 from ..errors import InputError
 
 log = logging.getLogger("wav2lip_trt.jobs")
@@ -51,8 +51,9 @@ def check_ray_address(address: str | None) -> None:
                    "Needs pip install 'wav2lip-trt[ray]'.")
 @click.option("--force", is_flag=True, help="Run every job, even those an earlier run finished.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@PROGRESS_OPTION
 @user_errors(interrupted=INTERRUPTED)
-def batch_command(quiet: bool, **kwargs: Any) -> None:
+def batch_command(quiet: bool, progress: str, **kwargs: Any) -> None:
     """Lip-sync every job of a JSONL or CSV jobs file (face, audio, outfile, per-job infer options).
 
     Re-running the same command skips the jobs whose output is complete and newer than its inputs
@@ -61,7 +62,7 @@ def batch_command(quiet: bool, **kwargs: Any) -> None:
     from ..progress import Progress
     from .batch import BatchOptions, run_batch
 
-    setup_logging(quiet)
+    setup_logging(quiet, progress)
     check_ray_address(kwargs["ray"])
     options = BatchOptions(**kwargs)
     if options.ray is not None:
@@ -70,7 +71,7 @@ def batch_command(quiet: bool, **kwargs: Any) -> None:
         import_ray()  # before the jobs file is read: the one thing this machine is missing
     done = 0
 
-    with Progress("reading jobs", unit="job", enabled=not quiet) as progress:
+    with Progress("reading jobs", unit="job", enabled=not quiet) as shown:
 
         def finished(outcome: Any) -> None:
             nonlocal done
@@ -78,9 +79,9 @@ def batch_command(quiet: bool, **kwargs: Any) -> None:
                 log.error("Error: line %d (%s): %s", outcome.job, outcome.output, outcome.error)
             if outcome.status != "skipped":
                 done += 1
-                progress.update(done)
+                shown.update(done)
 
-        report = run_batch(options, on_phase=progress.phase, on_start=progress.start, on_outcome=finished,
+        report = run_batch(options, on_phase=shown.relabel, on_start=shown.start, on_outcome=finished,
                            log_level=logging.ERROR if quiet else logging.WARNING)
     if not quiet:
         seconds = report.seconds
