@@ -38,6 +38,7 @@ from .faces import IMG_SIZE
 from .ffmpeg import find_ffmpeg
 from .detection.cache import DetectionCache
 from .detection.stage import DetectionPass, Memo, RawDetections
+from .detection.engine_fit import fit_to_engine
 from .frame_ops import FrameOps, frame_ops_for
 from .options import InferenceOptions
 from .pipeline import Detection, face_items, generate
@@ -100,6 +101,7 @@ def prepare_job(options: InferenceOptions, phase: Phase | None = None) -> Job:
     if source.kind == "image" and not source.transform.is_identity:
         log.warning("--resize_factor/--rotate/--crop are ignored for a still image (as in the original)")
     info = source.info
+    options = fit_to_engine(options, info.width, info.height)  # frames S3FD's TensorRT engine takes, before it loads
     if phase is not None:
         phase("reading audio")
     with times.stage("audio"):
