@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,61 @@ def test_without_ray_the_option_says_what_to_install(checkpoints, tmp_path) -> N
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "Error: --ray needs Ray, which is not installed: pip install 'wav2lip-trt[ray]'"]
+
+
+def closed_port() -> int:
+    """A port on this machine where nothing listens (bound, then closed)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ray_batch(checkpoints, tmp_path: Path, address: str, timeout: float) -> tuple[list[str], Path]:
+    media = write_media(tmp_path / "media")
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [
+        {"face": str(media["face"]), "audio": str(media["short"]), "outfile": str(tmp_path / "out" / "a.mp4"),
+         "box": BOX}])
+    return [sys.executable, "-m", "wav2lip_trt", "batch", str(jobs), "--checkpoint_path", str(checkpoints[0]),
+            "--device", "cpu", "--ray", address, "--ray-timeout", str(timeout)], jobs
+
+
+def test_a_cluster_that_does_not_answer_is_one_error_within_the_timeout(checkpoints, tmp_path) -> None:
+    import time
+
+    address = f"127.0.0.1:{closed_port()}"
+    args, jobs = ray_batch(checkpoints, tmp_path, address, 3)
+    started = time.monotonic()
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)  # Ray alone retries forever
+    assert proc.returncode == 1 and time.monotonic() - started < 60
+    errors = [line for line in proc.stderr.splitlines() if "Error" in line or "rror:" in line]
+    assert errors == [f"Error: --ray {address}: no Ray cluster answered within 3 s (is it running, and is the address "
+                      "right? --ray-timeout sets the wait)"], proc.stderr
+    assert "Traceback" not in proc.stderr and "WARNING" not in proc.stderr and "rpc_client" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.jsonl", "media"]  # no results, no marks, no out/
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_connecting_ends_the_batch_at_once(checkpoints, tmp_path, signum) -> None:
+    import time
+
+    import psutil
+
+    address = f"127.0.0.1:{closed_port()}"
+    args, jobs = ray_batch(checkpoints, tmp_path, address, 600)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    said, deadline = b"", time.monotonic() + 120
+    while b"connecting to Ray at" not in said:
+        assert proc.poll() is None and time.monotonic() < deadline, said
+        said += proc.stderr.read1(4096)
+    time.sleep(1.0)  # inside ray.init, retrying
+    children = psutil.Process(proc.pid).children(recursive=True)
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    rest = proc.communicate(timeout=30)[1]
+    assert time.monotonic() - sent < 10 and proc.returncode == 128 + signum
+    assert f"Interrupted ({signum.name})" in (said + rest).decode() and b"Traceback" not in said + rest
+    assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.jsonl", "media"]

@@ -1,8 +1,9 @@
 """``run_batch``: every job of a jobs file, on local worker processes or on Ray, resumable.
 
 The steps, in order: check the options and the whole jobs file (a malformed file runs nothing);
-skip the jobs an earlier run finished (:func:`wav2lip_trt.jobs.results.is_done`); mark the others
-as started; hand them to the workers; write a results line as each one finishes. A failed job is a
+find the jobs an earlier run finished (:func:`wav2lip_trt.jobs.results.is_done`); with ``--ray``,
+connect to the cluster; skip the finished jobs and mark the others as started; hand them to the
+workers; write a results line as each one finishes. A failed job is a
 line in the results, never the end of the batch; only a problem every job shares (a missing
 checkpoint, a session that cannot load) stops it.
 """
@@ -10,8 +11,10 @@ checkpoint, a session that cannot load) stops it.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ class BatchOptions:
     workers: int | None = None  # None = one per GPU, or a few that split the CPU cores
     results: Path | None = None  # results JSONL; None = JOBS_STEM.results.jsonl beside the jobs file
     ray: str | None = None  # None = local processes; "local" (a Ray instance started here), "auto", "ray://HOST:PORT"
+    ray_timeout: float = 30.0  # seconds to wait for the cluster at --ray ADDRESS to answer
     force: bool = False  # run every job, even those an earlier run finished
 
     @property
@@ -67,6 +71,8 @@ class BatchOptions:
                 raise InputError(f"{label} must be one of {', '.join(choices)}, got {value}")
         if self.workers is not None and self.workers < 1:
             raise InputError(f"--workers must be at least 1, got {self.workers}")
+        if not (math.isfinite(self.ray_timeout) and self.ray_timeout > 0):
+            raise InputError(f"--ray-timeout must be a positive number of seconds, got {self.ray_timeout}")
 
 
 @dataclass
@@ -106,7 +112,9 @@ def run_batch(options: BatchOptions, *, on_phase: Callable[[str], None] | None =
     planned = [(job, job.inference_options(shared)) for job in jobs]
     _check_paths(options, planned)
     outcomes: dict[int, Outcome] = {}
-    with ResultsFile(options.results_path) as results:
+    done = {job.line for job, opts in planned if not options.force and is_done(opts)}
+    left = [(job, opts) for job, opts in planned if job.line not in done]
+    with _ray_connected(options, bool(left), phase, log_level), ResultsFile(options.results_path) as results:
 
         def report(outcome: Outcome) -> None:
             outcomes[outcome.job] = outcome
@@ -114,12 +122,9 @@ def run_batch(options: BatchOptions, *, on_phase: Callable[[str], None] | None =
             if on_outcome is not None:
                 on_outcome(outcome)
 
-        left = []
-        for job, opts in planned:
-            if not options.force and is_done(opts):
+        for job, _ in planned:
+            if job.line in done:
                 report(Outcome(job.line, "skipped", str(job.outfile)))
-            else:
-                left.append((job, opts))
         if on_start is not None:
             on_start(len(left))
         todo = [task for task in (_task(job, opts, report) for job, opts in left) if task is not None]
@@ -128,6 +133,24 @@ def run_batch(options: BatchOptions, *, on_phase: Callable[[str], None] | None =
             workers = _run(todo, options, report, phase, log_level)
     seconds = time.perf_counter() - started
     return BatchReport([outcomes[job.line] for job in jobs], seconds, options.results_path, workers)
+
+
+@contextmanager
+def _ray_connected(options: BatchOptions, needed: bool, phase: Callable[[str], None], log_level: int) -> Iterator[None]:
+    """With ``--ray``: connected before anything is written (an unreachable cluster leaves no results, no marks)."""
+    if options.ray is None or not needed:
+        yield
+        return
+    from .ray_runner import LOCAL, connect, import_ray
+
+    ray = import_ray(options.ray, options.ray_timeout)
+    phase("starting Ray" if options.ray == LOCAL else f"connecting to Ray at {options.ray}")
+    started = connect(ray, options.ray, log_level, options.ray_timeout)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _task(job: JobSpec, opts: InferenceOptions, report: Callable[[Outcome], None]) -> Task | None:
@@ -164,7 +187,7 @@ def _run(tasks: list[Task], options: BatchOptions, report: Callable[[Outcome], N
         phase("starting Ray actors")
         workers = None if options.workers is None else min(options.workers, len(tasks))
         return run_on_ray(tasks, spec, address=options.ray, workers=workers, on_outcome=report, on_ready=ready,
-                          log_level=log_level)
+                          log_level=log_level, timeout=options.ray_timeout)
 
     from dataclasses import replace
 
@@ -179,7 +202,7 @@ def _run(tasks: list[Task], options: BatchOptions, report: Callable[[Outcome], N
 
 
 def _check_paths(options: BatchOptions, planned: list[tuple[JobSpec, InferenceOptions]]) -> None:
-    """No output of the batch (a job's, the results file) is an input or another output; the results file is writable."""
+    """No output of the batch (a job's, the results file) is an input or another output; --results is writable."""
     check_paths(options.jobs_file, planned,
                 named({"--checkpoint_path": options.checkpoint_path, "--s3fd-checkpoint": options.s3fd_checkpoint}),
                 named({"--results": options.results_path}))

@@ -49,6 +49,8 @@ def check_ray_address(address: str | None) -> None:
               help="Run the jobs on Ray actors: a cluster's ADDRESS (auto, ray://HOST:PORT), or with no address a "
                    "Ray instance started on this machine. Files must be on storage every node sees at the same path. "
                    "Needs pip install 'wav2lip-trt[ray]'.")
+@click.option("--ray-timeout", "ray_timeout", type=float, default=30.0, show_default=True, metavar="SECONDS",
+              help="With --ray ADDRESS: give up when the cluster does not answer within this time.")
 @click.option("--force", is_flag=True, help="Run every job, even those an earlier run finished.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @PROGRESS_OPTION
@@ -68,7 +70,7 @@ def batch_command(quiet: bool, progress: str, **kwargs: Any) -> None:
     if options.ray is not None:
         from .ray_runner import import_ray
 
-        import_ray()  # before the jobs file is read: the one thing this machine is missing
+        import_ray(options.ray, options.ray_timeout)  # before the jobs file is read: what this machine is missing
     done = 0
 
     with Progress("reading jobs", unit="job", enabled=not quiet) as shown:

@@ -14,6 +14,10 @@ asking for it is one :class:`MissingDependencyError` that says what to install.
 from __future__ import annotations
 
 import logging
+import math
+import os
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -32,7 +36,14 @@ INSTALL = "pip install 'wav2lip-trt[ray]'"
 LOCAL = "local"  # --ray with no address: start a Ray instance on this machine for this batch
 
 
-def import_ray() -> Any:
+def import_ray(address: str | None = None, timeout: float = 30.0) -> Any:
+    """Ray, or :class:`MissingDependencyError` saying what to install.
+
+    For a cluster ``address``, Ray's own connection warnings are put past ``timeout`` (its setting is
+    read when Ray is imported): the batch says once, as one error, that nothing answered.
+    """
+    if address not in (None, LOCAL) and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", str(math.ceil(timeout) + 60))  # past our exit
     try:
         import ray
     except ImportError:
@@ -86,32 +97,64 @@ def placement(ray: Any, device: str, workers: int | None) -> Placement:
     return Placement(count, share, 0, max(1, int(share)))
 
 
-def connect(ray: Any, address: str, log_level: int) -> bool:
+def connect(ray: Any, address: str, log_level: int, timeout: float = 30.0) -> bool:
     """Join ``address`` (``auto``, ``ray://HOST:PORT``, ``HOST:PORT``) or start a local instance; True if started here.
 
-    A Ray already initialised in this process is used as it is (and left running).
+    A Ray already initialised in this process is used as it is (and left running). Ray retries an
+    address where nothing answers (a closed port) forever, inside native code where no signal handler
+    runs; so the connection is made on a helper thread while this one waits at most ``timeout``
+    seconds, and SIGINT/SIGTERM stay what they are everywhere else. A connection given up on is left
+    to die with the process, which is about to end with the error.
     """
     if ray.is_initialized():
         return False
-    try:
-        if address == LOCAL:
+    if address == LOCAL:
+        try:
             ray.init(address="local", include_dashboard=False, logging_level=log_level)
-        else:
+        except Exception as exc:
+            raise InputError(f"--ray: cannot start a local Ray instance: {_first_line(exc)}") from None
+        return True
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def join() -> None:
+        try:
             ray.init(address=address, logging_level=log_level)
-    except Exception as exc:  # ConnectionError, a missing ray[client] for ray://, a malformed address, ...
-        raise InputError(f"--ray {address}: cannot connect to the Ray cluster: {exc}") from None
-    return address == LOCAL
+        except BaseException as exc:  # ConnectionError, a missing ray[client] for ray://, a malformed address, ...
+            failure.append(exc)
+        finally:
+            done.set()
+
+    ray_init_log = logging.getLogger("ray._private.worker")
+    quiet = _QuietThreadWarning()
+    ray_init_log.addFilter(quiet)  # "SIGTERM handler is not set ...": ours stays, as intended
+    try:
+        threading.Thread(target=join, name="wav2lip-trt-ray-connect", daemon=True).start()
+        answered = done.wait(timeout)
+    finally:
+        ray_init_log.removeFilter(quiet)
+    if not answered:
+        raise InputError(f"--ray {address}: no Ray cluster answered within {timeout:g} s (is it running, and is the "
+                         "address right? --ray-timeout sets the wait)")
+    if failure:
+        raise InputError(f"--ray {address}: cannot connect to the Ray cluster: {_first_line(failure[0])}") from None
+    return False
+
+
+class _QuietThreadWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "not the main thread" not in record.getMessage()
 
 
 def run_on_ray(tasks: Sequence[Task], spec: WorkerSpec, *, address: str = LOCAL, workers: int | None = None,
                on_outcome: Callable[[Outcome], None], on_ready: Callable[[int], None] | None = None,
-               log_level: int = logging.WARNING) -> int:
+               log_level: int = logging.WARNING, timeout: float = 30.0) -> int:
     """Run every task on Ray actors holding a session each; ``on_outcome`` per finished job, as it finishes.
 
-    Returns the number of actors.
+    ``timeout``: seconds to wait for the cluster at ``address`` to answer. Returns the number of actors.
     """
     ray = import_ray()
-    started = connect(ray, address, log_level)
+    started = connect(ray, address, log_level, timeout)
     try:
         where = placement(ray, spec.device, workers)
         spec = replace(spec, threads=where.threads or spec.threads)
