@@ -89,8 +89,6 @@ class ServePool:
         self._thread = threading.Thread(target=self._dispatch, name="wav2lip-trt-serve-pool", daemon=True)
 
     def start(self) -> None:
-        for _ in range(self.workers):
-            self._start()
         self._thread.start()
 
     @property
@@ -139,7 +137,17 @@ class ServePool:
         self._wake()
         if self._thread.is_alive():
             self._thread.join()
-        interrupted = self._counts.interrupted + [slot.task.job_id for slot in self._slots if slot.task is not None]
+        return self._counts.interrupted
+
+    def _stop_workers(self) -> None:
+        """In the dispatcher thread, which started every worker: ``PR_SET_PDEATHSIG`` fires when the
+        *thread* that started a process ends, so this thread outlives its workers."""
+        for slot in list(self._slots):  # a job that ended during the drain is recorded, not re-run
+            message = _poll(slot.conn)
+            while message is not None and message is not _EOF:
+                self._handle(slot, message)
+                message = _poll(slot.conn)
+        self._counts.interrupted += [slot.task.job_id for slot in self._slots if slot.task is not None]
         for slot in self._slots:
             try:
                 if slot.task is None and slot.process.is_alive():
@@ -158,9 +166,8 @@ class ServePool:
             slot.conn.close()
         self._slots.clear()
         with self._lock:
-            interrupted += [task.job_id for task in self._pending]
+            self._counts.interrupted += [task.job_id for task in self._pending]
             self._pending.clear()
-        return interrupted
 
     def _wake(self) -> None:
         try:
@@ -183,11 +190,17 @@ class ServePool:
 
     def _dispatch(self) -> None:
         try:
+            for _ in range(self.workers):
+                self._start()
             while not self._closing:
                 self._step()
         except Exception as exc:  # a bug in the dispatcher: say so, and stop taking jobs
             log.exception("the serve worker pool stopped")
             self.listener.pool_failed(f"internal error in the worker pool: {type(exc).__name__}: {exc}")
+            self._closing = True
+            self._idle.set()
+        finally:
+            self._stop_workers()
 
     def _step(self) -> None:
         slots = list(self._slots)

@@ -95,6 +95,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, index: int, gpu: int | None,
                 except (EOFError, OSError):
                     return
                 if job is None:
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # leaving anyway: no unwind inside atexit
                     return
                 job_id, options = job
                 channel.send(_run(session, job_id, options, channel, name))
