@@ -187,8 +187,8 @@ def test_a_job_whose_outfile_is_another_jobs_face_runs_nothing(media, checkpoint
     (tmp_path / "out" / "sub").mkdir(parents=True)
     jobs = write_jsonl(tmp_path / "jobs.jsonl", [
         {"face": str(face), "audio": str(media["short"]), "outfile": str(tmp_path / "out" / "a.mp4"), "box": BOX},
-        {"face": str(media["face"]), "audio": str(media["long"]), "outfile": str(tmp_path / "in" / ".." / "in" / "face.mp4"),
-         "box": BOX},
+        {"face": str(media["face"]), "audio": str(media["long"]), "box": BOX,
+         "outfile": str(tmp_path / "in" / ".." / "in" / "face.mp4")},
     ])
     proc = run_batch_cli(jobs, checkpoints, "--quiet")
     assert proc.returncode == 1

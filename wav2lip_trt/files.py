@@ -147,7 +147,7 @@ def work_dir(path: Path | None, prefix: str) -> Iterator[Path]:
 
 
 Named = tuple[str, "Path | str | None"]
-"""A path and how to name it in an error: ``("--outfile out.mp4", Path("out.mp4"))``, ``("line 3's face a.mp4", ...)``."""
+"""A path and how an error names it: ``("--outfile out.mp4", Path("out.mp4"))``, ``("line 3's face a.mp4", ...)``."""
 
 
 def file_key(path: Path | str) -> object:

@@ -76,8 +76,9 @@ def plan_runs(options: InferenceOptions, audios: Sequence[Path],
     runs = []
     for audio, out in zip(audios, outs):
         folders = {name: fill(value, audio, label) if value is not None and AUDIO_FIELD in str(value) else value
-                   for name, label, value in (("save_frames", "--save-frames", options.save_frames),
-                                              ("dump_intermediates", "--dump-intermediates", options.dump_intermediates))}
+                   for name, label, value in (
+                       ("save_frames", "--save-frames", options.save_frames),
+                       ("dump_intermediates", "--dump-intermediates", options.dump_intermediates))}
         runs.append(replace(options, audio=Path(audio), outfile=out, **folders))
     inputs: list[Named] = []
     outputs: list[Named] = named(extra_outputs)

@@ -90,7 +90,7 @@ def temporaries(task: Task) -> set[Path]:
 
 
 def remove_temporaries(task: Task, before: set[Path]) -> list[Path]:
-    """Remove the temporary files of ``task``'s output made since ``before`` (:func:`temporaries` when it was handed out).
+    """Remove the temporary files of ``task``'s output made since ``before`` (its :func:`temporaries` when handed out).
 
     For a worker that died running it: a killed process cannot remove its own, and its ffmpeg
     finishes the file it was writing. Files that existed before the job started are not its own and
