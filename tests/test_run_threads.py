@@ -51,3 +51,19 @@ def test_an_error_while_generating_ends_the_decode_thread(media, checkpoints, tm
         assert _alive("wav2lip-trt-decode") == []
         assert _alive("wav2lip-trt-writer") == []
     assert not out.exists()
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_an_error_while_detecting_ends_the_decode_thread(media, checkpoints, tmp_path: Path, every: int) -> None:
+    """The same for the detection pass (dense and --detect-every), stopped after its first S3FD batch of 4: its
+    decoded frames are iterated by a loop's own iterator, which the error releases (a regression guard)."""
+
+    def on_frame(done: int) -> None:
+        raise Stop(f"stopped after {done} frames")
+
+    with Session(checkpoints[0], checkpoints[1], device="cpu") as session:
+        with pytest.raises(Stop) as info:
+            session.infer(media["face"], media["audio"], tmp_path / "out.mp4", face_det_batch_size=4, detect_every=every,
+                          no_cache=True, on_frame=on_frame)
+        assert info.value.__traceback__ is not None
+        assert _alive("wav2lip-trt-decode") == []
