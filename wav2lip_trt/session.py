@@ -128,7 +128,8 @@ class Session:
 
     ``s3fd_checkpoint=None`` loads no face detector: every call must then give ``box``.
     ``generator_batch`` fixes the batch the generator's CUDA graph is captured at (default: the
-    first call's); a later call with larger frames runs smaller batches padded to it.
+    first call's ``wav2lip_batch_size``, 128, whatever its frame size); a call whose frames allow
+    only smaller device batches runs them padded to it.
     """
 
     def __init__(self, checkpoint_path: str | Path, s3fd_checkpoint: str | Path | None = None, *, device: str = "auto",
@@ -221,9 +222,9 @@ class Session:
             self._load_reported = True
         generator_batch = (self.context.device_batch(plan.frame_bytes, options.wav2lip_batch_size) if self.context.is_cuda
                            else plan.generator_batch)  # on a GPU the frames being generated live on the device
-        if not self._warm:
+        if not self._warm:  # the graph's batch: the user's (128), never a job's frame size; smaller batches are padded
             with times.stage("load"):
-                _warm_up(self.generator, self.generator_batch or generator_batch, self.context)
+                _warm_up(self.generator, self.generator_batch or options.wav2lip_batch_size, self.context)
             self._warm = True
         dump = IntermediateDump(options.dump_intermediates) if options.dump_intermediates else None
         if options.save_frames is not None:
