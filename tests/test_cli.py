@@ -212,3 +212,26 @@ def test_aliases_build_the_same_options_as_the_original_flags(inputs, tmp_path, 
     runner.invoke(cli, common + ["--face", str(inputs["image"]), "--outfile", out])
     assert len(seen) == 4 and seen[0] == seen[1] and seen[2] == seen[3]
     assert seen[1].face == inputs["dir"] and seen[2].face == inputs["image"] and str(seen[2].outfile) == out
+
+
+def test_every_output_is_kept_off_every_input_and_other_output(inputs, tmp_path) -> None:
+    model = tmp_path / "syncnet_v2.model"
+    model.write_bytes(b"weights")
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text("[]")
+    folder = tmp_path / "frames"
+    cases = [
+        (["score", "--video", inputs["video"], "--syncnet-checkpoint", model, "--json", tmp_path / "." / model.name],
+         f"--json {tmp_path / model.name} is the same file as --syncnet-checkpoint {model}; inputs are never overwritten"),
+        ([*base_args(inputs, tmp_path / "o.mp4"), "--boxes", boxes, "--json", tmp_path / "sub" / ".." / "boxes.json"],
+         f"--json {tmp_path}/sub/../boxes.json is the same file as --boxes {boxes}; inputs are never overwritten"),
+        ([*base_args(inputs, tmp_path / "o.mp4"), "--box", "0", "50", "0", "50", "--save-frames", folder,
+          "--dump-intermediates", tmp_path / "x" / ".." / "frames"],
+         f"--dump-intermediates {tmp_path}/x/../frames is the same file as --save-frames {folder}; give each output "
+         "its own path"),
+    ]
+    for args, message in cases:
+        proc = run_cli(*args)
+        assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [f"Error: {message}"], proc.stderr
+    assert model.read_bytes() == b"weights" and boxes.read_text() == "[]"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes.json", "syncnet_v2.model"]

@@ -103,7 +103,10 @@ def score_command(quiet: bool, json_path: Path | None, **params: Any) -> None:
     from .tracking import TrackOptions
 
     setup_logging(quiet)
-    check_json_path(json_path, {"--video": params["video"], "--audio": params["audio"]})
+    check_json_path(json_path, {label: params[name] for label, name in (
+        ("--video", "video"), ("--audio", "audio"), ("--syncnet-checkpoint", "syncnet_checkpoint"),
+        ("--expert-checkpoint", "expert_checkpoint"), ("--disc-checkpoint", "disc_checkpoint"),
+        ("--s3fd-checkpoint", "s3fd_checkpoint"))})
     tracking = TrackOptions(facedet_scale=params.pop("facedet_scale"), min_track=params.pop("min_track"),
                             num_failed_det=params.pop("num_failed_det"), min_face_size=params.pop("min_face_size"),
                             crop_scale=params.pop("crop_scale"))
