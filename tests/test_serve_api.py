@@ -183,6 +183,13 @@ def test_bad_requests_are_4xx_with_one_message(server, media, tmp_path) -> None:
                                                       "audio": ("a.wav", media["short"].read_bytes())},
                                    data={"options": text_body})
             assert response.status_code == 400 and message in response.json()["error"]
+        def chunked():  # no Content-Length: the limit is counted as the body streams in
+            yield b'--b\r\nContent-Disposition: form-data; name="face"; filename="big.mp4"\r\n\r\n'
+            yield from (b"\0" * (1 << 19) for _ in range(2 * UPLOAD_LIMIT_MB + 1))
+            yield b"\r\n--b--\r\n"
+
+        streamed = client.post("/v1/jobs", content=chunked(), headers={"content-type": "multipart/form-data; boundary=b"})
+        assert streamed.status_code == 413 and "larger than the server's limit" in streamed.json()["error"]
         missing = client.post("/v1/jobs", files={"face": ("f.mp4", media["face"].read_bytes())})
         assert missing.status_code == 400 and missing.json()["error"].startswith("missing audio")
         assert client.get("/v1/jobs/nope").status_code == 404

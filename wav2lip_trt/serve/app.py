@@ -287,5 +287,5 @@ class SizeLimit:
                 await too_big(scope, receive, send)
 
 
-class _TooBig(Exception):
-    pass
+class _TooBig(BaseException):
+    """Not an Exception: FastAPI turns any Exception raised while it parses a body into a 400."""
