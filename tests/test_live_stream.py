@@ -222,3 +222,19 @@ def test_a_stream_that_stops_without_closing_times_out(session, media) -> None:
         live.feed(np.zeros(2000, dtype=np.float32))  # not enough for a frame, and nothing more comes
         with pytest.raises(TimeoutError, match="no frame for 0.5 s"):
             next(live.frames(timeout=0.5))
+
+
+def test_score_runs_on_the_streamed_faces_as_offline(session, media, tmp_path) -> None:
+    from wav2lip_trt.random_weights import write_random_scoring_checkpoints
+
+    expert, _, disc = write_random_scoring_checkpoints(tmp_path / "scoring")
+    box = (20, 90, 30, 100)
+    offline = session.infer(media["folder"], media["audio"], tmp_path / "o.mp4", fps=FPS, box=box, score=True,
+                            expert_checkpoint=expert, disc_checkpoint=disc)
+    avatar = session.avatar(media["folder"], fps=FPS, box=box)
+    with session.stream(avatar, expert_checkpoint=expert, disc_checkpoint=disc, max_batch=3) as live:
+        live.feed(load_audio(media["audio"]))
+        live.close()
+        assert len(list(live)) == offline.frames
+    assert offline.scores is not None and live.scorer is not None
+    assert live.scorer.report(total_frames=live.total) == offline.scores

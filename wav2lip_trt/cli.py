@@ -15,6 +15,7 @@ from .build_engines.command import build_engines_command
 from .detection.command import detect_command
 from .scoring.command import score_command
 from .jobs.command import batch_command
+from .live.command import avatar_command, stream_command
 from .serve.command import serve_command
 from .cli_errors import install_signal_handlers, interrupted_exit, kept_and_lost, setup_logging, user_errors
 from .cli_options import DETECTION_OPTIONS, FRAME_OPTIONS, PRESET_OPTION, PROGRESS_OPTION, RUNNER_OPTIONS, with_options
@@ -261,6 +262,8 @@ cli.add_command(detect_command)
 cli.add_command(batch_command)
 cli.add_command(serve_command)
 cli.add_command(score_command)
+cli.add_command(avatar_command)
+cli.add_command(stream_command)
 
 
 def _listed(values: tuple[str, ...]) -> tuple[str, ...]:

@@ -317,10 +317,17 @@ class Session:
 
     def stream(self, avatar: "Avatar | str | Path", **options: Any) -> "LiveStream":
         """A live stream of ``avatar`` (or an avatar folder): ``feed``/``close`` audio, iterate frames
-        (:class:`wav2lip_trt.live.stream.LiveStream` for the clocks, queues and batches)."""
+        (:class:`wav2lip_trt.live.stream.LiveStream` for the clocks, queues and batches).
+        ``expert_checkpoint``/``disc_checkpoint`` (and ``score_every``) score the faces as ``infer --score``
+        does; ``live.scorer.report(total_frames=live.total)`` after the end."""
         from .live.avatar import Avatar, load_avatar
-        from .live.stream import LiveStream
+        from .live.stream import LiveStream, ScoreOptions
 
+        expert, disc = (options.pop(name, None) for name in ("expert_checkpoint", "disc_checkpoint"))
+        score = ScoreOptions(None if expert is None else Path(expert), None if disc is None else Path(disc),
+                             options.pop("score_every", 1))
+        if score.expert_checkpoint is not None or score.disc_checkpoint is not None:
+            options["scorer"] = self._scorer(score)  # type: ignore[arg-type]
         return LiveStream(self, avatar if isinstance(avatar, Avatar) else load_avatar(avatar), **options)
 
     def close(self) -> None:

@@ -107,6 +107,12 @@ def avatar_command(face: Path, out: Path, checkpoint_path: Path, loop: str, quie
               help="libx264 preset of a file output (a live stream wants a fast one).")
 @click.option("--encoder", type=click.Choice(("auto", "libx264", "h264_nvenc")), default="auto", show_default=True,
               help="H.264 encoder of a file output.")
+@click.option("--expert-checkpoint", "expert_checkpoint", type=click.Path(path_type=Path),
+              help="Score the streamed faces with the lip-sync expert (lipsync_expert.pth), as infer --score does.")
+@click.option("--disc-checkpoint", "disc_checkpoint", type=click.Path(path_type=Path),
+              help="Score them with the visual quality discriminator too.")
+@click.option("--score-every", "score_every", type=int, default=1, show_default=True, metavar="K",
+              help="Score the windows and faces that start at every K-th frame only.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report here ('-' = stdout).")
 @user_errors

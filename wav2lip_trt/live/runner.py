@@ -35,7 +35,8 @@ def run_stream_command(*, avatar_dir: Path, audio: str, outfile: str, checkpoint
                        realtime: bool, chunk_ms: float, idle_timeout: float, clock: str, delay: float, policy: str,
                        queue_frames: int, max_batch: int, wav2lip_batch_size: int, blend: str, stdout_format: str,
                        save_frames: Path | None, ffmpeg: str | None, crf: int, preset: str, encoder: str, quiet: bool,
-                       json_path: Path | None) -> dict[str, Any]:
+                       json_path: Path | None, expert_checkpoint: Path | None = None, disc_checkpoint: Path | None = None,
+                       score_every: int = 1) -> dict[str, Any]:
     from ..audio import load_audio
     from ..cli_errors import setup_logging
     from ..encoders import choose_encoder
@@ -52,8 +53,12 @@ def run_stream_command(*, avatar_dir: Path, audio: str, outfile: str, checkpoint
         raise InputError(f"--chunk-ms must be positive, got {chunk_ms}")
     if idle_timeout < 0:
         raise InputError(f"--idle-timeout must be 0 (wait for ever) or more seconds, got {idle_timeout}")
-    if not Path(checkpoint_path).is_file():
-        raise InputError(f"--checkpoint_path file not found: {checkpoint_path}")
+    for label, path in (("--checkpoint_path", checkpoint_path), ("--expert-checkpoint", expert_checkpoint),
+                        ("--disc-checkpoint", disc_checkpoint)):
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{label} file not found: {path}")
+    if not isinstance(score_every, int) or score_every < 1:
+        raise InputError(f"--score-every must be a whole number of frames, at least 1, got {score_every}")
     avatar = load_avatar(avatar_dir)
     inputs = {"--audio": None if from_stdin else Path(audio), "--checkpoint_path": Path(checkpoint_path),
               "--avatar": Path(avatar_dir)}
@@ -94,7 +99,8 @@ def run_stream_command(*, avatar_dir: Path, audio: str, outfile: str, checkpoint
         try:
             with sink, session.stream(avatar, clock=clock, policy=policy, queue_frames=queue_frames, max_batch=max_batch,
                                       reference_batch=wav2lip_batch_size, blend=blend, delay=delay,
-                                      on_samples=record) as live:
+                                      on_samples=record, expert_checkpoint=expert_checkpoint,
+                                      disc_checkpoint=disc_checkpoint, score_every=score_every) as live:
                 failure: list[BaseException] = []
                 producer = threading.Thread(target=_produce, args=(live, source, failure), daemon=True,
                                             name="wav2lip-trt-live-source")
@@ -119,6 +125,8 @@ def run_stream_command(*, avatar_dir: Path, audio: str, outfile: str, checkpoint
               "width": avatar.width, "height": avatar.height, "fps": avatar.fps,
               "stopped_without_close": bool(reader is not None and reader.stopped_early), **live.stats.report(),
               "total_seconds": round(time.perf_counter() - started, 3)}
+    if live.scorer is not None:
+        report.update(live.scorer.report(total_frames=live.total))
     if json_path is not None:
         write_json(json_path, report)
     if not quiet:
@@ -126,8 +134,16 @@ def run_stream_command(*, avatar_dir: Path, audio: str, outfile: str, checkpoint
         lat = report["latency_ms"]
         click.echo(f"Streamed {report['frames']} frames to {where} ({report['dropped']} dropped, {report['gaps']} gaps "
                    f"{report['gap_seconds']:.2f} s) in {report['seconds']:.1f} s: {report['frames_per_second']} frames/s, "
-                   f"latency p50 {lat['p50']} ms, p95 {lat['p95']} ms, max {lat['max']} ms", err=True)
+                   f"latency p50 {lat['p50']} ms, p95 {lat['p95']} ms, max {lat['max']} ms" + _scores(report), err=True)
     return report
+
+
+def _scores(report: dict[str, Any]) -> str:
+    if "expert" not in report and "visual_quality" not in report:
+        return ""
+    from ..scoring.online import summary
+
+    return f"; {summary(report)}"
 
 
 def _produce(live: Any, source: Iterable[np.ndarray], failure: list[BaseException]) -> None:

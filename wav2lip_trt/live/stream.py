@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,6 +45,7 @@ from .avatar import Avatar
 from .mel import StreamingMel, samples_for_frame
 
 if TYPE_CHECKING:
+    from ..scoring.online import OnlineScorer
     from ..session import Session
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,15 @@ class StreamStats:
         }
 
 
+@dataclass(frozen=True)
+class ScoreOptions:
+    """What :meth:`Session._scorer` reads to build a scorer (``infer --score``'s three options)."""
+
+    expert_checkpoint: Path | None
+    disc_checkpoint: Path | None = None
+    score_every: int = 1
+
+
 @dataclass
 class _Pending:
     index: int
@@ -126,7 +137,7 @@ class LiveStream:
     def __init__(self, session: Session, avatar: Avatar, *, clock: str = "audio", policy: str = "block",
                  queue_frames: int = 32, max_batch: int = 16, reference_batch: int = 128, blend: str = "none",
                  delay: float = 0.5, pending_frames: int | None = None,
-                 on_samples: Callable[[np.ndarray], None] | None = None) -> None:
+                 on_samples: Callable[[np.ndarray], None] | None = None, scorer: OnlineScorer | None = None) -> None:
         if clock not in CLOCKS:
             raise InputError(f"--clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
         if policy not in POLICIES:
@@ -146,6 +157,7 @@ class LiveStream:
         self.pending_frames = pending_frames if pending_frames is not None else 4 * self.max_batch
         self.fps = avatar.fps
         self.on_samples = on_samples  # sees every sample the mel sees (inserted silence included), in order
+        self.scorer = scorer  # scores each batch's faces as infer --score does (Session.stream(score=...))
         self.stats = StreamStats()
         self.times = StageTimes()
         self._mel = StreamingMel(self.fps)
@@ -335,7 +347,13 @@ class LiveStream:
                 ops.mel = upload(windows.mel, ops.device, ops.ctx.compute)
             ops.starts = windows.starts()
         runner = self.session.generator
-        finished, _ = ops.lip_sync(runner, frames, boxes, list(range(len(items))), self.times)
+        finished, pred = ops.lip_sync(runner, frames, boxes, list(range(len(items))), self.times,
+                                      keep_pred=self.scorer is not None)
+        faced = [k for k in range(len(part)) if boxes[k] is not None]
+        if self.scorer is not None and faced:
+            assert pred is not None
+            with self.times.stage("score", len(faced)):
+                self.scorer.add([part[k].index for k in faced], pred[: len(faced)], windows.gather(faced))
         try:
             host = finished.host_frames()
             images = [np.array(host[k]) for k in range(len(part))]
