@@ -7,12 +7,12 @@ full queue answers 429; bad requests answer 4xx with one message; /metrics parse
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,21 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from wav2lip_trt.samples import float_to_int16, speechlike_audio, write_wav
 
 from jobs_media import write_media
-from serve_server import BOX, TOKEN, events, start_server, submit, wait_finished, wait_frames
+from serve_server import BOX, events, frames_of, start_server, submit, wait_finished, wait_frames
 
 UPLOAD_LIMIT_MB = 1
-
-
-def frames_of(path: Path) -> np.ndarray:
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return np.stack(frames)
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +215,7 @@ def test_a_public_bind_needs_a_token(checkpoints, tmp_path) -> None:
     refused = subprocess.run([sys.executable, "-m", "wav2lip_trt", "serve", "--checkpoint_path", str(checkpoints[0]),
                               "--host", "0.0.0.0", "--state-dir", str(tmp_path / "state")],
                              capture_output=True, text=True, timeout=120,
-                             env={k: v for k, v in __import__("os").environ.items() if k != "WAV2LIP_TRT_TOKEN"})
+                             env={k: v for k, v in os.environ.items() if k != "WAV2LIP_TRT_TOKEN"})
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines() == [
         "Error: --host 0.0.0.0 is reachable from other machines: give --token (or set WAV2LIP_TRT_TOKEN) so every "
