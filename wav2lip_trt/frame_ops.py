@@ -148,7 +148,7 @@ class DeviceOps:
     With a ``decoder`` the frames themselves live on the device (pinned-ring uploads or NVDEC);
     finished batches stay there until the writer thread reads them back, ``batch_frames`` frames
     at a time (:class:`~wav2lip_trt.execution.context.Readback`). Host frames given directly are
-    uploaded. With ``yuv`` (CUDA) finished frames are converted to ``yuv420p`` on the device
+    uploaded. With ``yuv`` finished frames are converted to ``yuv420p`` on the device
     first (:func:`~wav2lip_trt.kernels.yuv.bgr_to_yuv420`: half the bytes to copy back, and no
     conversion left to ffmpeg); ``pixel_format`` says which the writer gets.
     """
@@ -165,7 +165,7 @@ class DeviceOps:
                 self.mel = upload(np.ascontiguousarray(chunks.mel, dtype=np.float32), self.device, self.ctx.compute)
             self.starts = chunks.starts()
         self.batch_frames = batch_frames
-        self.yuv = yuv and self.ctx.is_cuda
+        self.yuv = yuv
         self.pixel_format = "yuv420p" if self.yuv else "bgr24"
         self._readback: Readback | None = None
 
