@@ -89,17 +89,27 @@ def download(wheels: tuple[str, ...], into: Path) -> list[Path]:
     return found
 
 
-def pack(wheel_set: str) -> Path:
-    """``CACHE/<set>.tar.xz``: the set's wheels unpacked as a site folder (a wheel's files are its install)."""
+def extract_wheel(wheel: Path, site: Path) -> None:
+    """A wheel's files into ``site`` with their permission bits (zipfile drops them; imageio-ffmpeg's
+    binary must stay executable)."""
     import zipfile
 
+    with zipfile.ZipFile(wheel) as z:
+        for info in z.infolist():
+            path = Path(z.extract(info, site))
+            mode = (info.external_attr >> 16) & 0o777
+            if mode and not info.is_dir():
+                path.chmod(mode)
+
+
+def pack(wheel_set: str) -> Path:
+    """``CACHE/<set>.tar.xz``: the set's wheels unpacked as a site folder (a wheel's files are its install)."""
     archive = CACHE / f"{wheel_set}.tar.xz"
     if archive.is_file():
         return archive
     site = CACHE / f"site-{wheel_set}"
     for wheel in download(WHEEL_SETS[wheel_set], CACHE / "wheels"):
-        with zipfile.ZipFile(wheel) as z:
-            z.extractall(site)
+        extract_wheel(wheel, site)
     partial = archive.with_name(archive.name + ".partial")
     tar = subprocess.run(["tar", "-C", str(site), "-cf", "-", "."], stdout=subprocess.PIPE, check=True).stdout
     with open(partial, "wb") as f:  # xz itself: threaded, and several times faster than the lzma module

@@ -462,3 +462,21 @@ def test_the_uploads_unpack_once_every_piece_has_arrived(tmp_path: Path) -> None
     proc = subprocess.run(["bash", str(tmp_path / "upload" / "run2" / "unpack.sh")], capture_output=True, text=True,
                           env=env, timeout=60)
     assert proc.returncode == 1 and "rtx.tar.xz is corrupt" in proc.stdout
+
+
+def test_a_wheels_executables_stay_executable(tmp_path: Path) -> None:
+    """imageio-ffmpeg finds its ffmpeg only if the file is executable; zipfile alone drops the bit."""
+    import zipfile
+
+    from gpucheck.staging import extract_wheel
+
+    wheel = tmp_path / "tool-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, mode in (("tool/binaries/ffmpeg", 0o755), ("tool/__init__.py", 0o644)):
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o100000 | mode) << 16
+            z.writestr(info, "#!/bin/sh\necho ok\n")
+    extract_wheel(wheel, tmp_path / "site")
+    assert os.access(tmp_path / "site" / "tool" / "binaries" / "ffmpeg", os.X_OK)
+    assert not os.access(tmp_path / "site" / "tool" / "__init__.py", os.X_OK)
+
