@@ -73,10 +73,17 @@ class SteadyRate:
 
 
 def memory_report(device: "torch.device | None" = None) -> dict[str, int | None]:
-    """Peak device memory reserved and allocated, pinned host bytes held by torch, the process's peak RSS."""
+    """Peak device memory reserved and allocated, pinned host bytes held by torch, the process's peak RSS.
+
+    ``pinned_slab_bytes``: the most host memory the run's own pinned slabs held at once (decode and
+    readback rings, :func:`~wav2lip_trt.execution.handoff.pinned_bytes`), which torch's stats do not see.
+    """
+    from .handoff import pinned_bytes
+
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: KiB on Linux
     out: dict[str, int | None] = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
-                                  "max_memory_reserved": None, "max_memory_allocated": None, "pinned_host_bytes": None}
+                                  "max_memory_reserved": None, "max_memory_allocated": None, "pinned_host_bytes": None,
+                                  "pinned_slab_bytes": pinned_bytes()["slabs_peak"]}
     if torch.cuda.is_available():
         out["max_memory_reserved"] = int(torch.cuda.max_memory_reserved(device))
         out["max_memory_allocated"] = int(torch.cuda.max_memory_allocated(device))
