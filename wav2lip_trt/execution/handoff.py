@@ -66,6 +66,9 @@ class ReadyBatch:
         return self.tensor
 
 
+_HOST_REGISTER_PORTABLE = 1  # cudaHostRegisterPortable
+
+
 class PinnedSlab:
     """One block of host memory, page-locked on CUDA, that its owner slices instead of allocating.
 
@@ -83,7 +86,8 @@ class PinnedSlab:
         self._finalizer: weakref.finalize | None = None
         if pin:
             pointer = self.tensor.data_ptr()
-            error = int(torch.cuda.cudart().cudaHostRegister(pointer, self.nbytes, 0))
+            # portable: pinned for every device's context, whichever thread (and current device) registers it
+            error = int(torch.cuda.cudart().cudaHostRegister(pointer, self.nbytes, _HOST_REGISTER_PORTABLE))
             if error != 0:
                 raise RuntimeError(f"cudaHostRegister of {self.nbytes} bytes failed with CUDA error {error}")
             self.pinned = True
