@@ -163,3 +163,22 @@ def test_yuv420p_writer_refuses_a_bgr_frame(tmp_path: Path) -> None:
         with VideoWriter(tmp_path / "out.mp4", width=64, height=48, fps=25.0, audio=None, pixel_format="yuv420p") as writer:
             writer.write(np.zeros((48, 64, 3), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_preset_is_a_batch_job_field_checked_before_any_work(tmp_path: Path, checkpoints, talking_clip) -> None:
+    import json
+
+    from wav2lip_trt.errors import InputError
+    from wav2lip_trt.jobs.spec import per_call_options, read_jobs
+
+    assert "preset" in per_call_options()
+    face, audio = talking_clip
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps({"face": str(face), "audio": str(audio), "outfile": str(tmp_path / f"{p}.mp4"),
+                                        "preset": p}) + "\n" for p in ("veryfast", "fastest")))
+    good, bad = (job.inference_options({"checkpoint_path": checkpoints[0], "s3fd_checkpoint": checkpoints[1],
+                                        "device": "cpu"}) for job in read_jobs(jobs))
+    good.validate()
+    assert good.preset == "veryfast"
+    with pytest.raises(InputError, match="--preset 'fastest' is not a libx264 preset; choose one of ultrafast"):
+        bad.validate()
