@@ -238,3 +238,19 @@ def test_score_runs_on_the_streamed_faces_as_offline(session, media, tmp_path) -
         assert len(list(live)) == offline.frames
     assert offline.scores is not None and live.scorer is not None
     assert live.scorer.report(total_frames=live.total) == offline.scores
+
+
+@pytest.mark.gpu
+def test_gpu_stream_matches_gpu_infer(checkpoints, media, tmp_path) -> None:
+    """On CUDA (device frames, kernels, FP32) the stream's frames match infer's on the same device.
+
+    Batches differ (the stream's adapt; infer's follow its frame budget and CUDA graph), and GPU
+    convolutions may pick other algorithms per batch size, so a level or two may differ on a few pixels.
+    """
+    with Session(checkpoints[0], checkpoints[1], device="cuda", precision="fp32") as gpu:
+        expected = infer_frames(gpu, media["video"], media["audio"], tmp_path)
+        avatar = gpu.avatar(media["video"])
+        streamed = run_stream(gpu, avatar, chunks_of(load_audio(media["audio"]), "random", seed=9))
+    assert [f.index for f in streamed] == list(range(len(expected)))
+    diff = np.abs(np.stack([f.image for f in streamed]).astype(np.int16) - expected.astype(np.int16))
+    assert diff.max() <= 8 and (diff > 1).mean() < 0.01

@@ -85,8 +85,9 @@ def avatar_command(face: Path, out: Path, checkpoint_path: Path, loop: str, quie
 @click.option("--clock", type=click.Choice(CLOCKS), default="audio", show_default=True,
               help="audio: a frame per window of audio received (exact); wall: frames at the video rate, "
                    "late audio replaced by silence (reported as gaps).")
-@click.option("--delay", type=float, default=0.5, show_default=True, metavar="SECONDS",
-              help="wall clock: frame i is due this long after the stream starts plus i / fps.")
+@click.option("--delay", type=float, default=0.8, show_default=True, metavar="SECONDS",
+              help="wall clock: frame i is due this long after the stream starts plus i / fps (cover 0.25 s of "
+                   "look-ahead, the source's chunk length and a generator batch).")
 @click.option("--policy", type=click.Choice(POLICIES), default="block", show_default=True,
               help="A slow consumer: block the audio source (back-pressure), or drop the oldest frames (counted).")
 @click.option("--queue-frames", "queue_frames", type=int, default=32, show_default=True,

@@ -22,7 +22,8 @@ the frame count is 1 more than a multiple of ``--wav2lip_batch_size``), known on
 Clocks: ``audio`` makes one frame per window of received audio, whenever it arrives (exact).
 ``wall`` hands frame i out at ``start + delay + i / fps`` whatever arrives: when the audio for a
 frame is late, silence is inserted into the stream (the avatar keeps moving) and the gap is
-recorded; audio arriving after it follows the silence.
+recorded; audio arriving after it follows the silence. ``delay`` must cover the window's look-ahead
+(0.25 s), the source's chunk length and a generator batch: 0.8 s suits 200 ms chunks on a GPU.
 """
 
 from __future__ import annotations
@@ -136,8 +137,10 @@ class LiveStream:
 
     def __init__(self, session: Session, avatar: Avatar, *, clock: str = "audio", policy: str = "block",
                  queue_frames: int = 32, max_batch: int = 16, reference_batch: int = 128, blend: str = "none",
-                 delay: float = 0.5, pending_frames: int | None = None,
+                 delay: float = 0.8, pending_frames: int | None = None,
                  on_samples: Callable[[np.ndarray], None] | None = None, scorer: OnlineScorer | None = None) -> None:
+        if not (delay >= 0 and delay < 3600):
+            raise InputError(f"--delay must be 0 or more seconds, got {delay}")
         if clock not in CLOCKS:
             raise InputError(f"--clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
         if policy not in POLICIES:
