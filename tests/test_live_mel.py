@@ -125,3 +125,13 @@ def test_nan_is_the_original_error_and_bad_samples_are_refused() -> None:
     mel.close()
     with pytest.raises(InputError, match="closed"):
         mel.feed(np.zeros(10, dtype=np.float32))
+
+
+def test_silence_and_digital_zero_stream_like_offline() -> None:
+    """All-zero audio (a muted source) and a silent stretch inside speech: the floor of -4, bit for bit."""
+    speech = speechlike_audio(0.6, seed=4)
+    for wav in (np.zeros(9000, dtype=np.float32), np.concatenate([speech, np.zeros(5000, np.float32), speech])):
+        expected = MelChunks(melspectrogram(wav), 25.0)
+        out, _ = stream(wav, 25.0, chunked(len(wav), np.random.default_rng(1), "random"))
+        assert len(out) == len(expected) and all(np.array_equal(w, expected[i]) for i, w in out)
+    assert np.all(MelChunks(melspectrogram(np.zeros(9000, np.float32)), 25.0)[0] == -4)
