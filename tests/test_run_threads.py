@@ -25,6 +25,12 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="module")
+def session(checkpoints):
+    with Session(checkpoints[0], checkpoints[1], device="cpu") as opened:
+        yield opened
+
+
 def _alive(prefix: str, wait: float = 3.0) -> list[str]:
     deadline = time.monotonic() + wait
     while True:
@@ -34,7 +40,7 @@ def _alive(prefix: str, wait: float = 3.0) -> list[str]:
         time.sleep(0.05)
 
 
-def test_an_error_while_generating_ends_the_decode_thread(media, checkpoints, tmp_path: Path) -> None:
+def test_an_error_while_generating_ends_the_decode_thread(media, session, tmp_path: Path) -> None:
     """The generation pass decodes 16 frames ahead of 60 in a worker thread; an error after the first batch of
     4 must stop it, although the kept traceback still references the run's frames and their generators."""
 
@@ -43,27 +49,24 @@ def test_an_error_while_generating_ends_the_decode_thread(media, checkpoints, tm
             raise Stop(f"stopped at frame {done}")
 
     out = tmp_path / "out.mp4"
-    with Session(checkpoints[0], None, device="cpu") as session:
-        with pytest.raises(Stop) as info:
-            session.infer(media["face"], media["audio"], out, box=(10, 70, 10, 86), wav2lip_batch_size=4,
-                          on_frame=on_frame)
-        assert info.value.__traceback__ is not None  # kept, as a caller that reports or retries keeps it
-        assert _alive("wav2lip-trt-decode") == []
-        assert _alive("wav2lip-trt-writer") == []
+    with pytest.raises(Stop) as info:
+        session.infer(media["face"], media["audio"], out, box=(10, 70, 10, 86), wav2lip_batch_size=4, on_frame=on_frame)
+    assert info.value.__traceback__ is not None  # kept, as a caller that reports or retries keeps it
+    assert _alive("wav2lip-trt-decode") == []
+    assert _alive("wav2lip-trt-writer") == []
     assert not out.exists()
 
 
 @pytest.mark.parametrize("every", [1, 3])
-def test_an_error_while_detecting_ends_the_decode_thread(media, checkpoints, tmp_path: Path, every: int) -> None:
+def test_an_error_while_detecting_ends_the_decode_thread(media, session, tmp_path: Path, every: int) -> None:
     """The same for the detection pass (dense and --detect-every), stopped after its first S3FD batch of 4: its
     decoded frames are iterated by a loop's own iterator, which the error releases (a regression guard)."""
 
     def on_frame(done: int) -> None:
         raise Stop(f"stopped after {done} frames")
 
-    with Session(checkpoints[0], checkpoints[1], device="cpu") as session:
-        with pytest.raises(Stop) as info:
-            session.infer(media["face"], media["audio"], tmp_path / "out.mp4", face_det_batch_size=4, detect_every=every,
-                          no_cache=True, on_frame=on_frame)
-        assert info.value.__traceback__ is not None
-        assert _alive("wav2lip-trt-decode") == []
+    with pytest.raises(Stop) as info:
+        session.infer(media["face"], media["audio"], tmp_path / "out.mp4", face_det_batch_size=4, detect_every=every,
+                      no_cache=True, on_frame=on_frame)
+    assert info.value.__traceback__ is not None
+    assert _alive("wav2lip-trt-decode") == []
