@@ -44,9 +44,12 @@ def test_the_readback_ring_holds_two_chunks_of_the_host_plan(checkpoints, talkin
         frames = torch.full((128, 1080, 1920, 3), 7, dtype=torch.uint8, device="cuda")
     readback = Readback(ctx, 12, (1080, 1920, 3))
     before = pinned_bytes()["slabs"]
-    chunks = [int(chunk.min()) == int(chunk.max()) == 7 and len(chunk) for chunk in readback.chunks(ctx.finished(frames))]
-    count = sum(chunks)
-    assert count == 128 and len(chunks) == 11  # ten chunks of 12, one of 8 and pinned_bytes()["slabs"] - before == 2 * 12 * 1080 * 1920 * 3
+    sizes = []
+    for chunk in readback.chunks(ctx.finished(frames)):
+        assert (chunk == 7).all()
+        sizes.append(len(chunk))
+    assert sizes == [12] * 10 + [8]
+    assert pinned_bytes()["slabs"] - before == 2 * 12 * 1080 * 1920 * 3
     readback.close()
     assert pinned_bytes()["slabs"] == before
 
