@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import httpx
-import numpy as np
 
 TOKEN = "test-token-0123456789abcdef"
 BOX = [30, 110, 40, 120]  # inside the 160x128 test clips: no S3FD, so the tests stay fast
@@ -84,19 +82,6 @@ def start_server(folder: Path, checkpoints: tuple[Path, Path], *extra: str | Pat
         time.sleep(0.2)
     server.stop(signal.SIGKILL)
     raise AssertionError(f"serve not ready after {START_SECONDS:g} s:\n{server.output()}")
-
-
-def frames_of(path: Path) -> np.ndarray:
-    """Every frame OpenCV decodes from ``path``, stacked (N, H, W, 3) BGR."""
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    return np.stack(frames)
 
 
 def submit(client: httpx.Client, face: Path, audio: Path, **options: Any) -> httpx.Response:

@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from wav2lip_trt.samples import float_to_int16, speechlike_audio, write_wav
 
 from jobs_media import write_media
-from serve_server import BOX, events, frames_of, start_server, submit, wait_finished, wait_frames
+from media import decode_frames
+from serve_server import BOX, events, start_server, submit, wait_finished, wait_frames
 
 UPLOAD_LIMIT_MB = 1
 
@@ -77,7 +78,7 @@ def test_upload_events_result_equal_to_infer(server, media, checkpoints, tmp_pat
                           "--box", *map(str, BOX), "--crf", "23", "--device", "cpu", "-q"],
                          capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
-    ours, theirs = frames_of(served), frames_of(reference)
+    ours, theirs = decode_frames(served), decode_frames(reference)
     assert ours.shape == theirs.shape and ours.shape[0] == end["report"]["frames"]
     assert np.array_equal(ours, theirs)
 
@@ -195,8 +196,9 @@ def test_bad_requests_are_4xx_with_one_message(server, media, tmp_path) -> None:
 
 def test_metrics_and_openapi(server, media) -> None:
     with server.client() as client:
-        job = submit(client, media["face"], media["short"], box=BOX).json()
-        assert wait_finished(client, job["id"])["status"] == "succeeded"
+        for audio in (media["short"], media["long"]):
+            job = submit(client, media["face"], audio, box=BOX).json()
+            assert wait_finished(client, job["id"])["status"] == "succeeded"
         text = client.get("/metrics")
         assert text.status_code == 200 and text.headers["content-type"].startswith("text/plain")
         families = {family.name: family for family in text_string_to_metric_families(text.text)}
@@ -205,6 +207,10 @@ def test_metrics_and_openapi(server, media) -> None:
         assert families["wav2lip_trt_workers_ready"].samples[0].value == 1
         assert "wav2lip_trt_queue_length" in families and "wav2lip_trt_job_seconds" in families
         assert families["wav2lip_trt_frames"].samples[0].value > 0
+        first = client.get("/v1/jobs", params={"limit": 1}).json()
+        assert len(first["jobs"]) == 1 and first["jobs"][0]["id"] == job["id"]  # newest first
+        following = client.get("/v1/jobs", params={"limit": 1, "before": first["next_before"]}).json()
+        assert len(following["jobs"]) == 1 and following["jobs"][0]["created"] < first["jobs"][0]["created"]
         schema = client.get("/openapi.json").json()
         assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/result"} <= \
             set(schema["paths"])

@@ -9,7 +9,8 @@ import numpy as np
 from wav2lip_trt.samples import float_to_int16, speechlike_audio, write_wav
 
 from jobs_media import write_media
-from serve_server import BOX, frames_of, start_server, submit, wait_finished
+from media import decode_frames
+from serve_server import BOX, start_server, submit, wait_finished
 
 CLIENTS = 20
 
@@ -40,7 +41,7 @@ def test_twenty_concurrent_clients_get_their_own_results(checkpoints, tmp_path) 
     for index, end, video in results:
         path = tmp_path / f"result{index}.mp4"
         path.write_bytes(video)
-        frames = frames_of(path)
+        frames = decode_frames(path)
         assert frames.shape[0] == end["report"]["frames"]
         by_audio.setdefault(index % 3, []).append(frames)
     counts = [runs[0].shape[0] for _, runs in sorted(by_audio.items())]

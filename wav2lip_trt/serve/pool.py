@@ -20,7 +20,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
 from ..files import temporary_siblings
-from ..jobs.local import STOP_SECONDS
+from ..jobs.local import _EOF, STOP_SECONDS, _poll
 from ..jobs.worker import WorkerSpec
 from ..options import InferenceOptions
 from .worker import CANCEL_SIGNAL, worker_main
@@ -300,16 +300,6 @@ class ServePool:
                                           f"for {self.workers}? try fewer --workers")
                 return
         self._start(slot.gpu)
-
-
-_EOF = ("eof",)
-
-
-def _poll(conn: Connection) -> tuple[Any, ...] | None:
-    try:
-        return conn.recv() if conn.poll() else None
-    except (EOFError, OSError):
-        return _EOF
 
 
 def _remove_partial(task: PoolTask) -> None:

@@ -194,8 +194,8 @@ class JobService:
                 "result": f"/v1/jobs/{row.id}/result" if row.status == "succeeded" else None}
 
     def page(self, limit: int, before: float | None, status: str | None) -> dict[str, Any]:
-        rows = self.store.page(max(1, min(limit, PAGE_LIMIT)), before, status)
-        jobs = [self._view(row) for row in rows]
+        limit = max(1, min(limit, PAGE_LIMIT))
+        jobs = [self._view(row) for row in self.store.page(limit, before, status)]
         following = jobs[-1]["created"] if len(jobs) == limit else None
         return {"jobs": jobs, "next_before": following}
 
