@@ -4,6 +4,7 @@ interrupted ones (each output written once), and a worker SIGKILLed mid-job is r
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import psutil
 import pytest
@@ -70,3 +71,21 @@ def test_restart_keeps_finished_jobs_and_finishes_interrupted_ones(media, checkp
         code = second.stop()
     assert code == 0, second.output()
     assert "Traceback" not in second.output()
+
+
+def test_finished_jobs_expire_after_keep_hours(media, checkpoints, tmp_path) -> None:
+    server = start_server(tmp_path, checkpoints, "--keep-hours", "0.001")  # 3.6 s
+    try:
+        with server.client() as client:
+            job = submit(client, media["face"], media["short"], box=BOX).json()
+            end = wait_finished(client, job["id"])
+            assert end["status"] == "succeeded" and client.get(end["result"]).status_code == 200
+            deadline = time.monotonic() + 60
+            while client.get(f"/v1/jobs/{job['id']}").status_code != 404 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert client.get(f"/v1/jobs/{job['id']}").status_code == 404
+            assert time.time() - end["finished"] >= 3.6
+            assert not (server.state_dir / "jobs" / job["id"]).exists()
+    finally:
+        code = server.stop()
+    assert code == 0, server.output()

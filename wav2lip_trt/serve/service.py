@@ -83,6 +83,8 @@ class JobService:
         self.stopping = False
         self._admit = threading.Lock()
         self._admitting = 0
+        self._stopped = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, name="wav2lip-trt-serve-expiry", daemon=True)
         workers = config.workers or default_workers(config.device)
         s3fd = Path(config.s3fd_checkpoint)
         spec = WorkerSpec(Path(config.checkpoint_path).absolute(), s3fd.absolute() if s3fd.is_file() else None,
@@ -99,14 +101,40 @@ class JobService:
         """Re-queue what a previous run left unfinished, then start the workers."""
         for row in self.store.with_status("running", "queued"):
             self._recover(row)
+        self.expire()
         self.pool.start()
+        if self.config.keep_hours > 0:
+            self._sweeper.start()
 
     def shutdown(self) -> None:
         """Drain: nothing new starts, running jobs get ``drain_seconds``; what is cut short stays queued."""
         self.stopping = True
+        self._stopped.set()
+        if self._sweeper.is_alive():
+            self._sweeper.join()
         for job_id in self.pool.stop(self.config.drain_seconds):
             self.store.update(job_id, status="queued", phase=None)
         self.store.close()
+
+    def expire(self) -> int:
+        """Delete the finished jobs older than ``--keep-hours`` (row, uploads, result); how many went."""
+        if self.config.keep_hours <= 0:
+            return 0
+        gone = self.store.finished_before(time.time() - self.config.keep_hours * 3600)
+        for job_id in gone:
+            remove(self.jobs_dir / job_id)
+            self.store.delete(job_id)
+        if gone:
+            log.info("deleted %d finished job(s) older than %g h (--keep-hours)", len(gone), self.config.keep_hours)
+        return len(gone)
+
+    def _sweep(self) -> None:
+        interval = min(60.0, max(0.5, self.config.keep_hours * 3600 / 4))
+        while not self._stopped.wait(interval):
+            try:
+                self.expire()
+            except Exception:  # a bug here must not end the sweeps, nor the server
+                log.exception("deleting expired jobs failed")
 
     def _recover(self, row: JobRow) -> None:
         try:

@@ -113,6 +113,11 @@ class JobStore:
                                     statuses).fetchall()
         return [_job(row) for row in rows]
 
+    def finished_before(self, when: float) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM jobs WHERE finished IS NOT NULL AND finished < ?", (when,)).fetchall()
+        return [row[0] for row in rows]
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
