@@ -47,6 +47,14 @@ def _cut(text: str, budget: int) -> str:
     return text
 
 
+def _hidden_parts(path: Path, tag: str) -> tuple[str, str]:
+    """The stem (cut to fit) and the tail of ``path``'s hidden sibling names: ``.{stem}.{random}{tail}``."""
+    directory = path.parent
+    tail = f".{tag}{path.suffix}"
+    budget = name_max(directory if directory.exists() else Path(".")) - _name_bytes(tail) - _RANDOM_CHARS - 2
+    return _cut(path.stem, max(0, budget)), tail
+
+
 def _create_hidden_sibling(path: Path, tag: str, mode: int) -> tuple[int, Path]:
     """Create ``.{stem}.{random}.{tag}{suffix}`` beside ``path``, exclusively; returns (fd, path).
 
@@ -55,9 +63,7 @@ def _create_hidden_sibling(path: Path, tag: str, mode: int) -> tuple[int, Path]:
     and keeps ``path``'s suffix, from which ffmpeg picks the muxer.
     """
     directory = path.parent
-    tail = f".{tag}{path.suffix}"
-    budget = name_max(directory if directory.exists() else Path(".")) - _name_bytes(tail) - _RANDOM_CHARS - 2
-    stem = _cut(path.stem, max(0, budget))
+    stem, tail = _hidden_parts(path, tag)
     for _ in range(100):
         candidate = directory / f".{stem}.{secrets.token_hex(_RANDOM_CHARS // 2)}{tail}"
         try:
@@ -83,10 +89,8 @@ def temporary_siblings(path: Path) -> set[Path]:
     """
     path = Path(path)
     directory = path.parent
-    tail = f".{PARTIAL}{path.suffix}"
-    budget = name_max(directory if directory.exists() else Path(".")) - _name_bytes(tail) - _RANDOM_CHARS - 2
-    pattern = re.compile(re.escape(f".{_cut(path.stem, max(0, budget))}.") + f"[0-9a-f]{{{_RANDOM_CHARS}}}"
-                         + re.escape(tail))
+    stem, tail = _hidden_parts(path, PARTIAL)
+    pattern = re.compile(re.escape(f".{stem}.") + f"[0-9a-f]{{{_RANDOM_CHARS}}}" + re.escape(tail))
     try:
         names = os.listdir(directory)
     except OSError:
