@@ -224,6 +224,15 @@ def test_a_log_has_plain_lines_with_counts_and_json_stays_on_stdout(media, check
     assert json.loads(proc.stdout)["frames"] == 12
 
 
+def test_detect_counts_frames_in_a_log(media, checkpoints) -> None:
+    proc = run_cli("detect", "--face", media["video"], "--s3fd-checkpoint", checkpoints[1], "--device", "cpu",
+                   "--no-cache", "--face_det_batch_size", "8")
+    assert proc.returncode == 0 and "\r" not in proc.stderr, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[:2] == ["loading models...", lines[1]] and lines[2] == "detecting faces...", lines
+    assert any(re.fullmatch(r"detecting faces: 20/20 frames in \d+\.\d s", line) for line in lines), lines
+
+
 def test_progress_on_draws_bars_even_into_a_pipe(media, checkpoints, tmp_path) -> None:
     proc = run_cli(*infer_args(media, checkpoints, tmp_path / "out.mp4"), *BOX, "--progress", "on")
     assert proc.returncode == 0, proc.stderr

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from ..cli_errors import user_errors
-from ..cli_options import DETECTION_OPTIONS, FRAME_OPTIONS, RUNNER_OPTIONS, with_options
+from ..cli_options import DETECTION_OPTIONS, FRAME_OPTIONS, PROGRESS_OPTION, RUNNER_OPTIONS, with_options
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,15 @@ class DetectResult:
     fps: float
 
 
-def detect_face(options: DetectOptions) -> DetectResult:
-    """Raw S3FD boxes of every frame of ``options.face``, through the detection cache."""
+def detect_face(options: DetectOptions, *, on_phase: Callable[[str], None] | None = None,
+                on_start: Callable[[int | None], None] | None = None,
+                on_frame: Callable[[int], None] | None = None) -> DetectResult:
+    """Raw S3FD boxes of every frame of ``options.face``, through the detection cache.
+
+    Progress as :func:`~wav2lip_trt.session.run_inference` reports it: ``on_phase`` (loading
+    models, detecting faces), then ``on_start(frames)`` and ``on_frame(done)`` per S3FD batch.
+    """
+    phase = on_phase or (lambda label: None)
     from ..backends import RunnerRequest, create_runners, resolve_device
     from ..detect import FaceDetector, check_frame_size
     from ..execution import DeviceContext
@@ -79,14 +87,17 @@ def detect_face(options: DetectOptions) -> DetectResult:
     request = RunnerRequest(checkpoint_path=None, s3fd_checkpoint=options.s3fd_checkpoint, device=context.device,
                             precision=options.precision, engines_dir=options.engines_dir, flavor=options.flavor,
                             stream=context.compute)
+    phase("loading models")
     with create_runners(options.backend, request) as runners:
         assert runners.detector is not None
+        phase("detecting faces")
         times = StageTimes()
         ops = frame_ops_for(context, None, source, batch=options.face_det_batch_size)  # type: ignore[arg-type]
         cache = None if options.no_cache else DetectionCache(options.cache_dir)
         limit = 1 if options.static or source.kind == "image" else None
         raw = DetectionPass(FaceDetector(runners.detector, times, ops), ops, options, source, times,
-                            runner_label=f"{runners.backend}/{runners.precision}", cache=cache, memo={}).run(limit)
+                            runner_label=f"{runners.backend}/{runners.precision}", cache=cache, memo={},
+                            on_start=on_start, on_frame=on_frame).run(limit)
     return DetectResult(raw.boxes, raw.origin, raw.detected, info.width, info.height, info.fps)
 
 
@@ -103,19 +114,23 @@ def detect_face(options: DetectOptions) -> DetectResult:
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Write the per-frame boxes here (the format infer --boxes reads; '-' = stdout).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
+@PROGRESS_OPTION
 @user_errors
-def detect_command(json_path: Path | None, quiet: bool, **kwargs: object) -> None:
+def detect_command(json_path: Path | None, quiet: bool, progress: str, **kwargs: object) -> None:
     """Detect the face in every frame once: fills the cache that infer reads, and writes a boxes file."""
     from ..cli_errors import setup_logging
     from ..cli_json import check_json_path
     from ..files import atomic_write_text
     from .boxes_file import box_problem, boxes_text
 
-    setup_logging(quiet)
+    setup_logging(quiet, progress)
     options = DetectOptions(**kwargs)  # type: ignore[arg-type]
     options.validate()
     check_json_path(json_path, {"--face": options.face, "--s3fd-checkpoint": options.s3fd_checkpoint}, {})
-    result = detect_face(options)
+    from ..progress import Progress
+
+    with Progress("detecting faces", unit="frame", enabled=not quiet) as shown:
+        result = detect_face(options, on_phase=shown.phase, on_start=shown.start, on_frame=shown.update)
     usable = [None if box is None or box_problem(box, result.width, result.height) else box for box in result.boxes]
     if json_path is not None:
         text = boxes_text(usable, source=options.face, width=result.width, height=result.height, fps=result.fps)
