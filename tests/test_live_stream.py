@@ -169,6 +169,7 @@ def test_drop_policy_bounds_the_queue_and_counts(session, media) -> None:
             time.sleep(0.2)  # a slow consumer
     stats = live.stats
     assert stats.dropped > 0 and len(got) + stats.dropped == live.total
+    assert not live._chunk_fed and not live._chunk_left  # per-chunk bookkeeping does not outlive its frames
     assert got == sorted(got)
 
 

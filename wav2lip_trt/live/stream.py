@@ -167,8 +167,9 @@ class LiveStream:
         self._cond = threading.Condition()
         self._pending: deque[_Pending] = deque()
         self._out: deque[object] = deque()
-        self._chunk_fed: list[float] = []  # perf_counter of each feed
-        self._chunk_left: dict[int, int] = {}  # frames of a chunk not yet handed out
+        self._chunks = 0  # feeds so far (chunk ids)
+        self._chunk_fed: dict[int, float] = {}  # perf_counter of each feed whose frames are not all out yet
+        self._chunk_left: dict[int, int] = {}  # frames of such a feed not yet handed out
         self._total: int | None = None  # frames of the whole stream, known on close
         self._closed = self._aborted = False
         self._error: BaseException | None = None
@@ -201,11 +202,11 @@ class LiveStream:
             if self._closed:
                 return
             self._raise_failure()
-            self._chunk_fed.append(time.perf_counter())
+            fed = time.perf_counter()
             windows = self._mel.close()
             self._closed = True
             self._total = self._mel.frames_out
-            self._queue(windows, len(self._chunk_fed) - 1)
+            self._queue(windows, self._next_chunk(), fed)
             self._cond.notify_all()
 
     def abort(self) -> None:
@@ -227,16 +228,21 @@ class LiveStream:
     def total(self) -> int | None:
         return self._total
 
+    def _next_chunk(self) -> int:
+        self._chunks += 1
+        return self._chunks - 1
+
     def _add(self, samples: np.ndarray) -> None:
-        self._chunk_fed.append(time.perf_counter())
+        fed = time.perf_counter()
         self.stats.samples += samples.shape[0]
         if self.on_samples is not None:
             self.on_samples(samples)
-        self._queue(self._mel.feed(samples), len(self._chunk_fed) - 1)
+        self._queue(self._mel.feed(samples), self._next_chunk(), fed)
 
-    def _queue(self, windows: list[tuple[int, np.ndarray]], chunk: int) -> None:
+    def _queue(self, windows: list[tuple[int, np.ndarray]], chunk: int, fed: float) -> None:
         if windows:
-            self._chunk_left[chunk] = self._chunk_left.get(chunk, 0) + len(windows)
+            self._chunk_left[chunk] = len(windows)
+            self._chunk_fed[chunk] = fed
         for index, window in windows:
             self._pending.append(_Pending(index, window, chunk))
         if self.policy == "drop":
@@ -248,8 +254,9 @@ class LiveStream:
     def _forget(self, item: _Pending) -> None:
         left = self._chunk_left.get(item.chunk, 0) - 1
         self._chunk_left[item.chunk] = left
-        if left == 0:
-            del self._chunk_left[item.chunk]
+        if left <= 0:
+            self._chunk_left.pop(item.chunk, None)
+            self._chunk_fed.pop(item.chunk, None)
 
     def _raise_failure(self) -> None:
         if self._error is not None:
@@ -413,7 +420,9 @@ class LiveStream:
                 left = self._chunk_left.get(item.chunk, 0) - 1
                 if left <= 0:
                     self._chunk_left.pop(item.chunk, None)
-                    self.stats.chunk_latency.append(now - self._chunk_fed[item.chunk])
+                    fed = self._chunk_fed.pop(item.chunk, None)
+                    if fed is not None:
+                        self.stats.chunk_latency.append(now - fed)
                 else:
                     self._chunk_left[item.chunk] = left
             yield LiveFrame(item.index, image, item.index / self.fps)
