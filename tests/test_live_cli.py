@@ -103,12 +103,12 @@ def test_damaged_avatar_and_wrong_options(setup, tmp_path) -> None:
     broken.mkdir()
     for p in (setup["dir"] / "avatar").iterdir():
         (broken / p.name).write_bytes(p.read_bytes())
-    (broken / "frames.npy").write_bytes(b"\x93NUMPY" + b"\x00" * 10)
+    (broken / "frames.u8").write_bytes(b"\x00" * 16)
     proc = cli(*stream_args({**setup, "dir": tmp_path}, "--audio", setup["audio"], "--outfile", tmp_path / "x.mp4"))
     assert proc.returncode == 1 and b"Error: avatar folder not found" in proc.stderr
     proc = cli("stream", "--avatar", broken, "--checkpoint_path", setup["checkpoint"], "--audio", setup["audio"],
                "--outfile", tmp_path / "x.mp4")
-    assert proc.returncode == 1 and b"Error: " in proc.stderr and b"frames.npy is 16 bytes" in proc.stderr
+    assert proc.returncode == 1 and b"Error: " in proc.stderr and b"frames.u8 is 16 bytes" in proc.stderr
     proc = cli(*stream_args(setup, "--audio", "-", "--outfile", "-", "--json", "-"), stdin=b"")
     assert proc.returncode == 1 and b"both want stdout" in proc.stderr
     assert not (tmp_path / "x.mp4").exists()

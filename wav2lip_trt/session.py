@@ -309,11 +309,10 @@ class Session:
 
         ``per_call`` takes ``infer``'s face options (pads, box, boxes, nosmooth, detect_every, ...).
         """
-        from .live.avatar import prepare_avatar, save_avatar
+        from .live.avatar import make_avatar
 
         target = Path(out) / "stream.mp4" if out is not None else Path("results/result_voice.mp4")  # checked, never written
-        avatar = prepare_avatar(self, self.options(face, face, target, **per_call), loop=loop)
-        return avatar if out is None else save_avatar(avatar, out)
+        return make_avatar(self, self.options(face, face, target, **per_call), None if out is None else Path(out), loop=loop)
 
     def stream(self, avatar: "Avatar | str | Path", **options: Any) -> "LiveStream":
         """A live stream of ``avatar`` (or an avatar folder): ``feed``/``close`` audio, iterate frames

@@ -15,7 +15,8 @@ a video made of the frames forwards then backwards. A still image (or ``static``
 On disk (a folder, written to a temporary sibling and renamed when complete)::
 
     manifest.json   format, version, source, fps, size, loop, options, checkpoints, sha256 of each file
-    frames.npy      (n, H, W, 3) uint8 BGR, the distinct frames, memory-mapped on load
+    frames.u8       (n, H, W, 3) uint8 BGR, the distinct frames, raw: written as they are decoded (a long
+                    video never sits in memory) and memory-mapped on load
     order.npy       (L,) int32, loop position -> frame
     boxes.npy       (L, 4) int64 (y1, y2, x1, x2) per position; -1 = no face, the frame passes unchanged
     faces.npy       (L, 96, 96, 3) uint8, the generator's face input per position
@@ -30,8 +31,9 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,7 +53,8 @@ log = logging.getLogger(__name__)
 FORMAT = "wav2lip-trt-avatar"
 VERSION = 1
 LOOPS = ("forward", "pingpong")
-FILES = ("frames.npy", "order.npy", "boxes.npy", "faces.npy")
+FRAMES = "frames.u8"
+FILES = (FRAMES, "order.npy", "boxes.npy", "faces.npy")
 AVATAR_OPTIONS = ("static", "fps", "pads", "face_det_batch_size", "resize_factor", "crop", "box", "rotate", "nosmooth",
                   "on_missing_face", "boxes", "detect_every", "detect_size", "cache_dir", "no_cache")
 """The per-call options of ``infer`` that decide an avatar (the rest concern audio and output)."""
@@ -107,9 +110,25 @@ class Avatar:
                               "with `wav2lip-trt avatar`")
 
 
+def make_avatar(session: Session, options: InferenceOptions, out: Path | None, *, loop: str = "forward") -> Avatar:
+    """:func:`prepare_avatar`, in memory (``out`` None) or into the folder ``out`` (frames spilled as decoded)."""
+    if out is None:
+        return prepare_avatar(session, options, loop=loop)
+    tmp = staging_dir(Path(out))
+    try:
+        avatar = prepare_avatar(session, options, loop=loop, spill=tmp / FRAMES)
+        return save_avatar(avatar, out, staged=tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def prepare_avatar(session: Session, options: InferenceOptions, *, loop: str = "forward",
-                   times: StageTimes | None = None) -> Avatar:
-    """Decode ``options.face``, settle every frame's box as ``infer`` would, and crop the faces."""
+                   times: StageTimes | None = None, spill: Path | None = None) -> Avatar:
+    """Decode ``options.face``, settle every frame's box as ``infer`` would, and crop the faces.
+
+    ``spill``: write the decoded frames to this raw file and map them from there, instead of memory.
+    """
     from ..execution import plan_batches
     from ..frame_ops import frame_ops_for
     from ..pipeline import Detection
@@ -126,7 +145,7 @@ def prepare_avatar(session: Session, options: InferenceOptions, *, loop: str = "
                         wav2lip_batch_size=options.wav2lip_batch_size, face_det_batch_size=options.face_det_batch_size)
     ops = frame_ops_for(session.context, None, source, decoder=options.decoder, batch=plan.decode_ahead,  # type: ignore[arg-type]
                         batch_frames=plan.largest_batch, buffers=plan.buffers)
-    frames = np.stack([ops.to_host(f) for f in ops.frames(1 if static else None, plan.decode_ahead, times)])
+    frames = _collect((ops.to_host(f) for f in ops.frames(1 if static else None, plan.decode_ahead, times)), spill)
     n = frames.shape[0]
     order = np.arange(n, dtype=np.int32)
     if loop == "pingpong" and not static:
@@ -162,21 +181,44 @@ def prepare_avatar(session: Session, options: InferenceOptions, *, loop: str = "
     return Avatar(frames, order, box_rows, faces, info.fps, loop, manifest)
 
 
-def save_avatar(avatar: Avatar, folder: str | Path) -> Avatar:
-    """Write ``avatar`` to ``folder`` (replacing an avatar there; any other existing folder is refused)."""
-    folder = Path(folder)
+def _collect(frames: Iterator[np.ndarray], spill: Path | None) -> np.ndarray:
+    if spill is None:
+        return np.stack(list(frames))
+    count, shape = 0, None
+    with open(spill, "wb") as f:
+        for frame in frames:
+            frame = np.ascontiguousarray(frame, dtype=np.uint8)
+            shape = frame.shape
+            f.write(frame.data)
+            count += 1
+    if shape is None:
+        raise InputError(f"{spill}: no frames were decoded")
+    return np.memmap(spill, dtype=np.uint8, mode="r", shape=(count, *shape))
+
+
+def staging_dir(folder: Path) -> Path:
+    """A new hidden folder beside ``folder`` to build an avatar in (``folder`` itself: new, empty or an avatar)."""
     if folder.exists() and not (folder.is_dir() and (not any(folder.iterdir()) or (folder / "manifest.json").is_file())):
         raise InputError(f"--out {folder} exists and is not an avatar folder; choose a new folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.partial-{time.time_ns()}"
     tmp.mkdir()
+    return tmp
+
+
+def save_avatar(avatar: Avatar, folder: str | Path, *, staged: Path | None = None) -> Avatar:
+    """Write ``avatar`` to ``folder`` (replacing an avatar there; any other existing folder is refused).
+
+    ``staged``: the :func:`staging_dir` the frames were spilled into already.
+    """
+    folder = Path(folder)
+    tmp = staged if staged is not None else staging_dir(folder)
     try:
-        arrays = {"frames.npy": avatar.frames, "order.npy": avatar.order, "boxes.npy": avatar.boxes,
-                  "faces.npy": avatar.faces}
-        files = {}
-        for name, array in arrays.items():
+        if not (tmp / FRAMES).exists():
+            np.ascontiguousarray(avatar.frames, dtype=np.uint8).tofile(tmp / FRAMES)
+        for name, array in (("order.npy", avatar.order), ("boxes.npy", avatar.boxes), ("faces.npy", avatar.faces)):
             np.save(tmp / name, np.ascontiguousarray(array), allow_pickle=False)
-            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+        files = {name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)} for name in FILES}
         manifest = dict(avatar.manifest, files=files)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if folder.exists():
@@ -189,7 +231,7 @@ def save_avatar(avatar: Avatar, folder: str | Path) -> Avatar:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return replace(avatar, manifest=manifest, path=folder)
+    return load_avatar(folder, verify=False)
 
 
 def load_avatar(folder: str | Path, *, verify: bool = True) -> Avatar:
@@ -222,9 +264,14 @@ def load_avatar(folder: str | Path, *, verify: bool = True) -> Avatar:
                 raise AvatarError(f"{folder}: {name} is {path.stat().st_size} bytes, the manifest says {expected['bytes']}")
             if verify and sha256_file(path) != expected["sha256"]:
                 raise AvatarError(f"{folder}: {name} does not match its sha256 in manifest.json (the file is damaged)")
-            arrays[name] = np.load(path, mmap_mode="r" if name == "frames.npy" else None, allow_pickle=False)
-        frames, order, boxes, faces = (arrays[name] for name in FILES)
+            if name != FRAMES:
+                arrays[name] = np.load(path, allow_pickle=False)
         n, positions = manifest["frames"], manifest["positions"]
+        shape = (n, manifest["height"], manifest["width"], 3)
+        if folder.joinpath(FRAMES).stat().st_size != int(np.prod(shape)) or n < 1:
+            raise AvatarError(f"{folder}: {FRAMES} does not hold {n} frames of {shape[2]}x{shape[1]}")
+        arrays[FRAMES] = np.memmap(folder / FRAMES, dtype=np.uint8, mode="r", shape=shape)
+        frames, order, boxes, faces = (arrays[name] for name in FILES)
         shapes_ok = (frames.shape == (n, manifest["height"], manifest["width"], 3) and frames.dtype == np.uint8
                      and order.shape == (positions,) and boxes.shape == (positions, 4)
                      and faces.shape == (positions, IMG_SIZE, IMG_SIZE, 3) and positions > 0
