@@ -19,7 +19,7 @@ from serve_server import BOX, start_server, submit, wait_finished, wait_frames
 def media(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve_restart_media")
     found = write_media(folder)
-    found["slow"] = write_wav(folder / "slow.wav", float_to_int16(speechlike_audio(2.5, seed=5)), 16000)
+    found["slow"] = write_wav(folder / "slow.wav", float_to_int16(speechlike_audio(1.5, seed=5)), 16000)
     return found
 
 
@@ -55,7 +55,7 @@ def test_restart_keeps_finished_jobs_and_finishes_interrupted_ones(media, checkp
             resumed = wait_finished(client, cut["id"])
             assert resumed["status"] == "succeeded", resumed
             (tmp_path / "resumed.mp4").write_bytes(client.get(resumed["result"]).content)
-            assert frame_count(tmp_path / "resumed.mp4") == resumed["report"]["frames"] > 50
+            assert frame_count(tmp_path / "resumed.mp4") == resumed["report"]["frames"] > 30
 
             # a worker killed mid-job: replaced, and the job runs once more on the new worker
             killed = submit(client, media["face"], media["slow"], box=BOX, wav2lip_batch_size=4).json()
