@@ -60,6 +60,7 @@ def run_stream_command(*, avatar_dir: Path, audio: str, outfile: str, checkpoint
     if not isinstance(score_every, int) or score_every < 1:
         raise InputError(f"--score-every must be a whole number of frames, at least 1, got {score_every}")
     avatar = load_avatar(avatar_dir)
+    avatar.check_checkpoint(Path(checkpoint_path))  # before the models load
     inputs = {"--audio": None if from_stdin else Path(audio), "--checkpoint_path": Path(checkpoint_path),
               "--avatar": Path(avatar_dir)}
     outputs = {"--outfile": None if into_stdout else Path(outfile), "--save-frames": save_frames}
@@ -86,7 +87,6 @@ def run_stream_command(*, avatar_dir: Path, audio: str, outfile: str, checkpoint
         Path(save_frames).mkdir(parents=True, exist_ok=True)
     with Session(checkpoint_path, None, device=device, backend=backend, precision=precision, engines_dir=engines_dir,
                  flavor=flavor) as session:
-        avatar.check_checkpoint(Path(checkpoint_path))
         if into_stdout:
             sink: FileSink | StdoutSink = StdoutSink(stdout_format, width=avatar.width, height=avatar.height,
                                                      fps=avatar.fps, ffmpeg=ffmpeg_exe, crf=crf)
