@@ -116,7 +116,7 @@ def avatar_command(face: Path, out: Path, checkpoint_path: Path, loop: str, quie
               help="Score the windows and faces that start at every K-th frame only.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write a JSON report here ('-' = stdout).")
-@user_errors
+@user_errors(interrupted="no output file was written (frames already piped to stdout stay sent)")
 def stream_command(**kw: Any) -> None:
     """Lip-sync audio to a prepared avatar as it arrives: frames out as soon as their audio is final."""
     from .runner import run_stream_command
