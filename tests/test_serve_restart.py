@@ -73,10 +73,18 @@ def test_restart_keeps_finished_jobs_and_finishes_interrupted_ones(media, checkp
     assert "Traceback" not in second.output()
 
 
-def test_finished_jobs_expire_after_keep_hours(media, checkpoints, tmp_path) -> None:
-    server = start_server(tmp_path, checkpoints, "--keep-hours", "0.001")  # 3.6 s
+def test_one_client_at_a_time_and_finished_jobs_expire(media, checkpoints, tmp_path) -> None:
+    server = start_server(tmp_path, checkpoints, "--max-jobs-per-client", "1", "--keep-hours", "0.001")  # 3.6 s
     try:
         with server.client() as client:
+            first = submit(client, media["face"], media["slow"], box=BOX, wav2lip_batch_size=4).json()
+            second = submit(client, media["face"], media["short"], box=BOX)
+            assert second.status_code == 429 and int(second.headers["retry-after"]) >= 1
+            assert second.json()["error"].startswith("you have 1 jobs queued or running, the most this server takes "
+                                                     "from one client (--max-jobs-per-client 1)")
+            client.delete(f"/v1/jobs/{first['id']}")
+            assert wait_finished(client, first["id"])["status"] == "cancelled"
+
             job = submit(client, media["face"], media["short"], box=BOX).json()
             end = wait_finished(client, job["id"])
             assert end["status"] == "succeeded" and client.get(end["result"]).status_code == 200

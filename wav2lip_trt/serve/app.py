@@ -79,6 +79,7 @@ def create_app(service: JobService) -> FastAPI:
 
     @app.post("/v1/jobs", status_code=202, summary="Start a lip-sync job")
     async def create_job(
+        request: Request,
         face: UploadFile | None = File(None, description="Face video or image"),
         audio: UploadFile | None = File(None, description="Speech audio (anything ffmpeg decodes)"),
         face_path: str | None = Form(None, description="Instead of face: a file under --allow-path"),
@@ -87,7 +88,8 @@ def create_app(service: JobService) -> FastAPI:
                                                       'e.g. {"box": [30, 110, 40, 120], "crf": 23}'),
     ) -> JSONResponse:
         inputs = [_incoming("face", face, face_path), _incoming("audio", audio, audio_path)]
-        job = await asyncio.to_thread(service.submit, *inputs, options)
+        client = request.client.host if request.client is not None else None
+        job = await asyncio.to_thread(service.submit, *inputs, options, client)
         return JSONResponse(job, status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
 
     @app.get("/v1/jobs", summary="A page of jobs, newest first")

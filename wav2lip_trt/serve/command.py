@@ -45,6 +45,8 @@ GRACEFUL_SECONDS = 5.0  # open connections (event streams end by themselves) bef
               help="Jobs that may wait for a worker; beyond it a request gets 429 with Retry-After.")
 @click.option("--drain-seconds", "drain_seconds", type=float, default=30.0, show_default=True,
               help="On SIGTERM, how long running jobs may finish before they are re-queued for the next start.")
+@click.option("--max-jobs-per-client", "max_jobs_per_client", type=int, default=0, show_default=True,
+              help="Queued + running jobs one client address may have (429 beyond); 0 = no limit.")
 @click.option("--keep-hours", "keep_hours", type=float, default=24.0, show_default=True,
               help="Delete a finished job (its uploads and result) this long after it ended; 0 keeps jobs forever.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")

@@ -35,6 +35,7 @@ class ServeConfig:
     max_upload_mb: float = 512.0  # one request's body
     queue_size: int = 16  # jobs waiting for a worker; more is refused with 429
     drain_seconds: float = 30.0  # SIGTERM: how long running jobs get to finish before they are re-queued
+    max_jobs_per_client: int = 0  # queued + running jobs one client address may have; 0 = no limit
     keep_hours: float = 24.0  # a finished job (row, uploads, result) is deleted this long after it ended; 0 = never
 
     def validate(self) -> None:
@@ -57,6 +58,8 @@ class ServeConfig:
             raise InputError(f"--workers must be at least 1, got {self.workers}")
         if self.queue_size < 0:
             raise InputError(f"--queue-size must be 0 or more, got {self.queue_size}")
+        if self.max_jobs_per_client < 0:
+            raise InputError(f"--max-jobs-per-client must be 0 (no limit) or more, got {self.max_jobs_per_client}")
         if not self.keep_hours >= 0:
             raise InputError(f"--keep-hours must be 0 (keep forever) or more, got {self.keep_hours}")
         if not self.max_upload_mb > 0:

@@ -44,8 +44,10 @@ class JobNotFound(LookupError):
 
 
 class QueueFull(Exception):
-    def __init__(self, retry_after: int, queued: int) -> None:
-        super().__init__(f"the queue is full ({queued} jobs waiting); try again in {retry_after} s")
+    """429: the server's queue, or this client's share of it, is full."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
         self.retry_after = retry_after
 
 
@@ -82,7 +84,7 @@ class JobService:
         self.failure: str | None = None  # the pool cannot run jobs (a session that does not load)
         self.stopping = False
         self._admit = threading.Lock()
-        self._admitting = 0
+        self._admitting: dict[str | None, int] = {}  # requests being admitted, by client
         self._stopped = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, name="wav2lip-trt-serve-expiry", daemon=True)
         workers = config.workers or default_workers(config.device)
@@ -155,22 +157,31 @@ class JobService:
 
     # ---- requests ---------------------------------------------------------------------------------
 
-    def submit(self, face: Incoming, audio: Incoming, options_text: str | None) -> dict[str, Any]:
+    def submit(self, face: Incoming, audio: Incoming, options_text: str | None,
+               client: str | None = None) -> dict[str, Any]:
         """A new job from a request (blocking: files are copied and probed); its public view."""
         if self.failure is not None:
             raise UploadError(f"the server cannot run jobs: {self.failure}", 503)
+        limit = self.config.max_jobs_per_client
         with self._admit:
-            queued = self.pool.queued() + self._admitting
+            queued = self.pool.queued() + sum(self._admitting.values())
             if queued >= self.config.queue_size + max(0, self.workers - self.pool.running()):
-                raise QueueFull(self.retry_after(queued), queued)
-            self._admitting += 1
+                wait = self.retry_after(queued)
+                raise QueueFull(f"the queue is full ({queued} jobs waiting); try again in {wait} s", wait)
+            if limit and client is not None:
+                mine = self.store.active(client) + self._admitting.get(client, 0)
+                if mine >= limit:
+                    wait = self.retry_after(mine)
+                    raise QueueFull(f"you have {mine} jobs queued or running, the most this server takes from one "
+                                    f"client (--max-jobs-per-client {limit}); try again in {wait} s", wait)
+            self._admitting[client] = self._admitting.get(client, 0) + 1
         try:
-            return self._submit(face, audio, options_text)
+            return self._submit(face, audio, options_text, client)
         finally:
             with self._admit:
-                self._admitting -= 1
+                self._admitting[client] -= 1
 
-    def _submit(self, face: Incoming, audio: Incoming, options_text: str | None) -> dict[str, Any]:
+    def _submit(self, face: Incoming, audio: Incoming, options_text: str | None, client: str | None) -> dict[str, Any]:
         given, typed = parse_options(options_text)
         job_id = secrets.token_hex(8)
         folder = self.jobs_dir / job_id
@@ -190,7 +201,7 @@ class JobService:
             outfile = folder / RESULT_NAME
             options = inference_options(self.config, paths["face"], paths["audio"], outfile, typed)
             probe(options, {paths["face"]: names["face"], paths["audio"]: names["audio"], outfile: RESULT_NAME})
-            self.store.add(job_id, str(paths["face"]), str(paths["audio"]), str(outfile), given, names)
+            self.store.add(job_id, str(paths["face"]), str(paths["audio"]), str(outfile), given, names, client)
             mark_started(options, 0)
         except BaseException:
             remove(folder)

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     report TEXT,
     error TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
-    names TEXT NOT NULL DEFAULT '{}'
+    names TEXT NOT NULL DEFAULT '{}',
+    client TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
 """
@@ -57,6 +58,7 @@ class JobRow:
     error: str | None  # the CLI's message of a failed job
     attempts: int  # runs started (2 when a worker died on the first)
     names: dict[str, str]  # the client's file names, for display only (never opened)
+    client: str | None  # the address the job came from (for --max-jobs-per-client)
 
 
 class JobStore:
@@ -72,11 +74,18 @@ class JobStore:
         self._db.executescript(_SCHEMA)
 
     def add(self, job_id: str, face: str, audio: str, outfile: str, options: dict[str, Any],
-            names: dict[str, str]) -> None:
+            names: dict[str, str], client: str | None = None) -> None:
         with self._lock:
-            self._db.execute("INSERT INTO jobs (id, status, created, face, audio, outfile, options, names) "
-                             "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
-                             (job_id, time.time(), face, audio, outfile, json.dumps(options), json.dumps(names)))
+            self._db.execute("INSERT INTO jobs (id, status, created, face, audio, outfile, options, names, client) "
+                             "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                             (job_id, time.time(), face, audio, outfile, json.dumps(options), json.dumps(names),
+                              client))
+
+    def active(self, client: str) -> int:
+        """Jobs of ``client`` that are queued or running."""
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM jobs WHERE client = ? AND status IN ('queued', 'running')",
+                                    (client,)).fetchone()[0]
 
     def update(self, job_id: str, **values: Any) -> None:
         """Set columns of one job (``report`` as a dict)."""
