@@ -174,6 +174,7 @@ def _report(result: Any) -> dict[str, Any]:
         "detection": result.detection,
         "seconds": round(result.seconds, 3), "frames_per_second": round(result.frames / result.seconds, 3),
         "realtime_factor": round(result.audio_seconds / result.seconds, 3), "stages": result.stages,
+        "threads": result.resources.get("threads"), "resources": result.resources,
         **(result.scores or {}),
     }
 
@@ -181,6 +182,10 @@ def _report(result: Any) -> dict[str, Any]:
 def _finish(result: Any, report: dict[str, Any], quiet: bool, show_profile: bool) -> None:
     if show_profile:  # asked for explicitly, so printed even with --quiet
         click.echo(_stage_table(result.stages), err=True)
+        if result.resources:
+            from .measure import describe_usage
+
+            click.echo(describe_usage(result.resources), err=True)
     if not quiet:
         video_seconds = report["video_seconds"]
         click.echo(f"Wrote {result.outfile}: {result.frames} frames, {video_seconds:.2f} s of video, in "

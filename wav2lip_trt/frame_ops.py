@@ -19,12 +19,13 @@ import torch
 from .audio import MelChunks
 from .detect import Box as DetBox
 from .detect import run_detector
-from .faces import Box, crop_faces, generator_inputs, paste_back, prediction_to_uint8
+from .faces import IMG_SIZE, Box, crop_faces, generator_inputs, paste_back, prediction_to_uint8
 from .runners.base import S3FD_INPUTS, S3FD_OUTPUTS, WAV2LIP_INPUTS, Runner
 from .errors import InputError
 from .execution import DeviceContext, FinishedBatch
 from .execution.context import Readback
-from .execution.budget import CPU_GENERATOR_CHUNK, chunk_sizes
+from .execution.budget import CPU_GENERATOR_CHUNK, HELD_BATCHES, chunk_sizes
+from .execution.memory import HostPool, Workspace
 from .execution.handoff import upload
 from .stages import StageTimes, prefetch, timed
 from .video import FaceSource
@@ -86,21 +87,33 @@ class FrameOps(Protocol):
 
 
 class HostOps:
-    """NumPy/OpenCV stages: the reference-exact path."""
+    """NumPy/OpenCV stages: the reference-exact path.
+
+    With a ``source``, video frames are decoded into a :class:`HostPool` and go back to it when
+    the writer has written them (``frames_kept`` bounds the free ones); crops, the generator's
+    input and the predictions live in a :class:`Workspace`. A steady run allocates no frame or
+    batch buffers (see :mod:`wav2lip_trt.execution.memory`).
+    """
 
     pixel_format = "bgr24"  # what its finished batches hold (the writer's input format)
 
-    def __init__(self, chunks: MelChunks, blend: str = "none", source: FaceSource | None = None) -> None:
+    def __init__(self, chunks: MelChunks, blend: str = "none", source: FaceSource | None = None, *,
+                 frames_kept: int = 0) -> None:
         self.chunks, self.blend, self.source = chunks, blend, source
+        self.pool = HostPool((source.info.height, source.info.width, 3), keep=frames_kept) if source is not None else None
+        self.work = Workspace()
 
     def frames(self, limit: int | None, ahead: int, times: StageTimes) -> Iterator[np.ndarray]:
         assert self.source is not None
-        return prefetch(timed(self.source.frames(limit), times, "decode"), ahead, "decode")
+        buffer = self.pool.take if self.pool is not None else None
+        return prefetch(timed(self.source.frames(limit, buffer), times, "decode"), ahead, "decode")
 
     def stack(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack(frames)
 
     def copy(self, frame: np.ndarray) -> np.ndarray:
+        if self.pool is not None and frame.shape == self.pool.shape and frame.dtype == self.pool.dtype:
+            return self.pool.copy(frame)
         return frame.copy()
 
     def to_host(self, frame: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -119,24 +132,33 @@ class HostOps:
         times: StageTimes, *, keep_pred: bool = False,
     ) -> tuple[FinishedBatch, torch.Tensor | None]:
         faced = [i for i, box in enumerate(boxes) if box is not None]
-        finished = FinishedBatch(indices[0] if len(indices) else 0, list(frames))
+        frames = list(frames)
+        pool = self.pool
+        release = (lambda: pool.give(frames)) if pool is not None else (lambda: None)  # after the writer
+        finished = FinishedBatch(indices[0] if len(indices) else 0, frames, release)
         if not faced:
             return finished, None
         boxed = [frames[i] for i in faced]
         face_boxes = [boxes[i] for i in faced]
-        with times.stage("crop", len(faced)):
-            mel, face = generator_inputs(crop_faces(boxed, face_boxes), self.chunks.gather([indices[i] for i in faced]))
-        with times.stage("generate", len(faced)):
+        n, work = len(faced), self.work
+        with times.stage("crop", n):
+            crops = crop_faces(boxed, face_boxes, out=work.get("crops", (n, IMG_SIZE, IMG_SIZE, 3), np.uint8))
+            mel, face = generator_inputs(crops, self.chunks.gather([indices[i] for i in faced]),
+                                         out=work.get("face", (n, IMG_SIZE, IMG_SIZE, 6), np.float32))
+        with times.stage("generate", n):
             preds, start = [], 0
-            for size in chunk_sizes(len(faced), CPU_GENERATOR_CHUNK):  # bounded activations, same bits
+            for size in chunk_sizes(n, CPU_GENERATOR_CHUNK):  # bounded activations, same bits
                 feed = {WAV2LIP_INPUTS[0]: mel[start : start + size], WAV2LIP_INPUTS[1]: face[start : start + size]}
                 preds.append(runner.infer(feed)["pred"].detach().cpu())
                 start += size
-            pred = torch.cat(preds)
-        with times.stage("paste", len(faced)):
+            # a prediction kept for the caller gets memory of its own; otherwise the workspace's
+            pred = torch.cat(preds) if keep_pred else \
+                torch.cat(preds, out=torch.from_numpy(work.get("pred", (n, 3, IMG_SIZE, IMG_SIZE), np.float32)))
+        with times.stage("paste", n):
             if self.blend == "none":
-                for frame, generated, box in zip(boxed, prediction_to_uint8(pred.numpy()), face_boxes):
-                    paste_back(frame, generated, box)  # type: ignore[arg-type]
+                for frame, generated, (y1, y2, x1, x2) in zip(boxed, prediction_to_uint8(pred.numpy()), face_boxes):
+                    paste_back(frame, generated, (y1, y2, x1, x2),  # type: ignore[arg-type]
+                               work.get("paste", (y2 - y1, x2 - x1, 3), np.uint8))
             else:
                 _paste_with_kernel(boxed, pred, face_boxes, self.blend)  # type: ignore[arg-type]
         return finished, (pred if keep_pred else None)
@@ -292,7 +314,7 @@ def frame_ops_for(context: DeviceContext, chunks: MelChunks, source: FaceSource,
     if not context.is_cuda:
         if decoder == "dali":
             raise InputError("--decoder dali needs --device cuda (DALI decodes on the GPU here)")
-        return HostOps(chunks, blend, source)
+        return HostOps(chunks, blend, source, frames_kept=batch + (HELD_BATCHES + 1) * batch_frames)
     from .decode import open_decoder
 
     frames = open_decoder(source.path, kind=decoder, device=context.device, fps=source.info.fps,

@@ -43,6 +43,7 @@ from .frame_ops import FrameOps, frame_ops_for
 from .options import InferenceOptions
 from .pipeline import Detection, face_items, generate
 from .runners.base import Runner
+from .measure import Usage
 from .stages import StageTimes
 from .video import FaceSource
 
@@ -76,6 +77,7 @@ class InferenceResult:
     stages: list[dict] = field(default_factory=list)  # per-stage busy time (StageTimes.rows())
     detection: str = "fixed box"  # where the face boxes came from: "cache hit", "cache miss", "boxes file", ...
     scores: dict | None = None  # --score: {"expert": ..., "visual_quality": ...} (wav2lip_trt.scoring.online)
+    resources: dict = field(default_factory=dict)  # CPU time, page faults, peak RSS, threads (measure.Usage.since)
 
 
 @dataclass
@@ -215,6 +217,7 @@ class Session:
         """Detect, lip-sync and encode a prepared job."""
         options, source, chunks, plan, times = job.options, job.source, job.chunks, job.plan, job.times
         self._check(options)
+        usage = Usage.now()  # models loaded: what follows is this job's
         phase = on_phase if on_phase is not None else (lambda label: None)
         info, total = source.info, len(job.chunks)
         if not self._load_reported:
@@ -270,6 +273,7 @@ class Session:
             audio_seconds=job.audio_seconds, device=str(self.generator.device), backend=self.runners.backend,
             precision=self.runners.precision, seconds=time.perf_counter() - job.started, stages=times.rows(),
             detection=origin, scores=None if scorer is None else scorer.report(total_frames=total),
+            resources=Usage.now().since(usage, total),
         )
 
     def _scorer(self, options: InferenceOptions) -> "OnlineScorer":

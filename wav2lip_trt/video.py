@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,14 +147,14 @@ class FaceSource:
             self._exact_count = count
         return self._exact_count
 
-    def _raw_frames(self) -> Iterator[np.ndarray]:
+    def _raw_frames(self, buffer: Callable[[], np.ndarray] | None = None) -> Iterator[np.ndarray]:
         if self.kind == "video":
             cap = cv2.VideoCapture(str(self.path))
             if not cap.isOpened():
                 raise InputError(f"{self.path}: cannot open as a video or image")
             try:
                 while True:
-                    ok, frame = cap.read()
+                    ok, frame = cap.read(buffer()) if buffer is not None else cap.read()  # decoded into it when it fits
                     if not ok:
                         return
                     yield frame
@@ -183,12 +183,16 @@ class FaceSource:
             )
         return out
 
-    def frames(self, limit: int | None = None) -> Iterator[np.ndarray]:
-        """Yield up to ``limit`` transformed frames from the start; every call starts over."""
+    def frames(self, limit: int | None = None, buffer: Callable[[], np.ndarray] | None = None) -> Iterator[np.ndarray]:
+        """Yield up to ``limit`` transformed frames from the start; every call starts over.
+
+        ``buffer()`` gives the array each video frame is decoded into (a recycled one: see
+        :class:`~wav2lip_trt.execution.memory.HostPool`); used as the frame when no transform applies.
+        """
         if limit is not None and limit <= 0:
             return
         size: tuple[int, ...] | None = None
-        for index, raw in enumerate(self._raw_frames()):
+        for index, raw in enumerate(self._raw_frames(buffer if self.transform.is_identity else None)):
             frame = self._apply(raw, index)
             if size is None:
                 size = frame.shape

@@ -71,14 +71,14 @@ def _child(spec_path: Path) -> None:
             outputs = run_reference(options, write_video=True)
             seconds = time.perf_counter() - start
             result = {"frames": len(outputs.frames), "backend": "reference", "precision": "fp32", "device": "cpu",
-                      "stages": []}
+                      "stages": [], "threads": torch.get_num_threads()}
         else:
             from ..session import run_inference
 
             run = run_inference(options)
             seconds = time.perf_counter() - start
             result = {"frames": run.frames, "backend": run.backend, "precision": run.precision, "device": run.device,
-                      "stages": run.stages}
+                      "stages": run.stages, "threads": torch.get_num_threads()}
     result["seconds"] = seconds
     if cuda:
         result["gpu_peak_bytes"] = int(torch.cuda.max_memory_reserved())

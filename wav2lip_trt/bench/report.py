@@ -38,6 +38,15 @@ class Run:
     stages: list[dict[str, Any]] = field(default_factory=list)  # StageTimes.rows(); empty for the reference
     gpu_peak_bytes: int | None = None  # torch's peak reserved CUDA memory
     gpu_device_peak_bytes: int | None = None  # device-wide peak in use above the start (TensorRT's own included)
+    threads: int | None = None  # torch's intra-op threads in the run (bit-identical outputs need equal counts)
+    user_seconds: float = 0.0  # CPU time of the whole process (its ffmpeg included), from wait4's rusage
+    sys_seconds: float = 0.0
+    minor_faults: int = 0  # page faults of the whole process: what fresh memory costs (see execution.memory)
+
+    @property
+    def sys_share(self) -> float:
+        cpu = self.user_seconds + self.sys_seconds
+        return self.sys_seconds / cpu if cpu > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,16 @@ class ModeResult:
     @property
     def process_seconds(self) -> Spread:
         return Spread.of([r.process_seconds for r in self.runs])
+
+    @property
+    def faults_per_frame(self) -> Spread:
+        """Minor page faults of the whole process per output frame (model loading included)."""
+        return Spread.of([r.minor_faults / r.frames for r in self.runs if r.frames])
+
+    @property
+    def sys_percent(self) -> Spread:
+        """System time as a share of the process's CPU time, in %."""
+        return Spread.of([100 * r.sys_share for r in self.runs])
 
     @property
     def gpu_peak_mib(self) -> Spread | None:
@@ -131,7 +150,7 @@ class BenchReport:
             "process, modes interleaved; median [min-max]",
             "",
             f"{'mode':<12} {'backend':<22} {'seconds':>22} {'frames/s':>20} {'x real time':>20} {'peak RSS MiB':>22}"
-            f" {'GPU MiB torch/device':>21}",
+            f" {'GPU MiB torch/device':>21} {'faults/frame':>14} {'sys %':>7} {'threads':>7}",
         ]
         for m in self.modes:
             run = m.runs[0]
@@ -141,6 +160,7 @@ class BenchReport:
             lines.append(
                 f"{m.mode:<12} {what:<22} {_spread(m.seconds, 2):>22} {_spread(m.frames_per_second, 2):>20} "
                 f"{_spread(m.realtime_factor, 3):>20} {_spread(m.peak_rss_mib, 0):>22} {gpu_text:>21}"
+                f" {m.faults_per_frame.median:>14.0f} {m.sys_percent.median:>7.1f} {run.threads or '?':>7}"
             )
         for mode, ratio in self.speedups().items():
             paired = ratio["paired_ratio"]
@@ -176,7 +196,8 @@ class BenchReport:
                     "backend": m.runs[0].backend, "precision": m.runs[0].precision, "device": m.runs[0].device,
                     "seconds": m.seconds.to_json(), "frames_per_second": m.frames_per_second.to_json(),
                     "realtime_factor": m.realtime_factor.to_json(), "peak_rss_mib": m.peak_rss_mib.to_json(),
-                    "process_seconds": m.process_seconds.to_json(),
+                    "process_seconds": m.process_seconds.to_json(), "threads": m.runs[0].threads,
+                    "minor_faults_per_frame": m.faults_per_frame.to_json(), "sys_percent": m.sys_percent.to_json(),
                     "gpu_peak_mib": None if m.gpu_peak_mib is None else m.gpu_peak_mib.to_json(),
                     "gpu_device_peak_mib": None if m.gpu_device_peak_mib is None else m.gpu_device_peak_mib.to_json(),
                     "stages": m.stages(),

@@ -42,7 +42,8 @@ def run_bench(options: BenchOptions, *, log: Callable[[str], None] | None = None
             for mode in order:
                 label = "warm-up" if warm else f"run {round_index - options.warmup + 1}/{options.repeats}"
                 run = _measure(mode, options, clip, work, round_index)
-                say(f"{mode} {label}: {run.seconds:.2f} s, peak RSS {run.peak_rss_bytes / 2**20:.0f} MiB")
+                say(f"{mode} {label}: {run.seconds:.2f} s, peak RSS {run.peak_rss_bytes / 2**20:.0f} MiB, "
+                    f"{run.minor_faults / run.frames:.0f} minor faults a frame, {100 * run.sys_share:.1f} % system time")
                 if not warm:
                     runs[mode].append(run)
         modes = tuple(ModeResult(m, tuple(runs[m]), clip.audio_seconds) for m in options.modes)
@@ -112,4 +113,6 @@ def _measure(mode: str, options: BenchOptions, clip: Clip, work: Path, index: in
     return Run(mode=mode, seconds=result["seconds"], process_seconds=measured.seconds,
                peak_rss_bytes=measured.peak_rss_bytes, frames=result["frames"], backend=result["backend"],
                precision=result["precision"], device=result["device"], stages=result["stages"],
-               gpu_peak_bytes=result.get("gpu_peak_bytes"), gpu_device_peak_bytes=result.get("gpu_device_peak_bytes"))
+               gpu_peak_bytes=result.get("gpu_peak_bytes"), gpu_device_peak_bytes=result.get("gpu_device_peak_bytes"),
+               threads=result.get("threads"), user_seconds=measured.user_seconds, sys_seconds=measured.sys_seconds,
+               minor_faults=measured.minor_faults)

@@ -1,0 +1,77 @@
+"""Host memory of a CPU run (issue 21): frames recycled through a pool, batch buffers reused, the same bits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wav2lip_trt.audio import MelChunks, melspectrogram
+from wav2lip_trt.checkpoints import load_wav2lip
+from wav2lip_trt.execution.memory import HostPool, Workspace
+from wav2lip_trt.frame_ops import HostOps
+from wav2lip_trt.options import InferenceOptions
+from wav2lip_trt.pipeline import face_items, generate
+from wav2lip_trt.runners.base import WAV2LIP_INPUTS, WAV2LIP_OUTPUTS
+from wav2lip_trt.runners.torch_runner import TorchRunner
+from wav2lip_trt.samples import speechlike_audio, talking_face_frames, write_video
+from wav2lip_trt.stages import StageTimes
+from wav2lip_trt.video import FaceSource
+
+BOX = (20, 90, 30, 100)
+
+
+def test_a_pool_takes_back_only_its_own_arrays() -> None:
+    pool = HostPool((4, 5, 3), keep=2)
+    a, b, c = pool.take(), pool.take(), pool.take()
+    stranger = np.empty((4, 5, 3), np.uint8)
+    pool.give([a, stranger, a])  # a stranger's array is never handed out to be overwritten; a only once
+    assert pool.take() is a
+    assert pool.take() is not stranger and pool.made == 4
+    pool.give([b, c, a])  # keeps at most two
+    assert {id(pool.take()), id(pool.take())} <= {id(a), id(b), id(c)} and pool.made == 4
+    assert pool.take() is not a and pool.made == 5
+    copied = pool.copy(np.full((4, 5, 3), 7, np.uint8))
+    assert (copied == 7).all()
+
+
+def test_a_workspace_view_is_contiguous_and_reused() -> None:
+    work = Workspace()
+    first = work.get("x", (4, 6), np.float32)
+    smaller = work.get("x", (2, 6), np.float32)
+    assert smaller.flags.c_contiguous and smaller.shape == (2, 6)
+    assert np.shares_memory(first, smaller)
+    assert not np.shares_memory(work.get("x", (40, 6), np.float32), first)  # grown
+
+
+@pytest.fixture(scope="module")
+def wav2lip(checkpoints):
+    return TorchRunner(load_wav2lip(checkpoints[0]), WAV2LIP_INPUTS, WAV2LIP_OUTPUTS)
+
+
+def _run(ops: HostOps, source: FaceSource, options: InferenceOptions, chunks: MelChunks, runner: TorchRunner,
+         release: bool) -> list[np.ndarray]:
+    out = []
+    items = face_items(source, len(chunks), options, None, ops, StageTimes(), 4)
+    for batch in generate(items, ops, runner, 6, None, reference_batch=6, total=len(chunks)):
+        out += [f.copy() for f in batch.host_frames()]  # what the writer does with them, before release
+        if release:
+            batch.release()
+    return out
+
+
+def test_frames_go_round_the_pool_and_the_output_keeps_its_bits(wav2lip, checkpoints, tmp_path) -> None:
+    """A 27-frame run makes a pool buffer for the frames in flight only, and writes the frames a run
+    without any reuse writes (fresh arrays everywhere), bit for bit."""
+    video = write_video(tmp_path / "face.mp4", talking_face_frames(30, 128, 112, seed=4), 25.0)
+    chunks = MelChunks(melspectrogram(speechlike_audio(1.2, seed=5)), 25.0)
+    source = FaceSource(video)
+    options = InferenceOptions(checkpoint_path=checkpoints[0], face=video, audio=video, box=BOX)
+    pooled = HostOps(chunks, source=source, frames_kept=64)
+    recycled = _run(pooled, source, options, chunks, wav2lip, release=True)
+    assert len(recycled) == len(chunks) == 27
+    # decode look-ahead (4 + the queue's and the worker's) and one batch of 6 at a time: far fewer than 27
+    assert pooled.pool is not None and pooled.pool.made <= 16, pooled.pool.made
+    fresh = HostOps(chunks)  # no source: frames decoded by OpenCV into new arrays, nothing given back
+    fresh.frames = lambda limit, ahead, times: source.frames(limit)  # type: ignore[method-assign]
+    plain = _run(fresh, source, options, chunks, wav2lip, release=False)
+    assert all(np.array_equal(a, b) for a, b in zip(recycled, plain))
