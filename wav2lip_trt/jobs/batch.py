@@ -44,6 +44,7 @@ class BatchOptions:
     cache_dir: Path | None = None  # detection cache, shared by every worker (safe across processes)
     no_cache: bool = False
     workers: int | None = None  # None = one per GPU, or a few that split the CPU cores
+    threads_per_worker: int | None = None  # torch intra-op threads per worker; None = the cores split between workers
     results: Path | None = None  # results JSONL; None = JOBS_STEM.results.jsonl beside the jobs file
     ray: str | None = None  # None = local processes; "local" (a Ray instance started here), "auto", "ray://HOST:PORT"
     ray_timeout: float = 30.0  # seconds to wait for the cluster at --ray ADDRESS to answer
@@ -71,6 +72,8 @@ class BatchOptions:
                 raise InputError(f"{label} must be one of {', '.join(choices)}, got {value}")
         if self.workers is not None and self.workers < 1:
             raise InputError(f"--workers must be at least 1, got {self.workers}")
+        if self.threads_per_worker is not None and self.threads_per_worker < 1:
+            raise InputError(f"--threads-per-worker must be at least 1, got {self.threads_per_worker}")
         if not (math.isfinite(self.ray_timeout) and self.ray_timeout > 0):
             raise InputError(f"--ray-timeout must be a positive number of seconds, got {self.ray_timeout}")
 
@@ -175,7 +178,8 @@ def _run(tasks: list[Task], options: BatchOptions, report: Callable[[Outcome], N
     needs_s3fd = any(task.options.needs_detector for task in tasks)
     s3fd = Path(options.s3fd_checkpoint) if needs_s3fd and Path(options.s3fd_checkpoint).is_file() else None
     spec = WorkerSpec(_absolute(options.checkpoint_path), None if s3fd is None else _absolute(s3fd), options.device,
-                      options.backend, options.precision, _absolute(options.engines_dir), options.flavor)
+                      options.backend, options.precision, _absolute(options.engines_dir), options.flavor,
+                      threads=options.threads_per_worker)
 
     def ready(count: int) -> None:
         phase(f"lip-syncing ({count} worker{'s' if count > 1 else ''} ready)")
@@ -195,7 +199,7 @@ def _run(tasks: list[Task], options: BatchOptions, report: Callable[[Outcome], N
 
     count = min(options.workers or default_workers(options.device), len(tasks))
     gpus = gpu_count(options.device) if options.device != "cpu" else 0
-    spec = replace(spec, threads=max(1, cpu_cores() // count))
+    spec = replace(spec, threads=options.threads_per_worker or max(1, cpu_cores() // count))
     phase(f"loading models in {count} worker{'s' if count > 1 else ''}")
     LocalPool(spec, count, gpus=range(gpus), log_level=log_level).run(tasks, report, on_ready=ready)
     return count

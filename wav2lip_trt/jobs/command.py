@@ -43,6 +43,9 @@ def check_ray_address(address: str | None) -> None:
 @click.option("--workers", type=int, metavar="N",
               help="Worker processes (Ray actors with --ray), each holding one session. "
                    "[one per GPU; on a CPU one per core, at most 4]")
+@click.option("--threads-per-worker", "threads_per_worker", type=int, metavar="N",
+              help="Torch intra-op threads in each worker; CPU outputs are bit-identical to infer's when this equals "
+                   "infer's thread count. [the CPU cores split between the workers]")
 @click.option("--results", type=click.Path(path_type=Path), metavar="PATH",
               help="Results JSONL, a line per job as it finishes [JOBS_STEM.results.jsonl beside JOBS].")
 @click.option("--ray", "ray", is_flag=False, flag_value=RAY_LOCAL, metavar="[ADDRESS]",

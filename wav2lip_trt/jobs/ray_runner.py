@@ -157,7 +157,7 @@ def run_on_ray(tasks: Sequence[Task], spec: WorkerSpec, *, address: str = LOCAL,
     started = connect(ray, address, log_level, timeout)
     try:
         where = placement(ray, spec.device, workers)
-        spec = replace(spec, threads=where.threads or spec.threads)
+        spec = replace(spec, threads=spec.threads or where.threads)  # --threads-per-worker first
         actor = ray.remote(SessionActor).options(num_cpus=where.num_cpus, num_gpus=where.num_gpus)
         log.info("Ray: %d actors, %g CPU and %d GPU each", where.workers, where.num_cpus, where.num_gpus)
         dispatch(ray, lambda: actor.remote(spec, log_level), where.workers, tasks, on_outcome, on_ready)

@@ -122,7 +122,8 @@ class ParityReport:
         ow = max([14] + [len(t.name) for r in self.rungs for c in r.checks for t in c.tensors])
         head = (f"  {'check':<{cw}} {'output':<{ow}} {'max abs':>9} {'mean abs':>9} {'med abs':>9} {'p99 abs':>9} "
                 f"{'max rel':>9} {'p99 rel':>9} {'req atol':>9} {'req rtol':>9} {'PSNR dB':>8}  result")
-        lines = []
+        lines = [f"torch intra-op threads: {self.machine.get('torch_threads', '?')} (CPU results are bit-identical to "
+                 "the original's at the same thread count)"]
         for r in self.rungs:
             what = f"{r.rung.backend} {r.rung.precision} on {r.device or r.rung.device}"
             implicates = f"; a failure means {r.rung.breaks}" if r.rung.breaks else ""
@@ -200,6 +201,7 @@ class ParityReport:
             "detection": None if self.detection is None else {
                 k: _json_number(v) for k, v in self.detection.to_json().items()
             },
+            "threads": self.machine.get("torch_threads"),  # CPU bits equal the original's at equal thread counts
             "machine": dict(self.machine),
         }
 
