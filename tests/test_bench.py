@@ -126,7 +126,7 @@ def test_reference_and_pipeline_are_measured_side_by_side(side_by_side) -> None:
         assert mode["runs"][0]["frames"] == clip["frames"]
         run = mode["runs"][0]  # the whole process's rusage: what fresh memory costs shows as faults and system time
         assert run["minor_faults"] > 0 and run["sys_seconds"] >= 0 and run["user_seconds"] > 0
-        assert mode["minor_faults_per_frame"]["median"] == pytest.approx(run["minor_faults"] / run["frames"], rel=1e-6)
+        assert mode["minor_faults_per_frame"]["median"] == pytest.approx(run["minor_faults"] / run["frames"], abs=1)
         assert 0 <= mode["sys_percent"]["median"] < 100 and mode["threads"] == run["threads"] >= 1
     assert report["modes"]["reference"]["backend"] == "reference" and report["modes"]["reference"]["stages"] == []
     stages = [row["stage"] for row in report["modes"]["torch"]["stages"]]
