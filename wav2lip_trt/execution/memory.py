@@ -40,7 +40,8 @@ CPU allocator is plain ``posix_memalign``: its ``CPUCachingAllocator`` is reacha
 fewer faults for the same zeroing. The cost is RSS: the heap keeps the run's high-water mark plus
 whatever fragmentation the threads' interleaving left, so the peak varies from run to run: with the
 pools, 880 MB at 320x240 (703 before) and 845-1,177 MB in three 720p runs (784 before), which can
-exceed the 1.0 GB goal of ``benchmarks/test_frame_memory.py``. The pools and this policy together,
+exceed the 1.0 GB goal of ``benchmarks/test_frame_memory.py`` (it fails at 720p: 1,245 MB); with
+the pools and the old 1 MiB threshold that run peaks at 764 MB, so the policy, not the pools, costs it. The pools and this policy together,
 before and after side by side: ``benchmarks/page_faults_bench.py`` and benchmarks/README.md.
 """
 
