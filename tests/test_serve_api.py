@@ -226,3 +226,23 @@ def test_a_public_bind_needs_a_token(checkpoints, tmp_path) -> None:
     assert refused.stderr.strip().splitlines() == [
         "Error: --host 0.0.0.0 is reachable from other machines: give --token (or set WAV2LIP_TRT_TOKEN) so every "
         "request must carry it, or bind 127.0.0.1"]
+
+
+def test_frames_metric_counts_output_frames_only(checkpoints, tmp_path) -> None:
+    """A job that detects reports input frames while detecting, then output frames: only the latter are written."""
+    from wav2lip_trt.serve.config import ServeConfig
+    from wav2lip_trt.serve.service import JobService
+
+    service = JobService(ServeConfig(checkpoint_path=checkpoints[0], device="cpu", workers=1,
+                                     state_dir=tmp_path / "state", keep_hours=0))
+    service.job_started("j", 1)
+    service.job_phase("j", "detecting faces")
+    service.job_total("j", 40)
+    for done in (16, 32, 40):
+        service.job_frame("j", done)
+    service.job_phase("j", "lip-syncing")
+    service.job_total("j", 25)
+    for done in (16, 25):
+        service.job_frame("j", done)
+    samples = {sample.name: sample.value for sample in service.metrics.frames.collect()[0].samples}
+    assert samples["wav2lip_trt_frames_total"] == 25

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
 MODES = ("auto", "on", "off")
+LIP_SYNC_PHASE = "lip-syncing"  # the step whose counts are output frames (detection counts input frames)
 """``--progress``: auto = bars on a terminal and lines elsewhere; on = bars; off = lines."""
 WARM_SECONDS = 3.0  # frames must have flowed this long before an ETA is shown
 TICK_SECONDS = 1.0  # how often a terminal display is redrawn while nothing else happens

@@ -42,6 +42,7 @@ from .detection.engine_fit import fit_to_engine
 from .frame_ops import FrameOps, frame_ops_for
 from .options import InferenceOptions
 from .pipeline import Detection, face_items, generate
+from .progress import LIP_SYNC_PHASE
 from .runners.base import Runner
 from .measure import Usage
 from .stages import StageTimes
@@ -252,7 +253,7 @@ class Session:
             batches = generate(items, ops, self.generator, generator_batch, dump, times, chunks,
                                reference_batch=options.wav2lip_batch_size, total=total, scorer=scorer, on_frame=on_frame)
             ffmpeg = find_ffmpeg(options.ffmpeg)
-            phase("lip-syncing")
+            phase(LIP_SYNC_PHASE)
             if on_start is not None:
                 on_start(total)
             with contextlib.closing(items), contextlib.closing(batches), VideoWriter(

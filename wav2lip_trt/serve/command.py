@@ -30,7 +30,7 @@ GRACEFUL_SECONDS = 5.0  # open connections (event streams end by themselves) bef
               help="Detection cache folder shared by the workers [$XDG_CACHE_HOME/wav2lip-trt].")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but the loopback needs --token.")
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True, help="TCP port to listen on.")
 @click.option("--token", envvar=TOKEN_ENV, show_envvar=True,
               help="Bearer token every API request must carry (Authorization: Bearer TOKEN).")
 @click.option("--workers", type=int, metavar="N",

@@ -26,6 +26,7 @@ from ..jobs.local import cpu_cores, default_workers, gpu_count
 from ..jobs.results import is_done, mark_path, mark_started
 from ..jobs.spec import _coerce, per_call_options
 from ..jobs.worker import WorkerSpec
+from ..progress import LIP_SYNC_PHASE
 from .config import ServeConfig
 from .events import EventHub
 from .metrics import ServeMetrics
@@ -289,7 +290,8 @@ class JobService:
 
     def job_frame(self, job_id: str, done: int) -> None:
         live = self.live.setdefault(job_id, _Live())
-        self.metrics.frames.inc(max(0, done - live.done))
+        if live.phase == LIP_SYNC_PHASE:  # detection's counts are input frames, not frames written
+            self.metrics.frames.inc(max(0, done - live.done))
         live.done = done
         self.hub.publish(job_id, "progress", live.view())
 
