@@ -40,12 +40,16 @@ NAN_MESSAGE = (
     "Mel contains nan! Using a TTS voice? Add a small epsilon noise to the wav file and try again"
 )
 
-MEL_BLOCK = 4
-"""Mel columns per STFT call, counted from column 0. A batched FFT and the filterbank product give a
-column's low bits according to how many columns share the call, so the whole-file and the
-streaming computation (:mod:`wav2lip_trt.live.mel`) both go through :func:`mel_block` on the
-same aligned blocks and agree bit for bit. Four columns (50 ms) also run faster than large
-blocks (cache-resident temporaries) and cost a stream at most 37.5 ms of waiting."""
+FILTERBANK_COLUMNS = 2048
+"""Columns per filterbank product in the whole-file mel. The original multiplies every column at
+once (``np.dot(basis, |D|)``); BLAS gives a column the same bits in any product that is wide
+enough (OpenBLAS on x86-64: 16 columns or more; 4 or 8 differ in the last bit, and those bits
+reach the generator's uint8 faces), so the mel is made in products of exactly this many columns
+— the last one overlapping the one before — or of all columns when there are fewer: the
+original's bits, with the float64 temporaries bounded (~13 MB) for any length. The FFT's bits
+do not depend on how many frames share a call. The stream (:mod:`wav2lip_trt.live.mel`) makes
+its products :data:`STREAM_FILTERBANK_COLUMNS` wide for the same reason."""
+STREAM_FILTERBANK_COLUMNS = 64  # a stream's product: its new columns after the latest earlier ones
 _MONO_BLOCK = 1 << 20  # sample frames per int -> float conversion block
 
 
@@ -246,18 +250,23 @@ def _preemphasized_padded(wav: np.ndarray) -> np.ndarray:
     return out
 
 
-def mel_block(frames: np.ndarray) -> np.ndarray:
-    """Normalised log-mel columns of (b, 800) float64 padded-signal frames: (80, b) float32.
+def magnitudes(frames: np.ndarray) -> np.ndarray:
+    """|STFT| of (b, 800) float64 padded-signal frames: (b, 401) float32, as librosa 0.7's complex64 result."""
+    with np.errstate(invalid="ignore"):  # non-finite input becomes NaN, reported by mel_columns
+        return np.abs(np.fft.rfft(frames * _hann_window(), axis=-1).astype(np.complex64))
 
-    The one place the STFT, the filterbank and the dB scaling happen, for whole files and streams
-    alike (see :data:`MEL_BLOCK`). The dB and normalisation steps stay in float32, as numpy 1.x
-    computed them; numpy 2 would silently promote to float64 if a float64 scalar got in. A NaN
-    column (non-finite input) raises the original's error.
+
+def mel_columns(magnitude: np.ndarray) -> np.ndarray:
+    """Normalised log-mel columns of (b, 401) magnitudes: (80, b) float32 in [-4, 4].
+
+    The one place the filterbank and the dB scaling happen, for whole files and streams alike; a
+    product of at least 16 columns keeps the original's bits (see :data:`FILTERBANK_COLUMNS`). The
+    dB and normalisation steps stay in float32, as numpy 1.x computed them; numpy 2 would silently
+    promote to float64 if a float64 scalar got in. A NaN column (non-finite input) raises the
+    original's error.
     """
     min_level = np.float32(np.exp(MIN_LEVEL_DB / 20 * np.log(10)))  # 1e-5 amplitude = -100 dB
-    with np.errstate(invalid="ignore"):  # non-finite input becomes NaN, reported below
-        spectrum = np.fft.rfft(frames * _hann_window(), axis=-1)
-        magnitude = np.abs(spectrum.astype(np.complex64))
+    with np.errstate(invalid="ignore"):
         block = mel_filters() @ magnitude.T
         db = 20 * np.log10(np.maximum(min_level, block)) - REF_LEVEL_DB
         normalised = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
@@ -275,9 +284,12 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
     if wav.shape[0] == 0:
         raise AudioError("audio is empty")
     frames = sliding_window_view(_preemphasized_padded(wav), N_FFT)[::HOP]
-    mel = np.empty((NUM_MELS, frames.shape[0]), dtype=np.float32)
-    for start in range(0, frames.shape[0], MEL_BLOCK):
-        mel[:, start : start + MEL_BLOCK] = mel_block(frames[start : start + MEL_BLOCK])
+    total = frames.shape[0]
+    mel = np.empty((NUM_MELS, total), dtype=np.float32)
+    width = min(total, FILTERBANK_COLUMNS)
+    for start in range(0, total, width):
+        start = min(start, total - width)  # the last product is full width too, overlapping
+        mel[:, start : start + width] = mel_columns(magnitudes(frames[start : start + width]))
     return mel
 
 

@@ -4,8 +4,13 @@
 than the whole audio) and hands out each video frame's (80, 16) mel window as soon as nothing that
 arrives later can change it; :meth:`StreamingMel.close` hands out the rest. Once closed, the
 windows equal ``MelChunks(melspectrogram(whole_audio), fps)`` bit for bit: the pre-emphasis, the
-padding and every STFT call (:func:`wav2lip_trt.audio.mel_block`, on the same aligned blocks of
-:data:`~wav2lip_trt.audio.MEL_BLOCK` columns) are the whole-file code's own.
+padding, the STFT (:func:`~wav2lip_trt.audio.magnitudes`) and the filterbank and dB scaling
+(:func:`~wav2lip_trt.audio.mel_columns`) are the whole-file code's own. The filterbank product
+gives a column its bits according to how many columns share it when there are few (OpenBLAS on
+x86-64: under 16), so each of the stream's products holds its new columns after the latest
+earlier ones, :data:`~wav2lip_trt.audio.STREAM_FILTERBANK_COLUMNS` wide (zeros before column 0),
+as wide as the whole file's products are (tested on this CPU's BLAS; a BLAS whose kernels change
+with the width above 16 columns would break the equality, and the tests would show it).
 
 When is a frame final? With N samples received (N_total unknown until the close):
 
@@ -13,15 +18,13 @@ When is a frame final? With N samples received (N_total unknown until the close)
   200t + 400). The left reflect padding (t < 2) reads samples 1..400, known once N >= 401. The
   right padding depends on where the audio ends, so column t is final only when it needs none:
   200t + 400 <= N. Final columns: C(N) = (N - 400) // 200 + 1 for N >= 401, else 0.
-* Columns are computed in blocks [4k, 4k + 4): a block once all four are final, the block
-  holding the end on close (as the whole-file code cuts them).
+* Columns are computed as soon as they are final, on close the rest.
 * Frame i's window starts at column s_i = int(i * (80. / fps)) (the original's float product,
   truncated) and spans 16 columns. Every final column lies at least two columns before the last
   column T - 1 = N_total // 200 of the whole audio (C(N) <= T - 2), so a window inside the
   computed columns is an ordinary window in the offline sequence too, never the tail rule's.
-  Frame i is therefore final once N >= 200 * M_i + 200 with M_i = 4 * ceil((s_i + 16) / 4):
-  at 25 fps 212.5 ms after the frame's own time (16 columns span 187.5 ms of hops, plus half
-  an FFT window), plus at most 37.5 ms to complete a block.
+  Frame i is therefore final once N >= 200 * (s_i + 16) + 200: at 25 fps 212.5 ms after the
+  frame's own time (16 columns span 187.5 ms of hops, plus half an FFT window).
 * On close, the remaining columns are computed with the end's reflect padding (audio of at most
   400 samples is padded by numpy's repeated reflection, as offline), T = 1 + N_total // 200, and
   the remaining frames follow the original's loop: the first window that would run past T is
@@ -37,7 +40,8 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..audio import HOP, MEL_BLOCK, MEL_FPS, MEL_STEP, N_FFT, NUM_MELS, check_chunkable, mel_block, preemphasize
+from ..audio import (FILTERBANK_COLUMNS, HOP, MEL_FPS, MEL_STEP, N_FFT, NUM_MELS, STREAM_FILTERBANK_COLUMNS,
+                     check_chunkable, magnitudes, mel_columns, preemphasize)
 from ..errors import AudioError, InputError
 
 _PAD = N_FFT // 2
@@ -51,8 +55,7 @@ def final_columns(received: int) -> int:
 def samples_for_frame(index: int, fps: float) -> int:
     """Samples a stream needs before frame ``index`` is final (see the module docstring)."""
     start = int(np.int64(index) * (MEL_FPS / fps))
-    columns = MEL_BLOCK * -(-(start + MEL_STEP) // MEL_BLOCK)
-    return HOP * columns + HOP
+    return HOP * (start + MEL_STEP) + HOP
 
 
 class StreamingMel:
@@ -75,6 +78,8 @@ class StreamingMel:
         self._mel = np.empty((NUM_MELS, 4 * MEL_STEP), dtype=np.float32)  # columns [_mel_base, _columns)
         self._mel_base = 0
         self._columns = 0  # columns computed
+        # magnitudes of the latest columns, the rest of each filterbank product (zeros before column 0)
+        self._magnitudes = np.zeros((STREAM_FILTERBANK_COLUMNS, N_FFT // 2 + 1), dtype=np.float32)
         self._next = 0  # next frame index to hand out
 
     @property
@@ -96,8 +101,8 @@ class StreamingMel:
         self._previous = wav[-1]
         self.received += wav.shape[0]
         done = final_columns(self.received)
-        while self._columns + MEL_BLOCK <= done:
-            self._compute(self._columns + MEL_BLOCK, self._padded_range)
+        while self._columns < done:
+            self._compute(min(done, self._columns + FILTERBANK_COLUMNS), self._padded_range)
         return self._ready()
 
     def close(self) -> list[tuple[int, np.ndarray]]:
@@ -116,7 +121,7 @@ class StreamingMel:
         else:
             tail = self._tail_range
         while self._columns < total:
-            self._compute(min(total, self._columns + MEL_BLOCK), tail)
+            self._compute(min(total, self._columns + FILTERBANK_COLUMNS), tail)
         out = self._ready()
         while True:
             start = self._start(self._next)
@@ -143,10 +148,18 @@ class StreamingMel:
         return self._mel[:, lo : lo + MEL_STEP].copy()
 
     def _compute(self, end: int, padded_range) -> None:  # type: ignore[no-untyped-def]
-        """Columns [_columns, end) from padded samples, the way the whole-file code cuts them."""
+        """Columns [_columns, end) from padded samples, in a product as wide as the whole file's."""
         first = self._columns
         segment = padded_range(first * HOP, (end - 1) * HOP + N_FFT)
-        block = mel_block(sliding_window_view(segment, N_FFT)[::HOP])
+        new = magnitudes(sliding_window_view(segment, N_FFT)[::HOP])
+        latest, count = self._magnitudes, end - first
+        if count >= latest.shape[0]:
+            block = mel_columns(new)
+            latest[:] = new[-latest.shape[0] :]
+        else:
+            latest[:-count] = latest[count:]
+            latest[-count:] = new
+            block = mel_columns(latest)[:, -count:]
         self._reserve_columns(end - self._mel_base)
         self._mel[:, first - self._mel_base : end - self._mel_base] = block
         self._columns = end
