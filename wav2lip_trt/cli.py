@@ -155,7 +155,7 @@ def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Pa
     _check_json(json_path, options)
     with Progress("lip-sync", unit="frame", enabled=not quiet) as shown:
         result = run_inference(options, on_start=shown.start, on_frame=shown.update, on_phase=shown.phase)
-    report = _report(result)
+    report = result.report()
     if json_path is not None:
         write_json(json_path, report)
     _finish(result, report, quiet, show_profile)
@@ -163,20 +163,6 @@ def infer(face: Path | None, image: Path | None, video: Path | None, outfile: Pa
 
 def _check_json(json_path: Path | None, options: InferenceOptions) -> None:
     check_json_path(json_path, *options.paths())
-
-
-def _report(result: Any) -> dict[str, Any]:
-    video_seconds = result.frames / result.fps
-    return {
-        "outfile": str(result.outfile), "frames": result.frames, "fps": result.fps, "width": result.width,
-        "height": result.height, "audio_seconds": result.audio_seconds, "video_seconds": round(video_seconds, 3),
-        "device": result.device, "backend": result.backend, "precision": result.precision,
-        "detection": result.detection,
-        "seconds": round(result.seconds, 3), "frames_per_second": round(result.frames / result.seconds, 3),
-        "realtime_factor": round(result.audio_seconds / result.seconds, 3), "stages": result.stages,
-        "threads": result.resources.get("threads"), "resources": result.resources,
-        **(result.scores or {}),
-    }
 
 
 def _finish(result: Any, report: dict[str, Any], quiet: bool, show_profile: bool) -> None:
@@ -237,7 +223,7 @@ def _infer_many(options: InferenceOptions, audios: tuple[Path, ...], quiet: bool
                 reports.append({"audio": str(outcome.audio), "outfile": str(outcome.outfile), "error": outcome.error})
                 continue
             kept.append(outcome.outfile)
-            report = {"audio": str(outcome.audio), **_report(outcome.result)}
+            report = {"audio": str(outcome.audio), **outcome.result.report()}
             reports.append(report)
             _finish(outcome.result, report, quiet, show_profile)
     except KeyboardInterrupt as exc:  # the finished outputs are kept: say which, and which are not

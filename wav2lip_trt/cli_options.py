@@ -57,10 +57,15 @@ DETECTION_OPTIONS = (
     click.option("--no-cache", "no_cache", is_flag=True, help="Neither read nor write the detection cache."),
 )
 
-PRESET_OPTION = click.option(
-    "--preset", type=click.Choice(X264_PRESETS), default="medium", show_default=True,
-    help="libx264 preset: faster ones encode more frames per second into larger files at the same --crf "
-         "(1080p, one core: medium ~15 fps, veryfast ~28-46, ultrafast ~86-114).")
+def preset_option(default: str = "medium", why: str = "") -> Callable[[Any], Any]:
+    """``--preset``: one definition; a command whose output is live may default to a faster preset."""
+    return click.option(
+        "--preset", type=click.Choice(X264_PRESETS), default=default, show_default=True,
+        help=f"libx264 preset{why}: faster ones encode more frames per second into larger files at the same --crf "
+             "(1080p, one core: medium ~15 fps, veryfast ~28-46, ultrafast ~86-114).")
+
+
+PRESET_OPTION = preset_option()
 
 PROGRESS_OPTION = click.option(
     "--progress", type=click.Choice(PROGRESS_MODES), default="auto", show_default=True,

@@ -80,6 +80,18 @@ class InferenceResult:
     scores: dict | None = None  # --score: {"expert": ..., "visual_quality": ...} (wav2lip_trt.scoring.online)
     resources: dict = field(default_factory=dict)  # CPU time, page faults, peak RSS, threads (measure.Usage.since)
 
+    def report(self) -> dict[str, Any]:
+        """The run as ``infer --json`` reports it (also serve's job report)."""
+        return {
+            "outfile": str(self.outfile), "frames": self.frames, "fps": self.fps, "width": self.width,
+            "height": self.height, "audio_seconds": self.audio_seconds,
+            "video_seconds": round(self.frames / self.fps, 3), "device": self.device, "backend": self.backend,
+            "precision": self.precision, "detection": self.detection, "seconds": round(self.seconds, 3),
+            "frames_per_second": round(self.frames / self.seconds, 3),
+            "realtime_factor": round(self.audio_seconds / self.seconds, 3), "stages": self.stages,
+            "threads": self.resources.get("threads"), "resources": self.resources, **(self.scores or {}),
+        }
+
 
 @dataclass
 class Job:

@@ -10,8 +10,7 @@ from typing import Any
 import click
 
 from ..cli_errors import setup_logging, user_errors
-from ..cli_options import DETECTION_OPTIONS, FRAME_OPTIONS, RUNNER_OPTIONS, with_options
-from ..encode import X264_PRESETS
+from ..cli_options import DETECTION_OPTIONS, FRAME_OPTIONS, RUNNER_OPTIONS, preset_option, with_options
 from ..options import ON_MISSING_FACE
 from .avatar import LOOPS
 from .sources import FORMATS
@@ -104,8 +103,7 @@ def avatar_command(face: Path, out: Path, checkpoint_path: Path, loop: str, quie
               help="Also write the output frames as PNG images to this folder.")
 @click.option("--ffmpeg", type=str, help="ffmpeg executable to use [imageio-ffmpeg's].")
 @click.option("--crf", type=int, default=18, show_default=True, help="H.264 quality (lower is better).")
-@click.option("--preset", type=click.Choice(X264_PRESETS), default="veryfast", show_default=True,
-              help="libx264 preset of a file output (a live stream wants a fast one).")
+@preset_option("veryfast", " of a file output (a live stream wants a fast one)")
 @click.option("--encoder", type=click.Choice(("auto", "libx264", "h264_nvenc")), default="auto", show_default=True,
               help="H.264 encoder of a file output.")
 @click.option("--expert-checkpoint", "expert_checkpoint", type=click.Path(path_type=Path),

@@ -136,9 +136,7 @@ def _run(session: Any, job_id: str, options: InferenceOptions, channel: _Channel
         log.exception("job %s failed with an internal error", job_id)
         return ("failed", job_id, f"internal error: {type(exc).__name__}: {exc} (a bug; the traceback is in the "
                                   "server's log)")
-    from ..cli import _report  # the same --json report as infer's
-
-    report = _report(result)
+    report = result.report()  # the same report as infer --json
     report["worker"] = name
     return ("done", job_id, report, device_memory())
 
