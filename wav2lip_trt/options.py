@@ -189,6 +189,16 @@ class InferenceOptions:
         return source
 
 
+def check_model_choices(checkpoint_path: Path, device: str, backend: str, precision: str) -> None:
+    """The model options a long-lived command (batch, serve) checks once before it starts any worker."""
+    if not Path(checkpoint_path).is_file():
+        raise InputError(f"--checkpoint_path file not found: {checkpoint_path}")
+    for label, value, choices in (("--device", device, DEVICES), ("--backend", backend, BACKEND_CHOICES),
+                                  ("--precision", precision, PRECISION_CHOICES)):
+        if value not in choices:
+            raise InputError(f"{label} must be one of {', '.join(choices)}, got {value}")
+
+
 def check_clip_inputs(face: Path | None, audio: Path | None) -> None:
     """For commands that generate a clip unless given one: both files or neither, and they exist."""
     if (face is None) != (audio is None):

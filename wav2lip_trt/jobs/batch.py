@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import InputError, Wav2LipTrtError
 from ..files import check_output_file, named
-from ..options import BACKEND_CHOICES, DEVICES, PRECISION_CHOICES, InferenceOptions
+from ..options import InferenceOptions, check_model_choices
 from .results import Outcome, ResultsFile, is_done, mark_started
 from .spec import JobSpec, check_paths, read_jobs
 from .worker import Task, WorkerSpec, failed
@@ -64,12 +64,7 @@ class BatchOptions:
                 "cache_dir": None if self.cache_dir is None else _absolute(self.cache_dir), "no_cache": self.no_cache}
 
     def validate(self) -> None:
-        if not Path(self.checkpoint_path).is_file():
-            raise InputError(f"--checkpoint_path file not found: {self.checkpoint_path}")
-        for label, value, choices in (("--device", self.device, DEVICES), ("--backend", self.backend, BACKEND_CHOICES),
-                                      ("--precision", self.precision, PRECISION_CHOICES)):
-            if value not in choices:
-                raise InputError(f"{label} must be one of {', '.join(choices)}, got {value}")
+        check_model_choices(self.checkpoint_path, self.device, self.backend, self.precision)
         if self.workers is not None and self.workers < 1:
             raise InputError(f"--workers must be at least 1, got {self.workers}")
         if self.threads_per_worker is not None and self.threads_per_worker < 1:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..options import BACKEND_CHOICES, DEVICES, PRECISION_CHOICES
+from ..options import check_model_choices
 
 TOKEN_ENV = "WAV2LIP_TRT_TOKEN"
 LOCAL_HOSTS = ("localhost",)
@@ -40,12 +40,7 @@ class ServeConfig:
 
     def validate(self) -> None:
         """:class:`InputError` for a start that must be refused (a public bind without a token, ...)."""
-        if not Path(self.checkpoint_path).is_file():
-            raise InputError(f"--checkpoint_path file not found: {self.checkpoint_path}")
-        for label, value, choices in (("--device", self.device, DEVICES), ("--backend", self.backend, BACKEND_CHOICES),
-                                      ("--precision", self.precision, PRECISION_CHOICES)):
-            if value not in choices:
-                raise InputError(f"{label} must be one of {', '.join(choices)}, got {value}")
+        check_model_choices(self.checkpoint_path, self.device, self.backend, self.precision)
         if not is_loopback(self.host) and not self.token:
             raise InputError(f"--host {self.host} is reachable from other machines: give --token (or set {TOKEN_ENV}) "
                              "so every request must carry it, or bind 127.0.0.1")
