@@ -20,8 +20,6 @@ from pathlib import Path
 
 from .logs import CHILD_FINISHED
 
-GPU_STAGES = ("detect", "postprocess", "crop", "generate", "paste", "score")  # the pipeline thread's, on the compute stream
-
 
 def say(line: str) -> None:
     print(f"gpu-check child: {line}", file=sys.stderr, flush=True)
@@ -113,49 +111,32 @@ def set_numerics() -> None:
 
 
 def attach_timing(path: Path) -> None:
-    """CUDA events around every timed stage on the run's compute stream, a timestamp per written batch,
-    and the memory peaks at exit, into ``path`` (JSON)."""
+    """The library's own GPU timing of each run (CUDA events per GPU stage on the compute stream, the
+    steady rate of written batches, the memory peaks), collected from the runs' results into ``path``
+    (JSON) at exit."""
     import torch
 
-    from wav2lip_trt.execution import context, writer
-    from wav2lip_trt.execution.gpu_timing import EventClock, SteadyRate, memory_report
-    from wav2lip_trt.stages import StageTimes
+    from wav2lip_trt import session
+    from wav2lip_trt.execution.gpu_timing import memory_report
 
-    clocks: list[EventClock] = []
-    rate = SteadyRate()
-    init_ctx, init_writer, stage = context.DeviceContext.__init__, writer.WriterThread.__init__, StageTimes.stage
+    results: list = []
+    execute = session.Session.execute
 
-    def ctx_init(self, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
-        init_ctx(self, *args, **kwargs)
-        clocks.append(EventClock(self.compute))
+    def keep(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202  only records what the run reports
+        result = execute(self, *args, **kwargs)
+        results.append(result)
+        return result
 
-    def writer_init(self, *args, busy=None, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
-        def batch(seconds: float, frames: int) -> None:  # the writer reports each batch once it is written
-            rate.batch(frames)
-            if busy is not None:
-                busy(seconds, frames)
-
-        init_writer(self, *args, busy=batch, **kwargs)
-
-    def timed_stage(self, name, items=0):  # noqa: ANN001, ANN202
-        import contextlib
-
-        stack = contextlib.ExitStack()
-        stack.enter_context(stage(self, name, items))
-        if clocks and name in GPU_STAGES:
-            stack.enter_context(clocks[-1].span(name))
-        return stack
-
-    context.DeviceContext.__init__ = ctx_init  # type: ignore[method-assign]
-    writer.WriterThread.__init__ = writer_init  # type: ignore[method-assign]
-    StageTimes.stage = timed_stage  # type: ignore[method-assign]
+    session.Session.execute = keep  # type: ignore[method-assign]
 
     def write() -> None:
-        gpu = {}
-        for clock in clocks:
-            for name, seconds in clock.seconds().items():
-                gpu[name] = round(gpu.get(name, 0.0) + seconds, 6)
-        path.write_text(json.dumps({"gpu_stage_seconds": gpu, **rate.report(), **memory_report(),
+        gpu: dict[str, float] = {}
+        for result in results:
+            for row in result.stages:
+                if "gpu_seconds" in row:
+                    gpu[row["stage"]] = round(gpu.get(row["stage"], 0.0) + row["gpu_seconds"], 6)
+        rate = results[-1].rate if results else {"frames": 0, "batches": 0, "first_batch_s": None, "steady_fps": None}
+        path.write_text(json.dumps({"gpu_stage_seconds": gpu, **rate, **memory_report(),
                                     "cuda": torch.cuda.is_available()}, indent=2) + "\n")
 
     atexit.register(write)

@@ -106,6 +106,7 @@ def side_by_side(checkpoints, tmp_path_factory) -> tuple[BenchReport, Path]:
     report_path = work / "bench.json"
     argv = ["bench", "-q", "--checkpoint_path", str(wav2lip), "--s3fd-checkpoint", str(s3fd), "--seconds", "0.6",
             "--size", "128x160", "--repeats", "1", "--warmup", "0", "--on-missing-face", "previous",
+            "--wav2lip_batch_size", "4",  # several written batches: a steady rate
             "--work-dir", str(work / "runs"), "--json", str(report_path)]
     main(argv)  # returns normally on success
     return json.loads(report_path.read_text()), work
@@ -131,6 +132,10 @@ def test_reference_and_pipeline_are_measured_side_by_side(side_by_side) -> None:
     assert report["modes"]["reference"]["backend"] == "reference" and report["modes"]["reference"]["stages"] == []
     stages = [row["stage"] for row in report["modes"]["torch"]["stages"]]
     assert {"audio", "decode", "detect", "postprocess", "crop", "generate", "paste", "encode"} <= set(stages)
+    torch_mode, torch_run = report["modes"]["torch"], report["modes"]["torch"]["runs"][0]
+    assert torch_mode["steady_frames_per_second"]["median"] == torch_run["steady_fps"] > 0
+    assert 0 < torch_run["first_batch_seconds"] < torch_run["seconds"]
+    assert report["modes"]["reference"]["steady_frames_per_second"] is None  # the reference reports no batches
     ratio = report["speedup_over_reference"]["torch"]
     assert ratio["median_ratio"] == pytest.approx(
         report["modes"]["reference"]["seconds"]["median"] / report["modes"]["torch"]["seconds"]["median"], rel=1e-2)

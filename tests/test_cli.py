@@ -71,6 +71,21 @@ def test_video_end_to_end(inputs, tmp_path) -> None:
     assert data["frames"] == 22 and data["outfile"] == str(out) and data["device"] == "cpu"
 
 
+def test_json_and_profile_report_the_steady_rate(inputs, tmp_path) -> None:
+    """Six generator batches of 4: the rate from the first written batch to the last, start-up apart; the CPU
+    has no CUDA events, so no stage carries GPU seconds and no device memory joins the resources."""
+    out, report = tmp_path / "result.mp4", tmp_path / "report.json"
+    proc = run_cli(*base_args(inputs, out), "--box", "10", "80", "20", "100", "--wav2lip_batch_size", "4",
+                   "--json", report, "--profile", "-q")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(report.read_text())
+    assert data["written_batches"] == 6 and data["steady_frames_per_second"] > 0
+    assert 0 < data["first_batch_seconds"] < data["seconds"]
+    assert all("gpu_seconds" not in row for row in data["stages"])
+    assert "max_memory_reserved" not in data["resources"] and "peak_rss_mib" in data["resources"]
+    assert f"steady {data['steady_frames_per_second']:.1f} frames/s over 6 written batches" in proc.stderr
+
+
 def test_still_image_kebab_case_and_quiet(inputs, tmp_path) -> None:
     out = tmp_path / "image.mp4"
     proc = run_cli("infer", "--checkpoint-path", inputs["wav2lip"], "--s3fd_checkpoint", inputs["s3fd"],

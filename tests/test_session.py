@@ -62,3 +62,19 @@ def test_model_options_belong_to_the_session(media, checkpoints, tmp_path) -> No
         assert result.frames == 12 and (tmp_path / "box.mp4").exists()
     with pytest.raises(InputError, match="file not found"):
         Session(tmp_path / "missing.pth")
+
+
+def _infer_two_batches(media: dict[str, Path], checkpoints, tmp_path: Path, device: str):
+    return run_inference(InferenceOptions(checkpoint_path=checkpoints[0], s3fd_checkpoint=checkpoints[1],
+                                          face=media["face"], audio=media["b"], outfile=tmp_path / "rate.mp4",
+                                          device=device, box=(10, 80, 20, 100), wav2lip_batch_size=4))
+
+
+@pytest.mark.gpu
+def test_gpu_stages_carry_gpu_time_on_cuda(media, checkpoints, tmp_path) -> None:
+    """On CUDA the GPU stages are timed by events on the compute stream; the memory peaks join the resources."""
+    result = _infer_two_batches(media, checkpoints, tmp_path, "cuda")
+    rows = {row["stage"]: row for row in result.stages}
+    assert rows["generate"]["gpu_seconds"] > 0
+    assert "gpu_seconds" not in rows["encode"]  # host work: no events
+    assert result.rate["steady_fps"] is not None and result.resources["max_memory_reserved"] > 0

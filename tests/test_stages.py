@@ -63,3 +63,18 @@ def test_stage_times_count_items_and_time() -> None:
     assert rows["decode"]["items"] == 3 and rows["generate"]["items"] == 4
     assert rows["generate"]["seconds"] >= 0.05
     assert rows["generate"]["items_per_second"] == pytest.approx(4 / rows["generate"]["seconds"], rel=0.01)
+
+
+def test_stage_times_without_a_gpu_clock_report_host_time_only() -> None:
+    """An EventClock with no stream (the CPU) times nothing: the rows are those of a clockless StageTimes."""
+    from wav2lip_trt.execution.gpu_timing import EventClock
+
+    plain, clocked = StageTimes(), StageTimes(EventClock(None))
+    for times in (plain, clocked):
+        times.add("generate", 0.5, 8)
+        with times.stage("paste", items=8):
+            pass
+        times.add("paste", 0.25 - times.seconds["paste"])  # equal busy time in both, whatever the block took
+        times.add("encode", 0.1, 8)
+    assert clocked.rows() == plain.rows()
+    assert all("gpu_seconds" not in row for row in clocked.rows())

@@ -168,6 +168,7 @@ def _check_json(json_path: Path | None, options: InferenceOptions) -> None:
 def _finish(result: Any, report: dict[str, Any], quiet: bool, show_profile: bool) -> None:
     if show_profile:  # asked for explicitly, so printed even with --quiet
         click.echo(_stage_table(result.stages), err=True)
+        click.echo(_rate_line(result.rate), err=True)
         if result.resources:
             from .measure import describe_usage
 
@@ -241,11 +242,21 @@ def _infer_many(options: InferenceOptions, audios: tuple[Path, ...], quiet: bool
 
 
 def _stage_table(rows: list[dict]) -> str:
-    lines = [f"{'stage':<12} {'busy s':>9} {'items':>7} {'items/s':>10}"]
+    gpu = any("gpu_seconds" in row for row in rows)  # CUDA events on the compute stream (a GPU run only)
+    lines = [f"{'stage':<12} {'busy s':>9} {'items':>7} {'items/s':>10}" + (f" {'GPU s':>9}" if gpu else "")]
     for row in rows:
         rate = "" if row["items_per_second"] is None else f"{row['items_per_second']:.1f}"
-        lines.append(f"{row['stage']:<12} {row['seconds']:>9.3f} {row['items']:>7} {rate:>10}")
+        gpu_s = "" if "gpu_seconds" not in row else f"{row['gpu_seconds']:.3f}"
+        lines.append(f"{row['stage']:<12} {row['seconds']:>9.3f} {row['items']:>7} {rate:>10}" + (f" {gpu_s:>9}" if gpu else ""))
     return "\n".join(lines)
+
+
+def _rate_line(rate: dict) -> str:
+    steady = rate.get("steady_fps")
+    first = rate.get("first_batch_s")
+    return (f"steady {'n/a (fewer than two batches)' if steady is None else f'{steady:.1f} frames/s'} over "
+            f"{rate.get('batches', 0)} written batches; {'?' if first is None else f'{first:.2f}'} s to the first "
+            "(start-up: audio, load, warm-up, detection, first batch)")
 
 
 cli.add_command(build_engines_command)

@@ -33,6 +33,7 @@ from .encode import VideoWriter
 from .encoders import choose_encoder
 from .errors import AudioError, InputError
 from .execution import BatchPlan, DeviceContext, WriterThread, plan_batches
+from .execution.gpu_timing import EventClock, SteadyRate, memory_report
 from .execution.memory import bound_allocator
 from .faces import IMG_SIZE
 from .ffmpeg import find_ffmpeg
@@ -79,6 +80,7 @@ class InferenceResult:
     detection: str = "fixed box"  # where the face boxes came from: "cache hit", "cache miss", "boxes file", ...
     scores: dict | None = None  # --score: {"expert": ..., "visual_quality": ...} (wav2lip_trt.scoring.online)
     resources: dict = field(default_factory=dict)  # CPU time, page faults, peak RSS, threads (measure.Usage.since)
+    rate: dict = field(default_factory=dict)  # written batches: frames, batches, first_batch_s, steady_fps (SteadyRate)
 
     def report(self) -> dict[str, Any]:
         """The run as ``infer --json`` reports it (also serve's job report)."""
@@ -88,7 +90,9 @@ class InferenceResult:
             "video_seconds": round(self.frames / self.fps, 3), "device": self.device, "backend": self.backend,
             "precision": self.precision, "detection": self.detection, "seconds": round(self.seconds, 3),
             "frames_per_second": round(self.frames / self.seconds, 3),
-            "realtime_factor": round(self.audio_seconds / self.seconds, 3), "stages": self.stages,
+            "realtime_factor": round(self.audio_seconds / self.seconds, 3),
+            "steady_frames_per_second": self.rate.get("steady_fps"), "first_batch_seconds": self.rate.get("first_batch_s"),
+            "written_batches": self.rate.get("batches"), "stages": self.stages,
             "threads": self.resources.get("threads"), "resources": self.resources, **(self.scores or {}),
         }
 
@@ -231,6 +235,14 @@ class Session:
         options, source, chunks, plan, times = job.options, job.source, job.chunks, job.plan, job.times
         self._check(options)
         usage = Usage.now()  # models loaded: what follows is this job's
+        times.clock = EventClock(self.context.compute if self.context.is_cuda else None)  # GPU time of the GPU stages
+        rate = SteadyRate()
+        rate.started = job.started  # start-up (audio, load, warm-up, detection, first batch) apart from the steady rate
+
+        def written(seconds: float, frames: int) -> None:
+            times.add("encode", seconds, frames)
+            rate.batch(frames)
+
         phase = on_phase if on_phase is not None else (lambda label: None)
         info, total = source.info, len(job.chunks)
         if not self._load_reported:
@@ -274,7 +286,7 @@ class Session:
                 preset=options.preset, pixel_format=ops.pixel_format,
             ) as writer, WriterThread(
                 writer, depth=plan.writer_batches, extra=_frame_saver(options.save_frames),
-                busy=lambda seconds, frames: times.add("encode", seconds, frames),
+                busy=written,
             ) as frames_out:
                 for batch in batches:
                     frames_out.put(batch)
@@ -286,7 +298,7 @@ class Session:
             audio_seconds=job.audio_seconds, device=str(self.generator.device), backend=self.runners.backend,
             precision=self.runners.precision, seconds=time.perf_counter() - job.started, stages=times.rows(),
             detection=origin, scores=None if scorer is None else scorer.report(total_frames=total),
-            resources=Usage.now().since(usage, total),
+            resources=_resources(Usage.now().since(usage, total), self.context), rate=rate.report(),
         )
 
     def _scorer(self, options: InferenceOptions) -> "OnlineScorer":
@@ -380,6 +392,15 @@ def run_inference(
     session._load_reported = True  # its load time is already in this job's "load" row
     with session:
         return session.execute(job, on_start=on_start, on_frame=on_frame, on_phase=on_phase)
+
+
+def _resources(usage: dict[str, Any], context: DeviceContext) -> dict[str, Any]:
+    """The run's CPU usage; on a GPU also peak device memory and pinned host bytes (peak RSS is in ``usage``)."""
+    if not context.is_cuda:
+        return usage
+    memory = memory_report(context.device)
+    del memory["peak_rss_bytes"]
+    return {**usage, **memory}
 
 
 def _warm_up(runner: Runner, batch: int, context: DeviceContext) -> None:

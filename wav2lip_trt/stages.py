@@ -14,17 +14,27 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from .execution.gpu_timing import EventClock
 
 T = TypeVar("T")
 
 STAGE_ORDER = ("audio", "load", "decode", "detect", "postprocess", "crop", "generate", "paste", "encode")
+GPU_STAGES = ("detect", "postprocess", "crop", "generate", "paste", "score")
+"""The stages that enqueue work on the compute stream (the pipeline thread's): timed by CUDA events too."""
 
 
 class StageTimes:
-    """Busy seconds and item counts per stage; thread-safe."""
+    """Busy seconds and item counts per stage; thread-safe.
 
-    def __init__(self) -> None:
+    With a ``clock`` on the compute stream, the :data:`GPU_STAGES` are also timed by CUDA events: host
+    busy time is enqueue time, the GPU's own time is ``gpu_seconds`` (read after the run, in :meth:`rows`).
+    """
+
+    def __init__(self, clock: "EventClock | None" = None) -> None:
+        self.clock = clock
         self._lock = threading.Lock()
         self.seconds: dict[str, float] = defaultdict(float)
         self.items: dict[str, int] = defaultdict(int)
@@ -37,18 +47,30 @@ class StageTimes:
     @contextmanager
     def stage(self, name: str, items: int = 0) -> Iterator[None]:
         start = time.perf_counter()
+        clock = self.clock if name in GPU_STAGES else None
         try:
-            yield
+            if clock is None:
+                yield
+            else:
+                with clock.span(name):
+                    yield
         finally:
             self.add(name, time.perf_counter() - start, items)
 
     def rows(self) -> list[dict[str, float | int | str]]:
+        """Per stage: busy seconds, items, items per second; ``gpu_seconds`` where events timed it (this
+        waits for the last event of each timed stage: call it after the run)."""
+        gpu = self.clock.seconds() if self.clock is not None else {}
         names = [n for n in STAGE_ORDER if n in self.seconds] + sorted(set(self.seconds) - set(STAGE_ORDER))
-        return [
-            {"stage": n, "seconds": round(self.seconds[n], 4), "items": self.items[n],
-             "items_per_second": round(self.items[n] / self.seconds[n], 2) if self.seconds[n] > 0 else None}
-            for n in names
-        ]
+        rows: list[dict[str, float | int | str]] = []
+        for n in names:
+            row: dict[str, float | int | str] = {
+                "stage": n, "seconds": round(self.seconds[n], 4), "items": self.items[n],
+                "items_per_second": round(self.items[n] / self.seconds[n], 2) if self.seconds[n] > 0 else None}
+            if n in gpu:
+                row["gpu_seconds"] = gpu[n]
+            rows.append(row)
+        return rows
 
 
 _DONE = object()

@@ -78,7 +78,8 @@ def _child(spec_path: Path) -> None:
             run = run_inference(options)
             seconds = time.perf_counter() - start
             result = {"frames": run.frames, "backend": run.backend, "precision": run.precision, "device": run.device,
-                      "stages": run.stages, "threads": torch.get_num_threads()}
+                      "stages": run.stages, "threads": torch.get_num_threads(),
+                      "steady_fps": run.rate.get("steady_fps"), "first_batch_seconds": run.rate.get("first_batch_s")}
     result["seconds"] = seconds
     if cuda:
         result["gpu_peak_bytes"] = int(torch.cuda.max_memory_reserved())

@@ -42,6 +42,8 @@ class Run:
     user_seconds: float = 0.0  # CPU time of the whole process (its ffmpeg included), from wait4's rusage
     sys_seconds: float = 0.0
     minor_faults: int = 0  # page faults of the whole process: what fresh memory costs (see execution.memory)
+    steady_fps: float | None = None  # frames/s from the first written batch to the last (None: under two batches)
+    first_batch_seconds: float | None = None  # the call's start to its first written batch: the start-up, apart
 
     @property
     def sys_share(self) -> float:
@@ -87,6 +89,12 @@ class ModeResult:
         return Spread.of([100 * r.sys_share for r in self.runs])
 
     @property
+    def steady_frames_per_second(self) -> Spread | None:
+        """Frames per second from the first written batch to the last: the rate without the start-up."""
+        values = [r.steady_fps for r in self.runs if r.steady_fps is not None]
+        return Spread.of(values) if values else None
+
+    @property
     def gpu_peak_mib(self) -> Spread | None:
         """torch's peak reserved CUDA memory."""
         values = [r.gpu_peak_bytes for r in self.runs if r.gpu_peak_bytes is not None]
@@ -108,8 +116,12 @@ class ModeResult:
             found = [row for run in self.runs for row in run.stages if row["stage"] == name]
             busy = Spread.of([float(row["seconds"]) for row in found])
             items = int(found[0]["items"])
-            rows.append({"stage": name, "busy_seconds": busy.to_json(), "items": items,
-                         "items_per_second": round(items / busy.median, 2) if busy.median > 0 and items else None})
+            row = {"stage": name, "busy_seconds": busy.to_json(), "items": items,
+                   "items_per_second": round(items / busy.median, 2) if busy.median > 0 and items else None}
+            gpu = [float(r["gpu_seconds"]) for r in found if "gpu_seconds" in r]  # CUDA events (GPU runs)
+            if gpu:
+                row["gpu_seconds"] = Spread.of(gpu).to_json()
+            rows.append(row)
         return rows
 
 
@@ -150,16 +162,18 @@ class BenchReport:
             "process, modes interleaved; median [min-max]",
             "",
             f"{'mode':<12} {'backend':<22} {'seconds':>22} {'frames/s':>20} {'x real time':>20} {'peak RSS MiB':>22}"
-            f" {'GPU MiB torch/device':>21} {'faults/frame':>14} {'sys %':>7} {'threads':>7}",
+            f" {'steady fps':>11} {'GPU MiB torch/device':>21} {'faults/frame':>14} {'sys %':>7} {'threads':>7}",
         ]
         for m in self.modes:
             run = m.runs[0]
             what = f"{run.backend} {run.precision} {run.device}"
             gpu, device = m.gpu_peak_mib, m.gpu_device_peak_mib
+            steady = m.steady_frames_per_second
+            steady_text = "n/a" if steady is None else f"{steady.median:.2f}"
             gpu_text = "" if gpu is None else f"{gpu.median:.0f}/{'?' if device is None else f'{device.median:.0f}'}"
             lines.append(
                 f"{m.mode:<12} {what:<22} {_spread(m.seconds, 2):>22} {_spread(m.frames_per_second, 2):>20} "
-                f"{_spread(m.realtime_factor, 3):>20} {_spread(m.peak_rss_mib, 0):>22} {gpu_text:>21}"
+                f"{_spread(m.realtime_factor, 3):>20} {_spread(m.peak_rss_mib, 0):>22} {steady_text:>11} {gpu_text:>21}"
                 f" {m.faults_per_frame.median:>14.0f} {m.sys_percent.median:>7.1f} {run.threads or '?':>7}"
             )
         for mode, ratio in self.speedups().items():
@@ -171,10 +185,12 @@ class BenchReport:
             if not stages:
                 continue
             lines += ["", f"{m.mode} stages (busy seconds, median of {len(m.runs)}; stages overlap in threads)",
-                      f"  {'stage':<12} {'busy s':>9} {'items':>7} {'items/s':>10}"]
+                      f"  {'stage':<12} {'busy s':>9} {'items':>7} {'items/s':>10} {'GPU s':>9}"]
             for row in stages:
                 rate = "" if row["items_per_second"] is None else f"{row['items_per_second']:.1f}"
-                lines.append(f"  {row['stage']:<12} {row['busy_seconds']['median']:>9.3f} {row['items']:>7} {rate:>10}")
+                gpu_s = f"{row['gpu_seconds']['median']:.3f}" if "gpu_seconds" in row else ""
+                lines.append(f"  {row['stage']:<12} {row['busy_seconds']['median']:>9.3f} {row['items']:>7} {rate:>10}"
+                             f" {gpu_s:>9}")
         if self.micro:
             lines += ["", "in-process timings (ms per call, median [min-max])"]
             for name, r in self.micro.items():
@@ -198,6 +214,8 @@ class BenchReport:
                     "realtime_factor": m.realtime_factor.to_json(), "peak_rss_mib": m.peak_rss_mib.to_json(),
                     "process_seconds": m.process_seconds.to_json(), "threads": m.runs[0].threads,
                     "minor_faults_per_frame": m.faults_per_frame.to_json(), "sys_percent": m.sys_percent.to_json(),
+                    "steady_frames_per_second": None if m.steady_frames_per_second is None
+                    else m.steady_frames_per_second.to_json(),
                     "gpu_peak_mib": None if m.gpu_peak_mib is None else m.gpu_peak_mib.to_json(),
                     "gpu_device_peak_mib": None if m.gpu_device_peak_mib is None else m.gpu_device_peak_mib.to_json(),
                     "stages": m.stages(),

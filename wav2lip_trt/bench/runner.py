@@ -115,4 +115,5 @@ def _measure(mode: str, options: BenchOptions, clip: Clip, work: Path, index: in
                precision=result["precision"], device=result["device"], stages=result["stages"],
                gpu_peak_bytes=result.get("gpu_peak_bytes"), gpu_device_peak_bytes=result.get("gpu_device_peak_bytes"),
                threads=result.get("threads"), user_seconds=measured.user_seconds, sys_seconds=measured.sys_seconds,
-               minor_faults=measured.minor_faults)
+               minor_faults=measured.minor_faults, steady_fps=result.get("steady_fps"),
+               first_batch_seconds=result.get("first_batch_seconds"))
