@@ -313,3 +313,38 @@ def compare_dumps(ref: Path, other: Path) -> dict[str, Any]:
                      "same_box_fraction": float(same_box.mean()) if len(same_box) else 0.0,
                      "psnr_db": None if mse == 0 else round(10 * math.log10(255.0**2 / mse), 2)}
     return out
+
+
+# ---- the live lip-sync on the GPU -------------------------------------------------------------------------
+
+LIVE_P95_MS = 350.0  # per-chunk latency (200 ms chunk fed -> its last frame out), 95th percentile, 1080p FP16
+LIVE_LAG_S = 0.5  # a stream keeps up when its last frame comes at most this long after its audio ended
+
+
+def judge_live(data: Mapping[str, Any], *, judged: bool = True) -> Verdict:
+    """The 1080p stream at real time must give every frame at 25 fps with p95 latency <= LIVE_P95_MS (``judged``;
+    the rehearsal only needs the flow to produce frames); the concurrent 720p streams are reported, not judged."""
+    if data.get("error"):
+        return failed(f"the live measurement {data['error']}")
+    single = data.get("single")
+    if not single:
+        return not_run("no live stream was measured")
+    concurrent = data.get("concurrent") or []
+    work = single["frames"] + sum(c["frames"] * c["streams"] for c in concurrent)
+    behind = next((c for c in concurrent if not c["held"]), None)
+    stop = (f", {behind['streams']} fell behind" + (f" ({behind['error']})" if behind.get("error") else "")
+            if behind else "")
+    figures = (f"{single['size']}: {single['frames']} of {single['expected_frames']} frames, p95 latency "
+               f"{single['p95_ms']} ms, last frame {single['lag_s']} s after the audio; {data.get('max_streams', 0)} "
+               f"concurrent {concurrent[0]['size'] if concurrent else '?'} streams held{stop}"
+               + (f" ({data['stopped']})" if data.get("stopped") else ""))
+    if judged:
+        problems = []
+        if not single["held"]:
+            why = f": {single['error']}" if single.get("error") else ""
+            problems.append(f"did not sustain {data.get('fps', 25)} fps{why}")
+        if single["p95_ms"] is None or single["p95_ms"] > LIVE_P95_MS:
+            problems.append(f"p95 latency {single['p95_ms']} ms > {LIVE_P95_MS:g} ms")
+        if problems:
+            return failed("; ".join(problems) + f" ({figures})", work, **data)
+    return passed(figures, work, **data)

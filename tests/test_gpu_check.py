@@ -26,7 +26,7 @@ from gpucheck.report import write_summary  # noqa: E402
 from gpucheck.runner import Runner, Step, StepResult, cap_log, run_logged  # noqa: E402
 from gpucheck.verdicts import (FAILED, NOT_RUN, PASSED, compare_dumps, hash_frames, headline,  # noqa: E402
                                judge_compute_sanitizer, judge_csan, judge_determinism, judge_parity, judge_pytest,
-                               judge_syncs, passed)
+                               judge_live, judge_syncs, passed)
 from wav2lip_trt.execution.gpu_timing import EventClock, SteadyRate, memory_report  # noqa: E402
 from wav2lip_trt.execution.handoff import STALL_ENV, smallest, stall  # noqa: E402
 
@@ -342,6 +342,39 @@ def test_parity_on_real_dumps(tmp_path: Path) -> None:
 
 def step(name: str, status: str, summary: str = "", required: bool = True, **details) -> StepResult:
     return StepResult(name, name.title(), status, summary, required=required, details=details)
+
+
+def test_the_live_step_measures_real_streams_and_judges_the_1080p_bar(checkpoints: tuple[Path, Path],
+                                                                      tmp_path: Path) -> None:
+    """The live child's rehearsal (96x96, 0.6 s of audio, one stream then 1 and 2 concurrent ones on one
+    session); its real figures judged: only the 1080p stream's fps and p95 <= 350 ms decide, no frames is NOT RUN."""
+    import copy
+
+    from gpucheck.live import main as live_main
+
+    out = tmp_path / "live.json"
+    assert live_main(["--checkpoint", str(checkpoints[0]), "--out", str(out), "--rehearsal"]) == 0
+    data = json.loads(out.read_text())
+    assert [c["streams"] for c in data["concurrent"]] == [1, 2]
+    for run in [data["single"], *data["concurrent"]]:
+        assert run["frames"] == run["expected_frames"] > 10 and run["dropped"] == 0 and run["p95_ms"] > 0
+    rehearsed = judge_live(data, judged=False)
+    assert rehearsed.status == PASSED and rehearsed.work == data["single"]["frames"] * 4
+
+    fast = copy.deepcopy(data)
+    fast["single"].update(held=True, p95_ms=300.0)
+    assert judge_live(fast).status == PASSED
+    fast["concurrent"][0]["held"], fast["max_streams"] = True, 1
+    fast["concurrent"][1].update(held=False, error="RuntimeError: x")  # reported, not judged
+    assert judge_live(fast).status == PASSED
+    assert "1 concurrent 96x96 streams held, 2 fell behind (RuntimeError: x)" in judge_live(fast).reason
+    fast["single"]["p95_ms"] = 351.0
+    assert judge_live(fast).status == FAILED and "p95 latency 351.0 ms > 350 ms" in judge_live(fast).reason
+    fast["single"].update(p95_ms=300.0, held=False)
+    assert judge_live(fast).status == FAILED and "did not sustain 25.0 fps" in judge_live(fast).reason
+    empty = {"single": {**data["single"], "frames": 0}, "concurrent": []}
+    assert judge_live(empty, judged=False).status == NOT_RUN and judge_live({}).status == NOT_RUN
+    assert judge_live({"error": "exited 1: boom"}).status == FAILED
 
 
 def test_the_first_line_says_proven_only_when_every_required_step_passed(tmp_path: Path) -> None:
