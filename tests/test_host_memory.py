@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pytest
+import torch
 
 from wav2lip_trt.audio import MelChunks, melspectrogram
 from wav2lip_trt.checkpoints import load_wav2lip
-from wav2lip_trt.execution.memory import HostPool, Workspace
+from wav2lip_trt.execution.memory import HostPool, Workspace, mapped
 from wav2lip_trt.frame_ops import HostOps
 from wav2lip_trt.options import InferenceOptions
 from wav2lip_trt.pipeline import face_items, generate
@@ -41,6 +44,52 @@ def test_a_workspace_view_is_contiguous_and_reused() -> None:
     assert smaller.flags.c_contiguous and smaller.shape == (2, 6)
     assert np.shares_memory(first, smaller)
     assert not np.shares_memory(work.get("x", (40, 6), np.float32), first)  # grown
+
+
+def _mapping(array: np.ndarray) -> object:
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array.obj if isinstance(array, memoryview) else array
+
+
+def test_pooled_frames_and_workspaces_live_in_their_own_mappings_outside_the_heap() -> None:
+    """Long-lived recycled buffers kept out of glibc's heap, where they would pin the holes between a
+    batch's activations and push the next batch's up (execution/memory.py: peak RSS)."""
+    assert isinstance(_mapping(HostPool((720, 1280, 3)).take()), mmap.mmap)
+    assert isinstance(_mapping(Workspace().get("x", (16, 96, 96, 6), np.float32)), mmap.mmap)
+    array = mapped((3, 4), np.float32)
+    array[:] = 1.5
+    assert array.shape == (3, 4) and array.dtype == np.float32 and array.flags.writeable and array.sum() == 18
+
+
+class _Shapes:
+    """The real generator, recording the batch size of every forward."""
+
+    def __init__(self, runner: TorchRunner) -> None:
+        self.runner, self.sizes = runner, []
+
+    def infer(self, feed):
+        self.sizes.append(len(feed[WAV2LIP_INPUTS[1]]))
+        return self.runner.infer(feed)
+
+
+def test_a_short_chunk_runs_padded_to_the_runs_chunk_and_keeps_its_bits(wav2lip) -> None:
+    """After a batch of 8 faces, a batch of 5 runs as one forward of 8 (the same activation blocks),
+    and its frames and predictions are those of a forward of 5."""
+    frames = list(talking_face_frames(5, 128, 112, seed=6))
+    chunks = MelChunks(melspectrogram(speechlike_audio(1.0, seed=7)), 25.0)
+    results = []
+    for first in (0, 8):
+        ops, runner = HostOps(chunks), _Shapes(wav2lip)
+        ops.chunk = first  # as after an earlier batch whose chunk was 8 faces
+        batch = [f.copy() for f in frames]
+        finished, pred = ops.lip_sync(runner, batch, [BOX] * 5, list(range(5)), StageTimes(), keep_pred=True)
+        results.append((batch, pred, runner.sizes))
+    (plain, plain_pred, plain_sizes), (padded, padded_pred, padded_sizes) = results
+    assert plain_sizes == [5] and padded_sizes == [8]
+    assert torch.equal(plain_pred, padded_pred)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, padded))
+    assert not all(np.array_equal(a, b) for a, b in zip(plain, frames))  # the faces were pasted
 
 
 @pytest.fixture(scope="module")

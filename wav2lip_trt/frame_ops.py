@@ -102,6 +102,7 @@ class HostOps:
         self.chunks, self.blend, self.source = chunks, blend, source
         self.pool = HostPool((source.info.height, source.info.width, 3), keep=frames_kept) if source is not None else None
         self.work = Workspace()
+        self.chunk = 0  # faces per generator forward: the run's first (largest) chunk, smaller ones padded to it
 
     def frames(self, limit: int | None, ahead: int, times: StageTimes) -> Iterator[np.ndarray]:
         assert self.source is not None
@@ -146,14 +147,19 @@ class HostOps:
             mel, face = generator_inputs(crops, self.chunks.gather([indices[i] for i in faced]),
                                          out=work.get("face", (n, IMG_SIZE, IMG_SIZE, 6), np.float32))
         with times.stage("generate", n):
-            preds, start = [], 0
+            # a prediction kept for the caller gets memory of its own; otherwise the workspace's. Each
+            # chunk's output is copied out and dropped at once: kept until the next chunk ran, it would
+            # sit among that chunk's activations and shift them up the heap, chunk after chunk
+            pred = torch.empty((n, 3, IMG_SIZE, IMG_SIZE)) if keep_pred else \
+                torch.from_numpy(work.get("pred", (n, 3, IMG_SIZE, IMG_SIZE), np.float32))
+            start = 0
             for size in chunk_sizes(n, CPU_GENERATOR_CHUNK):  # bounded activations, same bits
+                self.chunk = max(self.chunk, size)
                 feed = {WAV2LIP_INPUTS[0]: mel[start : start + size], WAV2LIP_INPUTS[1]: face[start : start + size]}
-                preds.append(runner.infer(feed)["pred"].detach().cpu())
+                if 1 < size < self.chunk:  # one shape for every chunk, so every batch reuses the same heap blocks
+                    feed = {name: _padded(work, name, part, self.chunk) for name, part in feed.items()}
+                pred[start : start + size] = runner.infer(feed)["pred"][:size]
                 start += size
-            # a prediction kept for the caller gets memory of its own; otherwise the workspace's
-            pred = torch.cat(preds) if keep_pred else \
-                torch.cat(preds, out=torch.from_numpy(work.get("pred", (n, 3, IMG_SIZE, IMG_SIZE), np.float32)))
         with times.stage("paste", n):
             if self.blend == "none":
                 for frame, generated, (y1, y2, x1, x2) in zip(boxed, prediction_to_uint8(pred.numpy()), face_boxes):
@@ -162,6 +168,17 @@ class HostOps:
             else:
                 _paste_with_kernel(boxed, pred, face_boxes, self.blend)  # type: ignore[arg-type]
         return finished, (pred if keep_pred else None)
+
+
+def _padded(work: Workspace, name: str, part: torch.Tensor, rows: int) -> torch.Tensor:
+    """``part`` (an NHWC array seen as NCHW, as :func:`~wav2lip_trt.faces.generator_inputs` makes it)
+    followed by zero rows up to ``rows``, with the same strides: a face's bits do not depend on the
+    other faces in its batch from 2 faces up (see :data:`~wav2lip_trt.execution.budget.CPU_GENERATOR_CHUNK`)."""
+    nhwc = part.permute(0, 2, 3, 1).numpy()
+    out = work.get(f"pad:{name}", (rows, *nhwc.shape[1:]), nhwc.dtype)
+    out[: len(nhwc)] = nhwc
+    out[len(nhwc) :] = 0
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
 class DeviceOps:

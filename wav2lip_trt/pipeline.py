@@ -198,7 +198,7 @@ def generate(
     frames without a face is flushed at ``batch_size`` frames too. ``chunks`` is needed for
     ``dump`` (``mel_chunks.npy``) and ``scorer`` (the expert compares each face with its chunk).
     ``on_frame(done)`` is told, after every generator call, how many output frames have their
-    faces generated: on the CPU a batch runs in chunks of 16 faces, and progress moves per chunk.
+    faces generated: on the CPU a batch runs in chunks of 8 faces, and progress moves per chunk.
     """
     times = times if times is not None else StageTimes()
     counter = None if on_frame is None else _GeneratedFrames(on_frame)

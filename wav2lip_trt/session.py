@@ -381,7 +381,7 @@ def run_inference(
     faces, lip-syncing); within a step that counts frames, ``on_start(total)`` gives the count and
     ``on_frame(done)`` the frames done so far: detecting faces counts input frames (after each S3FD
     batch; ``total`` is the container's estimate), lip-syncing counts output frames whose faces are
-    generated (after each generator call: on the CPU a chunk of 16 faces, so the bar moves within a
+    generated (after each generator call: on the CPU a chunk of 8 faces, so the bar moves within a
     batch; the writer follows a batch behind).
     """
     job = prepare_job(options, on_phase)

@@ -9,10 +9,12 @@ DEFAULT_FRAME_MEMORY_MB = 256
 
 WRITER_QUEUE = 1  # finished batches waiting for the encoder besides the one it is writing
 HELD_BATCHES = 2 + WRITER_QUEUE  # being generated, queued, being written
-CPU_GENERATOR_CHUNK = 16
+CPU_GENERATOR_CHUNK = 8
 """Faces per Wav2Lip forward on the CPU. Activations cost ~11 MB a face in FP32 (1.4 GB at the
 original's 128); with the original's NHWC-strided input every batch size from 2 up gives the same
-bits, so chunks never leave a single face on its own (see :func:`chunk_sizes`)."""
+bits, so chunks never leave a single face on its own (see :func:`chunk_sizes`). 8 rather than 16:
+half the activations for the same throughput on 2 cores, and a heap that holds them fragments less
+(peak RSS at 720p, see :mod:`~wav2lip_trt.execution.memory`)."""
 
 
 @dataclass(frozen=True)
