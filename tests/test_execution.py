@@ -65,6 +65,23 @@ def test_slab_cuts_disjoint_buffers_of_exactly_the_bytes_asked_for() -> None:
     assert pinned_bytes()["slabs"] == 0  # nothing was pinned on the CPU
 
 
+def test_slabs_never_share_a_page() -> None:
+    """cudaHostRegister refuses a page registered twice: each slab is a page-aligned mapping of its own,
+    also under bound_allocator's policy, where heap blocks would sit back to back."""
+    import mmap
+
+    from wav2lip_trt.execution.memory import bound_allocator
+
+    bound_allocator()
+    slabs = [PinnedSlab(10_000_001 + k, pin=False) for k in range(3)]
+    pages = [(s.tensor.data_ptr() // mmap.PAGESIZE, (s.tensor.data_ptr() + s.nbytes - 1) // mmap.PAGESIZE)
+             for s in slabs]
+    assert all(s.tensor.data_ptr() % mmap.PAGESIZE == 0 for s in slabs)
+    for i, (first, last) in enumerate(pages):
+        for other_first, other_last in pages[i + 1 :]:
+            assert last < other_first or other_last < first
+
+
 def test_readback_on_the_cpu_gives_the_batch_in_chunks() -> None:
     ctx = DeviceContext(torch.device("cpu"))
     frames = torch.arange(7 * 2 * 3 * 3, dtype=torch.int64).remainder(251).to(torch.uint8).reshape(7, 2, 3, 3)

@@ -132,6 +132,7 @@ class Readback:
             part = tensor[starts[k] : starts[k] + self.chunk]
             host = slots[k % self.slots][: part.shape[0]]
             with torch.cuda.device(ctx.device), torch.cuda.stream(stream):
+                stall(stream)  # gpu-check's race window: a missing wait on this copy would show in the frames
                 host.copy_(part, non_blocking=True)
                 event = torch.cuda.Event(blocking=True)  # this thread waits on it: sleep, do not spin
                 event.record(stream)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .memory import mapped
+
 
 STALL_ENV = "WAV2LIP_TRT_TEST_STALL_US"
 """Test-only (gpu-check's determinism step): microseconds of GPU sleep enqueued on the producer's stream
@@ -76,12 +78,15 @@ class PinnedSlab:
     keeps the blocks for the life of the process, so pinned buffers could take twice what the
     ``--frame-memory`` plan allows and never come back. A slab pins exactly ``nbytes`` of ordinary
     host memory (``cudaHostRegister``), is cut into the buffers its owner needs, and is unpinned by
-    :meth:`close` (or when it is collected). Without ``pin`` (the CPU) it is plain memory.
+    :meth:`close` (or when it is collected). Without ``pin`` (the CPU) it is plain memory. The
+    memory is a mapping of its own (:func:`~wav2lip_trt.execution.memory.mapped`): from glibc's
+    heap (where ``bound_allocator`` puts every block) two live slabs could share a page, and CUDA
+    refuses to register a page twice.
     """
 
     def __init__(self, nbytes: int, *, pin: bool) -> None:
         self.nbytes = max(1, int(nbytes))
-        self.tensor = torch.empty(self.nbytes, dtype=torch.uint8)
+        self.tensor = torch.from_numpy(mapped((self.nbytes,)))
         self.pinned = False
         self._finalizer: weakref.finalize | None = None
         if pin:
