@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -198,3 +199,24 @@ def test_a_job_whose_outfile_is_another_jobs_face_runs_nothing(media, checkpoint
     assert face.read_bytes() == media["face"].read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "jobs.jsonl", "out"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sub"]
+
+
+@pytest.mark.parametrize("where", ["line", "option"])
+def test_a_home_that_cannot_be_expanded_is_one_error(checkpoints, tmp_path, where) -> None:
+    """``~no-such-user`` (``Path.expanduser``'s RuntimeError) or a HOME that is a file: one Error line, nothing run."""
+    home = tmp_path / "home-file"
+    home.write_bytes(b"x")
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [
+        {"face": "a.mp4", "audio": "a.wav", "outfile": str(tmp_path / "a_out.mp4"), "box": BOX},
+        {"face": "b.mp4", "audio": "b.wav", "outfile": "~/b_out.mp4" if where == "line" else str(tmp_path / "b.mp4"),
+         "box": BOX}])
+    extra = ("--cache-dir", "~no-such-user-w2l/cache") if where == "option" else ()
+    proc = subprocess.run(batch_args(jobs, checkpoints, "--quiet", *extra), capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HOME": str(home)})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: {jobs} line 2: outfile ~/b_out.mp4: cannot expand ~: HOME is '{home}', not a folder"
+        if where == "line" else
+        "Error: --cache-dir ~no-such-user-w2l/cache: cannot expand ~no-such-user-w2l: no user 'no-such-user-w2l' on "
+        "this machine"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home-file", "jobs.jsonl"]

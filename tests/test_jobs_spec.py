@@ -133,3 +133,39 @@ def test_outputs_never_hit_an_input_or_each_other_whatever_the_spelling(tmp_path
         checked(Path("jobs.jsonl"), first, {"face": "in/face.mp4", "audio": "in/a.wav", **second})
     assert str(info.value).startswith("jobs.jsonl: line ") and "\n" not in str(info.value)
     checked(Path("jobs.jsonl"), first, {"face": "in/face.mp4", "audio": "in/a.wav", "outfile": "o/sub/a.mp4"})
+
+
+@pytest.mark.parametrize("home, given, problem", [
+    (None, "~no-such-user-w2l/a.mp4", r"jobs.jsonl line 2: face ~no-such-user-w2l/a.mp4: cannot expand "
+                                      r"~no-such-user-w2l: no user 'no-such-user-w2l' on this machine$"),
+    ("file", "~/a.mp4", r"jobs.jsonl line 2: face ~/a.mp4: cannot expand ~: HOME is '.*home-file', not a folder$"),
+    ("missing", "~/a.mp4", r"jobs.jsonl line 2: face ~/a.mp4: cannot expand ~: HOME is '.*missing', not a folder$"),
+    ("", "~/a.mp4", r"jobs.jsonl line 2: face ~/a.mp4: cannot expand ~: HOME is '', not a folder$"),
+    ("relative", "~/a.mp4", r"jobs.jsonl line 2: face ~/a.mp4: cannot expand ~: HOME is 'relative', not a folder$"),
+])
+def test_a_home_that_names_no_folder_is_refused_with_the_line(tmp_path, monkeypatch, home, given, problem) -> None:
+    """A jobs file is not read by a shell: ``~`` is expanded here, and one that cannot be is the line's error.
+
+    ``Path.expanduser`` raises RuntimeError for an unknown user (and for ``~`` with HOME unset and
+    no password entry); HOME set to a file or nothing would make ``~/out.mp4`` some other path.
+    """
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "relative").mkdir()
+    (tmp_path / "home-file").write_bytes(b"x")
+    if home is not None:
+        monkeypatch.setenv("HOME", {"file": str(tmp_path / "home-file"), "missing": str(tmp_path / "missing")}
+                           .get(home, home))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"face": "a.mp4", "audio": "a.wav", "outfile": "a_out.mp4"},
+                                                 {"face": given, "audio": "b.wav", "outfile": "b_out.mp4"}])
+    with pytest.raises(InputError, match=problem):
+        read_jobs(jobs)
+
+
+def test_a_home_folder_expands_for_every_path(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"face": "~/a.mp4", "audio": "~", "outfile": "o.mp4",
+                                                  "boxes": "~/b.json"}])
+    (job,) = read_jobs(jobs)
+    assert job.face == Path("~/a.mp4")  # as written, for the messages
+    options = job.inference_options({"checkpoint_path": Path("w.pth")})
+    assert (options.face, options.audio, options.boxes) == (tmp_path / "a.mp4", tmp_path, tmp_path / "b.json")

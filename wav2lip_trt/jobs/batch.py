@@ -23,7 +23,7 @@ from ..errors import InputError, Wav2LipTrtError
 from ..files import check_output_file, named
 from ..options import InferenceOptions, check_model_choices
 from .results import Outcome, ResultsFile, is_done, mark_started
-from .spec import JobSpec, check_paths, read_jobs
+from .spec import JobSpec, absolute, check_paths, read_jobs
 from .worker import Task, WorkerSpec, failed
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,12 @@ class BatchOptions:
 
     def shared(self) -> dict[str, Any]:
         """The :class:`InferenceOptions` fields every job gets from here (paths absolute, the same for every worker)."""
-        return {"checkpoint_path": _absolute(self.checkpoint_path), "s3fd_checkpoint": _absolute(self.s3fd_checkpoint),
+        return {"checkpoint_path": absolute(self.checkpoint_path, "--checkpoint_path"),
+                "s3fd_checkpoint": absolute(self.s3fd_checkpoint, "--s3fd-checkpoint"),
                 "device": self.device, "backend": self.backend, "precision": self.precision,
-                "engines_dir": _absolute(self.engines_dir), "flavor": self.flavor,
-                "cache_dir": None if self.cache_dir is None else _absolute(self.cache_dir), "no_cache": self.no_cache}
+                "engines_dir": absolute(self.engines_dir, "--engines-dir"), "flavor": self.flavor,
+                "cache_dir": None if self.cache_dir is None else absolute(self.cache_dir, "--cache-dir"),
+                "no_cache": self.no_cache}
 
     def validate(self) -> None:
         check_model_choices(self.checkpoint_path, self.device, self.backend, self.precision)
@@ -105,8 +107,8 @@ def run_batch(options: BatchOptions, *, on_phase: Callable[[str], None] | None =
     started = time.perf_counter()
     phase = on_phase or (lambda label: None)
     options.validate()
-    jobs = read_jobs(options.jobs_file)
     shared = options.shared()
+    jobs = read_jobs(options.jobs_file)
     planned = [(job, job.inference_options(shared)) for job in jobs]
     _check_paths(options, planned)
     outcomes: dict[int, Outcome] = {}
@@ -128,7 +130,7 @@ def run_batch(options: BatchOptions, *, on_phase: Callable[[str], None] | None =
         todo = [task for task in (_task(job, opts, report) for job, opts in left) if task is not None]
         workers = 0
         if todo:
-            workers = _run(todo, options, report, phase, log_level)
+            workers = _run(todo, options, shared, report, phase, log_level)
     seconds = time.perf_counter() - started
     return BatchReport([outcomes[job.line] for job in jobs], seconds, options.results_path, workers)
 
@@ -167,14 +169,13 @@ def _task(job: JobSpec, opts: InferenceOptions, report: Callable[[Outcome], None
     return task
 
 
-def _run(tasks: list[Task], options: BatchOptions, report: Callable[[Outcome], None], phase: Callable[[str], None],
-         log_level: int) -> int:
+def _run(tasks: list[Task], options: BatchOptions, shared: dict[str, Any], report: Callable[[Outcome], None],
+         phase: Callable[[str], None], log_level: int) -> int:
     """Start the workers (local or Ray) and run ``tasks``; returns how many workers ran them."""
     needs_s3fd = any(task.options.needs_detector for task in tasks)
-    s3fd = Path(options.s3fd_checkpoint) if needs_s3fd and Path(options.s3fd_checkpoint).is_file() else None
-    spec = WorkerSpec(_absolute(options.checkpoint_path), None if s3fd is None else _absolute(s3fd), options.device,
-                      options.backend, options.precision, _absolute(options.engines_dir), options.flavor,
-                      threads=options.threads_per_worker)
+    s3fd = shared["s3fd_checkpoint"] if needs_s3fd and shared["s3fd_checkpoint"].is_file() else None
+    spec = WorkerSpec(shared["checkpoint_path"], s3fd, options.device, options.backend, options.precision,
+                      shared["engines_dir"], options.flavor, threads=options.threads_per_worker)
 
     def ready(count: int) -> None:
         phase(f"lip-syncing ({count} worker{'s' if count > 1 else ''} ready)")
@@ -206,7 +207,3 @@ def _check_paths(options: BatchOptions, planned: list[tuple[JobSpec, InferenceOp
                 named({"--checkpoint_path": options.checkpoint_path, "--s3fd-checkpoint": options.s3fd_checkpoint}),
                 named({"--results": options.results_path}))
     check_output_file(options.results_path, "--results")
-
-
-def _absolute(path: Path) -> Path:
-    return Path(path).expanduser().absolute()

@@ -8,7 +8,9 @@ and any per-call ``infer`` option by its Python name, with JSON types::
 CSV (``.csv``): a header with the same names, one job per row; an empty cell keeps the default, a
 box is ``y1 y2 x1 x2`` (or ``[y1, y2, x1, x2]``), a flag ``true``/``false``. Any other suffix is read
 as JSONL when its first non-blank character is ``{``, else as CSV. Blank lines and JSONL lines that
-start with ``#`` are skipped. Relative paths are relative to the current directory.
+start with ``#`` are skipped. Relative paths are relative to the current directory; a leading ``~``
+or ``~user`` is that home folder (no shell expands it here), and one that names no folder is refused
+with the file's line.
 
 The whole file is checked first: a malformed file is refused with one :class:`InputError` naming
 its line, so a typo on line 900 does not surface after 899 finished jobs; :func:`check_paths` then
@@ -20,6 +22,7 @@ job alone, when it runs.
 from __future__ import annotations
 
 import csv
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -65,9 +68,9 @@ class JobSpec:
         Absolute paths mean the same file to a worker whose current directory differs (a Ray actor on
         another machine sees the same shared storage, mounted at the same place).
         """
-        own = {k: _absolute(v) if isinstance(v, Path) else v for k, v in self.options.items()}
-        return InferenceOptions(face=_absolute(self.face), audio=_absolute(self.audio), outfile=_absolute(self.outfile),
-                                **shared, **own)
+        own = {k: absolute(v, k) if isinstance(v, Path) else v for k, v in self.options.items()}
+        return InferenceOptions(face=absolute(self.face, "face"), audio=absolute(self.audio, "audio"),
+                                outfile=absolute(self.outfile, "outfile"), **shared, **own)
 
 
 def read_jobs(path: str | Path) -> list[JobSpec]:
@@ -188,6 +191,11 @@ def _job(path: Path, line: int, record: dict[str, Any], *, from_text: bool) -> J
             values[name] = _coerce(Path if name in REQUIRED else hints[name], value, from_text)
         except ValueError as exc:
             raise InputError(f"{path} line {line}: {name}: {exc}") from None
+        if isinstance(values[name], Path):
+            try:
+                absolute(values[name], name)  # a ~ with no home folder: refused now, not when the batch starts
+            except InputError as exc:
+                raise InputError(f"{path} line {line}: {exc}") from None
     return JobSpec(line, values.pop("face"), values.pop("audio"), values.pop("outfile"), values)
 
 
@@ -251,5 +259,25 @@ def _int_tuple(value: Any, size: int, from_text: bool) -> tuple[int, ...]:
     return tuple(_int(item, from_text) for item in value)
 
 
-def _absolute(path: Path) -> Path:
-    return Path(path).expanduser().absolute()
+def absolute(path: Path, label: str) -> Path:
+    """``path`` with a leading ``~``/``~user`` expanded, made absolute: the same file for any worker.
+
+    :class:`InputError` naming ``label`` when that home folder is unknown (``HOME`` unset and no
+    password entry, an unknown user: ``Path.expanduser`` raises RuntimeError) or is not a folder
+    (``HOME=/etc/passwd``, ``HOME=relative``), where ``~/out.mp4`` would name some other file.
+    """
+    path = Path(path)
+    head = path.parts[0] if path.parts else ""
+    if not head.startswith("~"):
+        return path.absolute()
+    given = os.environ.get("HOME") if head == "~" else None
+    try:
+        home = Path(head).expanduser()
+    except (RuntimeError, ValueError):  # ValueError: a NUL in the user's name
+        why = (f"no user {head[1:]!r} on this machine" if head != "~" else
+               "HOME is not set and this user has no home folder" if given is None else f"HOME is {given!r}")
+        raise InputError(f"{label} {path}: cannot expand {head}: {why}") from None
+    if given == "" or not (home.is_absolute() and home.is_dir()):
+        shown = f"HOME is {given!r}" if given is not None else f"{head} is {str(home)!r}"
+        raise InputError(f"{label} {path}: cannot expand {head}: {shown}, not a folder")
+    return home.joinpath(*path.parts[1:])
