@@ -109,3 +109,32 @@ def test_results_lines_survive_a_cut_last_line(tmp_path) -> None:
     assert rows[0]["seconds"] == 1.235 and rows[1]["error"] == "--face file not found: b.mp4"
     assert set(rows[0]) == {"job", "status", "output", "error", "seconds", "frames", "fps", "frames_per_second",
                             "worker", "attempts"}
+
+
+def test_a_fifo_or_link_in_place_of_the_mark_is_not_done_and_never_blocks(tmp_path) -> None:
+    """Opening a FIFO for reading waits for a writer, forever: the mark is read as a regular file or not at all."""
+    import threading
+
+    options = _options(tmp_path)
+    mark_started(options, line=1)
+    options.outfile.write_bytes(b"video")
+    assert is_done(options)
+    mark = mark_path(options.outfile)
+    record = mark.read_bytes()
+    (tmp_path / "elsewhere.json").write_bytes(record)
+    _age(tmp_path / "elsewhere.json", 50)  # older than the output: followed, the link would make the job done
+    mark.unlink()
+    mark.symlink_to(tmp_path / "elsewhere.json")  # not a mark this batch wrote
+    assert not is_done(options)
+    mark.unlink()
+    os.mkfifo(mark)
+    answers: list[bool] = []
+    reader = threading.Thread(target=lambda: answers.append(is_done(options)), daemon=True)
+    reader.start()
+    reader.join(10)
+    blocked = reader.is_alive()
+    if blocked:  # in open(), waiting for a writer: give it one so the test ends, then fail
+        os.close(os.open(mark, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(10)
+    assert not blocked and answers == [False]
+    assert mark.exists() and not mark.is_file()  # looked at, left as it was

@@ -7,14 +7,19 @@ file system refuses, or an input in the way is one :class:`InputError` naming th
 The one rule for every command that writes (:func:`check_separate`): its outputs are compared with
 its inputs and with each other as files, not as spellings (``o/a.mp4``, ``o/sub/../a.mp4``, a
 symlink and a hard link are one file), and a clash is one error naming both paths.
+
+A file in a folder others write to (a cache entry, a batch's mark beside an output) is read with
+:func:`read_regular_file`, which neither follows a link nor blocks on a FIFO.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import secrets
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,6 +27,9 @@ from pathlib import Path
 
 from .errors import InputError
 
+_NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_LINK_ERRNOS = {errno.ELOOP, errno.EMLINK}  # what open(O_NOFOLLOW) says for a symbolic link (Linux, BSD)
+_SPECIAL_ERRNOS = {errno.EISDIR, errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP}  # a folder, socket, device
 NAME_MAX = 255  # bytes in one file name on ext4, XFS, Btrfs, tmpfs, APFS; used when the system does not say
 _RANDOM_CHARS = 8  # hex digits that make a temporary name unique
 PARTIAL = "partial"  # the tag of an output's temporary name (.{stem}.{random}.partial{suffix})
@@ -145,6 +153,48 @@ def work_dir(path: Path | None, prefix: str) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as tmp:
         yield Path(tmp)
+
+
+# --- reading a file that may be anything -------------------------------------------------------------
+
+
+class NotRegularFile(OSError):
+    """The path is a symbolic link, a folder, a FIFO, a device or a socket; ``strerror`` says which."""
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def open_regular(path: Path, flags: int, mode: int = 0o666) -> tuple[int, os.stat_result]:
+    """``os.open(path, flags)`` that neither follows a symbolic link nor blocks; (fd, fstat) of a regular file.
+
+    For a file in a folder anyone may have written to (a cache, an output folder holding our marks):
+    opening a FIFO for reading blocks until a writer comes, forever; a link would lead elsewhere.
+    Anything but a regular file is :class:`NotRegularFile`.
+    """
+    try:
+        fd = os.open(path, flags | _NO_FOLLOW, mode)
+    except OSError as exc:
+        if exc.errno in _LINK_ERRNOS:
+            raise NotRegularFile(exc.errno, "it is a symbolic link") from None
+        if exc.errno in _SPECIAL_ERRNOS:
+            raise NotRegularFile(exc.errno, "it is not a regular file") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotRegularFile(errno.EINVAL, f"it is {_kind(st.st_mode)}, not a regular file")
+    return fd, st
+
+
+def read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file (:class:`NotRegularFile` otherwise); never blocks on a FIFO."""
+    fd, _ = open_regular(path, os.O_RDONLY)
+    with open(fd, "rb") as f:
+        return f.read()
 
 
 # --- checks before any work starts -------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""Opening files in a folder we own without being led out of it: only regular files, never through a link.
+"""Locking files in a folder we own without being led out of it: only regular files, never through a link.
 
 A cache folder is shared and long-lived, so anything may appear in it: a symbolic link (opening it
 would read, or with ``O_CREAT`` create, a file at its target, wherever that is), a FIFO (opening it
 for reading blocks until a writer comes, forever), a folder, a socket or a device. Every open
-here is ``O_NOFOLLOW | O_NONBLOCK`` and then ``fstat``-checked, and anything but a regular file is
-:class:`NotRegularFile`.
+here is :func:`wav2lip_trt.files.open_regular` (``O_NOFOLLOW | O_NONBLOCK``, then ``fstat``-checked);
+reading (:func:`~wav2lip_trt.files.read_regular_file`) lives there too, for any package that reads
+such a folder.
 """
 
 from __future__ import annotations
@@ -12,52 +13,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
+
+from ..files import NotRegularFile, open_regular, read_regular_file
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-_NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-_LINK_ERRNOS = {errno.ELOOP, errno.EMLINK}  # what open(O_NOFOLLOW) says for a symbolic link (Linux, BSD)
-_SPECIAL_ERRNOS = {errno.EISDIR, errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP}  # a folder, socket, device
-
-
-class NotRegularFile(OSError):
-    """The path is a symbolic link, a folder, a FIFO, a device or a socket; ``strerror`` says which."""
-
-
-def _kind(mode: int) -> str:
-    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
-
-
-def open_regular(path: Path, flags: int, mode: int = 0o666) -> tuple[int, os.stat_result]:
-    """``os.open(path, flags)`` that neither follows a symbolic link nor blocks; (fd, fstat) of a regular file."""
-    try:
-        fd = os.open(path, flags | _NO_FOLLOW, mode)
-    except OSError as exc:
-        if exc.errno in _LINK_ERRNOS:
-            raise NotRegularFile(exc.errno, "it is a symbolic link") from None
-        if exc.errno in _SPECIAL_ERRNOS:
-            raise NotRegularFile(exc.errno, "it is not a regular file") from None
-        raise
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise NotRegularFile(errno.EINVAL, f"it is {_kind(st.st_mode)}, not a regular file")
-    return fd, st
-
-
-def read_regular_file(path: Path) -> bytes:
-    """The bytes of ``path`` if it is a regular file (:class:`NotRegularFile` otherwise)."""
-    fd, _ = open_regular(path, os.O_RDONLY)
-    with open(fd, "rb") as f:
-        return f.read()
+__all__ = ["NotRegularFile", "lock_file", "open_regular", "read_regular_file"]
 
 
 def lock_file(path: Path, on_replaced: Callable[[Path, str], None] | None = None) -> int:

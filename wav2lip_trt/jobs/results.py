@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from ..errors import InputError
-from ..files import atomic_write_text, name_max
+from ..files import atomic_write_text, name_max, read_regular_file
 from ..json_input import JsonInputError, load_json_text
 from ..options import InferenceOptions
 
@@ -129,8 +129,8 @@ def is_done(options: InferenceOptions) -> bool:
         made = os.stat(options.outfile)
         mark = mark_path(options.outfile)
         marked = os.stat(mark)
-        record = load_json_text(mark.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        record = load_json_text(read_regular_file(mark).decode("utf-8"))  # a FIFO there must not hang the batch
+    except (OSError, ValueError):  # NotRegularFile is an OSError, UnicodeDecodeError a ValueError
         return False
     if not isinstance(record, dict) or record.get("fingerprint") != fingerprint(options):
         return False
