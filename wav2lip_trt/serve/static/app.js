@@ -1,4 +1,6 @@
-// The page of `wav2lip-trt serve`: upload, follow the job's events, play the result, list recent jobs.
+// The page of `wav2lip-trt serve`. Jobs: upload (or pick an avatar), follow the job's events, play the result,
+// list recent jobs. Avatars: prepare a face once, list them. Live: stream a file or the microphone to an avatar
+// over the WebSocket and draw the frames as they come, with the latency each frame's header reports.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -8,6 +10,8 @@ let events = null;    // its EventSource
 function token() { return $("token").value.trim() || localStorage.getItem("wav2lip-trt-token") || ""; }
 function headers() { const t = token(); return t ? { Authorization: "Bearer " + t } : {}; }
 function withToken(url) { const t = token(); return t ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(t) : url; }
+function rememberToken() { if ($("token").value.trim()) localStorage.setItem("wav2lip-trt-token", $("token").value.trim()); }
+const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
 
 function showError(message) {
   const box = $("error");
@@ -33,26 +37,69 @@ function numbers(text, count, name) {
   return parts;
 }
 
-function options() {
+function cell(row, text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (cls) td.className = cls;
+  row.appendChild(td);
+  return td;
+}
+
+function link(text, href, onclick) {
+  const a = document.createElement("a");
+  a.href = href;
+  a.textContent = text;
+  if (onclick) a.onclick = (e) => { e.preventDefault(); onclick(); };
+  return a;
+}
+
+// ---- tabs
+
+const TABS = ["jobs", "avatars", "live"];
+
+function showTab(name) {
+  if (!TABS.includes(name)) name = "jobs";
+  for (const tab of TABS) {
+    $("tab-" + tab).hidden = tab !== name;
+    $("tab-button-" + tab).setAttribute("aria-selected", String(tab === name));
+  }
+}
+
+// ---- jobs
+
+function faceOptions(prefix) {
   const o = {};
-  if ($("box").value.trim()) o.box = numbers($("box").value, 4, "box");
-  if ($("pads").value.trim()) o.pads = numbers($("pads").value, 4, "pads");
+  if ($(prefix + "box").value.trim()) o.box = numbers($(prefix + "box").value, 4, "box");
+  if ($(prefix + "pads").value.trim()) o.pads = numbers($(prefix + "pads").value, 4, "pads");
+  if ($(prefix + "nosmooth").checked) o.nosmooth = true;
+  if ($(prefix + "static").checked) o.static = true;
+  return o;
+}
+
+function options(avatar) {
+  const o = avatar ? {} : faceOptions("");
   if ($("blend").value) o.blend = $("blend").value;
   if ($("crf").value) o.crf = Number($("crf").value);
-  if ($("nosmooth").checked) o.nosmooth = true;
-  if ($("static").checked) o.static = true;
   return o;
+}
+
+function avatarPicked() {
+  const avatar = $("job-avatar").value;
+  for (const id of ["face", "box", "pads", "nosmooth", "static"]) $(id).disabled = Boolean(avatar);
 }
 
 async function submit(event) {
   event.preventDefault();
   showError("");
-  if ($("token").value.trim()) localStorage.setItem("wav2lip-trt-token", $("token").value.trim());
+  rememberToken();
   const form = new FormData();
   try {
-    form.append("face", $("face").files[0]);
+    const avatar = $("job-avatar").value;
+    if (avatar) form.append("avatar", avatar);
+    else if ($("face").files[0]) form.append("face", $("face").files[0]);
+    else throw new Error("choose a face, or pick an avatar");
     form.append("audio", $("audio").files[0]);
-    form.append("options", JSON.stringify(options()));
+    form.append("options", JSON.stringify(options(avatar)));
     $("submit").disabled = true;
     const job = await api("POST", "/v1/jobs", form);
     follow(job);
@@ -115,12 +162,10 @@ async function cancel() {
   try { await api("DELETE", "/v1/jobs/" + current); } catch (e) { showError(e.message); }
 }
 
-function cell(row, text, cls) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  if (cls) td.className = cls;
-  row.appendChild(td);
-  return td;
+function jobFiles(job) {
+  const files = job.files || {};
+  const face = job.avatar ? "avatar " + job.avatar : files.face || "";
+  return face + " + " + (files.audio || "");
 }
 
 async function refreshJobs() {
@@ -131,25 +176,341 @@ async function refreshJobs() {
   for (const job of page.jobs) {
     const row = document.createElement("tr");
     cell(row, new Date(job.created * 1000).toLocaleString());
-    cell(row, (job.files.face || "") + " + " + (job.files.audio || ""));
+    cell(row, jobFiles(job));
     cell(row, job.status, "status-" + job.status);
     const details = cell(row, job.error || "");
     if (job.status === "succeeded") {
-      const link = document.createElement("a");
-      link.href = withToken(job.result);
-      link.textContent = "video";
-      details.appendChild(link);
+      details.appendChild(link("video", withToken(job.result)));
       if (job.report) details.append(" " + job.report.frames + " frames in " + job.report.seconds + " s");
     } else if (job.status === "queued" || job.status === "running") {
-      const link = document.createElement("a");
-      link.href = "#";
-      link.textContent = "follow";
-      link.onclick = (e) => { e.preventDefault(); follow(job); };
-      details.appendChild(link);
+      details.appendChild(link("follow", "#", () => follow(job)));
     }
     body.appendChild(row);
   }
 }
+
+// ---- avatars
+
+let avatarPoll = null;  // the timer that refreshes the list while an avatar is being prepared
+
+async function submitAvatar(event) {
+  event.preventDefault();
+  showError("");
+  rememberToken();
+  const form = new FormData();
+  try {
+    form.append("face", $("avatar-face").files[0]);
+    const o = faceOptions("avatar-");
+    o.loop = $("avatar-loop").value;
+    form.append("options", JSON.stringify(o));
+    $("avatar-submit").disabled = true;
+    await api("POST", "/v1/avatars", form);
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    $("avatar-submit").disabled = false;
+    refreshAvatars();
+  }
+}
+
+function avatarName(avatar) {
+  const face = avatar.files && avatar.files.face;
+  return face ? face + " (" + avatar.id + ")" : avatar.id;
+}
+
+function avatarDetails(avatar) {
+  if (avatar.status === "failed") return avatar.error || "";
+  if (avatar.status !== "succeeded") return "";
+  return avatar.width + "×" + avatar.height + ", " + avatar.frames + " frames at " + avatar.fps + " fps, loop "
+    + avatar.loop;
+}
+
+async function deleteAvatar(id) {
+  try { await api("DELETE", "/v1/avatars/" + id); } catch (e) { showError(e.message); }
+  refreshAvatars();
+}
+
+function fillAvatarChoices(avatars) {
+  for (const select of document.querySelectorAll(".avatar-choice")) {
+    const chosen = select.value;
+    const first = select.options[0];
+    select.replaceChildren(first);
+    for (const avatar of avatars.filter((a) => a.status === "succeeded")) {
+      const option = new Option(avatarName(avatar), avatar.id);
+      option.selected = avatar.id === chosen;
+      select.appendChild(option);
+    }
+  }
+  avatarPicked();
+}
+
+async function refreshAvatars() {
+  clearTimeout(avatarPoll);
+  let page;
+  try { page = await api("GET", "/v1/avatars?limit=50"); } catch (e) { return; }
+  const body = $("avatars");
+  body.replaceChildren();
+  for (const avatar of page.avatars) {
+    const row = document.createElement("tr");
+    row.dataset.id = avatar.id;
+    cell(row, new Date(avatar.created * 1000).toLocaleString());
+    cell(row, avatarName(avatar));
+    cell(row, avatar.status, "status-" + avatar.status);
+    const details = cell(row, avatarDetails(avatar) + " ");
+    if (avatar.status === "succeeded" || avatar.status === "failed") {
+      details.appendChild(link("delete", "#", () => deleteAvatar(avatar.id)));
+    }
+    body.appendChild(row);
+  }
+  fillAvatarChoices(page.avatars);
+  const preparing = page.avatars.some((a) => a.status === "queued" || a.status === "running");
+  if (preparing) avatarPoll = setTimeout(refreshAvatars, 1000);
+}
+
+// ---- live
+
+const RATE = 16000;           // what the server takes without resampling
+const CHUNK = RATE / 5;       // 200 ms of samples per message
+let live = null;              // the running session
+
+// Runs in the audio thread: the microphone's channels averaged and brought down to 16 kHz (each output sample the
+// mean of the input samples it covers), posted in 200 ms blocks.
+const CAPTURE = `registerProcessor("capture", class extends AudioWorkletProcessor {
+  constructor() { super(); this.step = sampleRate / ${RATE}; this.phase = 0; this.sum = 0; this.count = 0;
+                  this.out = new Float32Array(${CHUNK}); this.filled = 0; }
+  process(inputs) {
+    const channels = inputs[0];
+    if (!channels || !channels.length) return true;
+    for (let i = 0; i < channels[0].length; i++) {
+      let x = 0;
+      for (const c of channels) x += c[i];
+      this.sum += x / channels.length; this.count += 1; this.phase += 1;
+      if (this.phase >= this.step) {
+        this.phase -= this.step; this.out[this.filled++] = this.sum / this.count; this.sum = 0; this.count = 0;
+        if (this.filled === this.out.length) { this.port.postMessage(this.out, [this.out.buffer]);
+                                               this.out = new Float32Array(${CHUNK}); this.filled = 0; }
+      }
+    }
+    return true;
+  }
+});`;
+
+async function decodeFile(file) {
+  let decoded;
+  try {
+    decoded = await new OfflineAudioContext(1, 1, RATE).decodeAudioData(await file.arrayBuffer());
+  } catch (e) {
+    throw new Error(file.name + ": the browser cannot decode it as audio (" + e.message + ")");
+  }
+  if (!decoded.length) throw new Error(file.name + ": no audio in it");
+  const mono = new OfflineAudioContext(1, decoded.length, RATE);  // decoded at 16 kHz already; this mixes it down
+  const source = mono.createBufferSource();
+  source.buffer = decoded;
+  source.connect(mono.destination);
+  source.start();
+  return (await mono.startRendering()).getChannelData(0);
+}
+
+function s16le(samples) {
+  const out = new DataView(new ArrayBuffer(samples.length * 2));
+  for (let i = 0; i < samples.length; i++) {
+    out.setInt16(2 * i, Math.max(-32768, Math.min(32767, Math.round(samples[i] * 32768))), true);
+  }
+  return out.buffer;
+}
+
+async function openMicrophone() {
+  if (!navigator.mediaDevices) throw new Error("the microphone needs the page on https or localhost");
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1 } });
+  } catch (e) {
+    throw new Error("the microphone: " + e.message);
+  }
+  const context = new AudioContext();
+  await context.audioWorklet.addModule(URL.createObjectURL(new Blob([CAPTURE], { type: "text/javascript" })));
+  return { stream, context };
+}
+
+function setLiveState(text) { $("live-state").textContent = text; }
+
+function liveURL(avatar) {
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  return withToken(scheme + location.host + "/v1/live?avatar=" + encodeURIComponent(avatar) + "&rate=" + RATE);
+}
+
+function resetLive() {
+  for (const id of ["live-fps", "live-latency-p50", "live-latency-last"]) $(id).textContent = "–";
+  $("live-frames").textContent = "0";
+  $("live-sent").textContent = "0.0";
+  $("live-end").hidden = true;
+  const canvas = $("live-canvas");
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  delete canvas.dataset.index;
+}
+
+async function startLive(event) {
+  event.preventDefault();
+  showError("");
+  rememberToken();
+  if (live) return;
+  const avatar = $("live-avatar").value;
+  const fromMic = $("live-source-mic").checked;
+  const file = $("live-file").files[0];
+  if (!avatar) { showError("pick a ready avatar (prepare one in the Avatars tab)"); return; }
+  if (!fromMic && !file) { showError("choose an audio file, or the microphone"); return; }
+  const session = { samples: null, mic: null, ws: null, closing: false, ended: false, failed: false, sent: 0,
+                    frames: 0, drawn: -1, latencies: [], arrivals: [] };
+  live = session;
+  $("live-start").disabled = true;
+  resetLive();
+  try {
+    setLiveState(fromMic ? "opening the microphone…" : "decoding " + file.name + "…");
+    if (fromMic) session.mic = await openMicrophone();
+    else session.samples = await decodeFile(file);
+  } catch (e) {
+    liveOver(session);
+    setLiveState("idle");
+    showError(e.message);
+    return;
+  }
+  setLiveState("connecting…");
+  const ws = new WebSocket(liveURL(avatar));
+  ws.binaryType = "arraybuffer";
+  session.ws = ws;
+  ws.onmessage = (m) => {
+    if (typeof m.data === "string") liveMessage(session, JSON.parse(m.data));
+    else liveFrame(session, m.data);
+  };
+  ws.onclose = (e) => liveClosed(session, e);
+  $("live-stop").disabled = false;
+}
+
+function liveMessage(session, message) {
+  if (message.type === "ready") {
+    const canvas = $("live-canvas");
+    canvas.width = message.width;
+    canvas.height = message.height;
+    setLiveState("streaming at " + message.fps + " fps");
+    if (session.mic) streamMicrophone(session);
+    else streamFile(session, $("live-fast").checked);
+  } else if (message.type === "end") {
+    session.ended = true;
+    showReport(message.report || {});
+  } else if (message.type === "error") {
+    session.failed = true;
+    showError(message.error);
+  }
+}
+
+function sendAudio(session, samples) {
+  if (session.closing || session.ws.readyState !== WebSocket.OPEN) return;
+  session.ws.send(s16le(samples));
+  session.sent += samples.length;
+  $("live-sent").textContent = (session.sent / RATE).toFixed(1);
+}
+
+function endAudio(session) {
+  if (session.closing) return;
+  session.closing = true;
+  stopMicrophone(session);
+  if (session.ws && session.ws.readyState === WebSocket.OPEN) {
+    session.ws.send(JSON.stringify({ type: "close" }));
+    setLiveState("finishing…");
+  }
+}
+
+async function streamFile(session, fast) {
+  const samples = session.samples;
+  const start = performance.now();
+  for (let k = 0; k * CHUNK < samples.length && !session.closing; k++) {
+    const end = Math.min(samples.length, (k + 1) * CHUNK);
+    if (!fast) await sleep(start + (end / RATE) * 1000 - performance.now());  // sent once it has been spoken
+    sendAudio(session, samples.subarray(k * CHUNK, end));
+  }
+  endAudio(session);
+}
+
+function streamMicrophone(session) {
+  const { context, stream } = session.mic;
+  const node = new AudioWorkletNode(context, "capture", { numberOfOutputs: 0 });
+  node.port.onmessage = (e) => sendAudio(session, e.data);
+  context.createMediaStreamSource(stream).connect(node);
+  context.resume();
+}
+
+function stopMicrophone(session) {
+  if (!session.mic) return;
+  session.mic.stream.getTracks().forEach((track) => track.stop());
+  session.mic.context.close();
+  session.mic = null;
+}
+
+function insertSorted(values, x) {
+  let lo = 0, hi = values.length;
+  while (lo < hi) { const mid = (lo + hi) >> 1; if (values[mid] < x) lo = mid + 1; else hi = mid; }
+  values.splice(lo, 0, x);
+}
+
+function liveFrame(session, buffer) {
+  const size = new DataView(buffer).getUint32(0, false);
+  const header = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, size)));
+  const jpeg = new Blob([new Uint8Array(buffer, 4 + size)], { type: "image/jpeg" });
+  const now = performance.now();
+  session.frames += 1;
+  session.arrivals.push(now);
+  if (session.arrivals.length > 50) session.arrivals.shift();
+  $("live-frames").textContent = session.frames;
+  if (session.arrivals.length > 1) {
+    const seconds = (now - session.arrivals[0]) / 1000;
+    $("live-fps").textContent = ((session.arrivals.length - 1) / seconds).toFixed(1);
+  }
+  if (header.latency_ms != null) {
+    insertSorted(session.latencies, header.latency_ms);
+    $("live-latency-last").textContent = Math.round(header.latency_ms);
+    $("live-latency-p50").textContent = Math.round(session.latencies[(session.latencies.length - 1) >> 1]);
+  }
+  createImageBitmap(jpeg).then((bitmap) => {
+    if (header.index > session.drawn) {  // decoding can finish out of order: never draw an older frame
+      session.drawn = header.index;
+      const canvas = $("live-canvas");
+      canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+      canvas.dataset.index = header.index;
+    }
+    bitmap.close();
+  }, () => showError("frame " + header.index + ": the browser cannot decode its JPEG"));
+}
+
+function showReport(report) {
+  const latency = report.latency_ms || {};
+  $("live-summary").textContent = report.frames + " frames from " + report.audio_seconds + " s of audio in "
+    + report.seconds + " s (" + report.frames_per_second + " fps); latency p50 " + latency.p50 + " ms, p95 "
+    + latency.p95 + " ms; dropped " + report.dropped + ", gaps " + report.gaps;
+  $("live-report").textContent = JSON.stringify(report, null, 2);
+  $("live-end").hidden = false;
+}
+
+function liveClosed(session, event) {
+  liveOver(session);
+  if (session.ended) setLiveState("finished");
+  else if (session.failed) setLiveState("failed");
+  else {
+    setLiveState("closed");
+    const reason = event.reason ? ": " + event.reason : "";
+    showError("the live connection closed before the end (code " + event.code + reason + ")"
+      + (event.code === 1006 ? "; is the server up, and the token right?" : ""));
+  }
+}
+
+function liveOver(session) {
+  session.closing = true;
+  stopMicrophone(session);
+  if (live === session) live = null;
+  $("live-start").disabled = false;
+  $("live-stop").disabled = true;
+}
+
+// ---- start
 
 async function readiness() {
   try {
@@ -160,9 +521,21 @@ async function readiness() {
   }
 }
 
+for (const button of document.querySelectorAll("[data-tab]")) {
+  button.addEventListener("click", () => { location.hash = button.dataset.tab; });
+}
+window.addEventListener("hashchange", () => showTab(location.hash.slice(1)));
+showTab(location.hash.slice(1));
 $("job-form").addEventListener("submit", submit);
+$("job-avatar").addEventListener("change", avatarPicked);
 $("cancel").addEventListener("click", cancel);
+$("avatar-form").addEventListener("submit", submitAvatar);
+$("live-form").addEventListener("submit", startLive);
+$("live-stop").addEventListener("click", () => { if (live) endAudio(live); });
+$("live-file").addEventListener("change", () => { $("live-source-file").checked = true; });
 $("token").value = localStorage.getItem("wav2lip-trt-token") || "";
+$("token").addEventListener("change", () => { rememberToken(); refreshJobs(); refreshAvatars(); });
 readiness();
 setInterval(readiness, 5000);
 refreshJobs();
+refreshAvatars();
