@@ -4,6 +4,11 @@ Like the batch's :class:`~wav2lip_trt.jobs.local.LocalPool` (spawned processes, 
 one per GPU, dying with the server; a worker that dies is replaced and its job run once more on
 another), but open-ended: jobs arrive while it runs, can be cancelled, and report progress. One
 dispatcher thread owns the processes; other threads only queue, cancel and read counts.
+
+Tasks (:mod:`.tasks`): a lip-sync job, an avatar to prepare or an avatar job go through
+:meth:`ServePool.submit` and the queue alike. A live session does not queue: :meth:`ServePool.open_live`
+takes a free worker now (or raises :class:`~.channel.LiveBusy`) and hands its pipe to a
+:class:`~.channel.LiveChannel` until the session ends; the dispatcher leaves that pipe alone meanwhile.
 """
 
 from __future__ import annotations
@@ -11,19 +16,24 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import secrets
+import shutil
 import signal
 import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any, Protocol
 
-from ..files import temporary_siblings
 from ..jobs.local import _EOF, STOP_SECONDS, _poll
 from ..jobs.worker import WorkerSpec
-from ..options import InferenceOptions
+from .channel import LiveBusy, LiveChannel
+from .tasks import LIVE_DEFAULTS, LiveTask, Task, partial_paths, task_kind
 from .worker import CANCEL_SIGNAL, worker_main
+
+__all__ = ["LiveBusy", "LiveChannel", "PoolListener", "PoolTask", "ServePool"]
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +56,12 @@ class PoolListener(Protocol):
 @dataclass
 class PoolTask:
     job_id: str
-    options: InferenceOptions
+    options: Task  # InferenceOptions for a lip-sync job, else a :mod:`.tasks` task
     attempt: int = 1
+
+    @property
+    def kind(self) -> str:
+        return task_kind(self.options)
 
 
 @dataclass
@@ -58,6 +72,8 @@ class _Slot:
     gpu: int | None
     task: PoolTask | None = None
     ready: bool = False
+    live: LiveChannel | None = None  # a live session holds the worker and its pipe
+    read_lock: threading.Lock = field(default_factory=threading.Lock)  # the dispatcher reads the pipe under it
 
 
 @dataclass
@@ -103,9 +119,40 @@ class ServePool:
         with self._lock:
             return sum(slot.task is not None for slot in self._slots)
 
-    def submit(self, job_id: str, options: InferenceOptions) -> None:
+    def submit(self, job_id: str, options: Task) -> None:
+        """Queue a job, an avatar to prepare or an avatar job (the kind is the task's type, :func:`.tasks.task_kind`)."""
         with self._lock:
             self._pending.append(PoolTask(job_id, options))
+        self._wake()
+
+    def open_live(self, avatar_dir: Path, settings: dict[str, Any]) -> LiveChannel:
+        """A live session of the avatar folder on a free worker, now; :class:`LiveBusy` when none is free.
+
+        ``settings``: :data:`.tasks.LIVE_DEFAULTS`'s names (rate, clock, policy, ...)."""
+        task = LiveTask(Path(avatar_dir), {**LIVE_DEFAULTS, **settings})
+        live_id = secrets.token_hex(8)
+        with self._lock:
+            if self._draining or self._closing or self._counts.failed is not None:
+                raise LiveBusy("the server is not taking live sessions now (it is stopping, or its workers failed)")
+            slot = next((s for s in self._slots if s.ready and s.task is None and s.live is None), None)
+            if slot is None:
+                raise LiveBusy(f"no free worker for a live session (all {self.workers} are busy); try again later")
+            slot.task = PoolTask(live_id, task)
+        channel = LiveChannel(live_id, slot.conn, slot.process, int(task.settings["rate"]),
+                              lambda ended: self._live_ended(slot, ended))
+        with slot.read_lock:
+            slot.live = channel
+        channel.start(task)
+        return channel
+
+    def live_sessions(self) -> int:
+        with self._lock:
+            return sum(slot.live is not None for slot in self._slots)
+
+    def _live_ended(self, slot: _Slot, channel: LiveChannel) -> None:
+        with self._lock:
+            if slot.live is channel:
+                slot.live, slot.task = None, None
         self._wake()
 
     def cancel(self, job_id: str) -> str | None:
@@ -126,9 +173,14 @@ class ServePool:
         return None
 
     def stop(self, drain_seconds: float) -> list[str]:
-        """Run nothing new; give running jobs ``drain_seconds``; stop the workers. Returns the jobs cut short."""
+        """Run nothing new; end live sessions; give running jobs ``drain_seconds``; stop the workers.
+        Returns the jobs cut short."""
         with self._lock:
             self._draining = True
+            live = [slot.live for slot in self._slots if slot.live is not None]
+        for channel in live:
+            channel.abort()
+        with self._lock:
             busy = any(slot.task is not None for slot in self._slots)
         self._wake()
         if busy:
@@ -143,11 +195,14 @@ class ServePool:
         """In the dispatcher thread, which started every worker: ``PR_SET_PDEATHSIG`` fires when the
         *thread* that started a process ends, so this thread outlives its workers."""
         for slot in list(self._slots):  # a job that ended during the drain is recorded, not re-run
+            if slot.live is not None:
+                continue
             message = _poll(slot.conn)
             while message is not None and message is not _EOF:
                 self._handle(slot, message)
                 message = _poll(slot.conn)
-        self._counts.interrupted += [slot.task.job_id for slot in self._slots if slot.task is not None]
+        self._counts.interrupted += [slot.task.job_id for slot in self._slots
+                                     if slot.task is not None and slot.task.kind != "live"]
         for slot in self._slots:
             try:
                 if slot.task is None and slot.process.is_alive():
@@ -163,7 +218,10 @@ class ServePool:
                 slot.process.join()
             if slot.task is not None:
                 _remove_partial(slot.task)
-            slot.conn.close()
+            if slot.live is not None:
+                slot.live.worker_died("the server stopped")
+            else:
+                slot.conn.close()
         self._slots.clear()
         with self._lock:
             self._counts.interrupted += [task.job_id for task in self._pending]
@@ -204,7 +262,8 @@ class ServePool:
 
     def _step(self) -> None:
         slots = list(self._slots)
-        handles: list[Any] = [self._wake_r] + [s.conn for s in slots] + [s.process.sentinel for s in slots]
+        handles: list[Any] = [self._wake_r] + [s.conn for s in slots if s.live is None] + \
+            [s.process.sentinel for s in slots]
         for handle in wait(handles, timeout=1.0):
             if handle is self._wake_r:
                 while self._wake_r.poll():
@@ -213,10 +272,13 @@ class ServePool:
             slot = next((s for s in slots if handle is s.conn or handle == s.process.sentinel), None)
             if slot is None or slot not in self._slots:
                 continue
-            message = _poll(slot.conn)
-            while message is not None and message is not _EOF:
-                self._handle(slot, message)
-                message = _poll(slot.conn)
+            message = None
+            with slot.read_lock:
+                if slot.live is None:  # else its live channel reads the pipe
+                    message = _poll(slot.conn)
+                    while message is not None and message is not _EOF:
+                        self._handle(slot, message)
+                        message = _poll(slot.conn)
             if message is _EOF or not slot.process.is_alive():
                 self._bury(slot)
         with self._lock:
@@ -271,9 +333,17 @@ class ServePool:
         with self._lock:
             self._slots.remove(slot)
             task, slot.task = slot.task, None
+            live, slot.live = slot.live, None
             if slot.ready:
                 self._counts.ready -= 1
-        slot.conn.close()
+        if live is not None:
+            live.worker_died(how)  # it closes the pipe when it is done with it
+            log.warning("serve worker %d died (%s) during live session %s", slot.index, how, live.id)
+            task = None
+        else:
+            slot.conn.close()
+        if task is not None and task.kind == "live":
+            task = None  # its channel ended (the worker was killed after it): nothing to re-run
         if task is not None:
             _remove_partial(task)
             with self._lock:
@@ -303,6 +373,9 @@ class ServePool:
 
 
 def _remove_partial(task: PoolTask) -> None:
-    """A killed worker cannot remove its temporary output; this does (only that pattern of names)."""
-    for path in temporary_siblings(task.options.outfile):
-        path.unlink(missing_ok=True)
+    """A killed worker cannot remove its temporary output; this does (only those patterns of names)."""
+    for path in partial_paths(task.options):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

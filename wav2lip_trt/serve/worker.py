@@ -5,6 +5,10 @@ the process dies with its parent and unwinds on SIGTERM as a batch worker does. 
 what a server needs and a batch does not: progress (phase, frames) sent back while a job runs, the
 job's full ``--json`` report, and cancelling one job without losing the loaded session.
 
+Besides jobs, a worker prepares avatars, runs avatar jobs (both cancelled and reported like jobs)
+and live sessions (:mod:`.worker_tasks`): a live session reads the pipe itself until it ends, then
+waits for the server's ``release`` before it takes the next task.
+
 Cancelling: the pool sends SIGUSR1. While a job runs, the handler raises :class:`JobCancelled` (a
 ``KeyboardInterrupt``, so every interrupt-safe ``finally`` in the pipeline runs: ffmpeg is stopped
 and the temporary output removed); between jobs it is ignored. Messages to the pool are never cut
@@ -24,7 +28,8 @@ from typing import Any
 from .. import errors
 from ..jobs.local import _die_with_parent, _unwind
 from ..jobs.worker import WorkerSpec, open_session, this_worker
-from ..options import InferenceOptions
+from .tasks import AvatarTask, LiveTask, StreamTask, Task
+from .worker_tasks import prepare_avatar_task, run_live, stream_job, wait_release
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +102,19 @@ def worker_main(conn: Connection, spec: WorkerSpec, index: int, gpu: int | None,
                 if job is None:
                     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # leaving anyway: no unwind inside atexit
                     return
-                job_id, options = job
-                channel.send(_run(session, job_id, options, channel, name))
+                job_id, task = job
+                if isinstance(task, LiveTask):
+                    channel.send(run_live(session, job_id, task, conn, channel.send))
+                    if not wait_release(conn):
+                        return
+                else:
+                    channel.send(_run(session, job_id, task, channel, name))
     except KeyboardInterrupt:
         pass  # SIGTERM from the pool: the running job's temporary output was removed on the way out
 
 
-def _run(session: Any, job_id: str, options: InferenceOptions, channel: _Channel, name: str) -> tuple[Any, ...]:
-    """One job on ``session``: its ending message (done, failed or cancelled); never raises for the job's problems."""
+def _run(session: Any, job_id: str, task: Task, channel: _Channel, name: str) -> tuple[Any, ...]:
+    """One task on ``session``: its ending message (done, failed or cancelled); never raises for the task's problems."""
     last = [0.0]
 
     def frame(done: int) -> None:
@@ -122,9 +132,7 @@ def _run(session: Any, job_id: str, options: InferenceOptions, channel: _Channel
     channel.running = True
     try:
         try:
-            options.validate()
-            result = session.run(options, on_phase=lambda label: channel.send(("phase", job_id, label)),
-                                 on_start=start, on_frame=frame)
+            report = _work(session, task, lambda label: channel.send(("phase", job_id, label)), start, frame)
         finally:
             channel.running = False
             channel.cancel_pending = False
@@ -136,9 +144,18 @@ def _run(session: Any, job_id: str, options: InferenceOptions, channel: _Channel
         log.exception("job %s failed with an internal error", job_id)
         return ("failed", job_id, f"internal error: {type(exc).__name__}: {exc} (a bug; the traceback is in the "
                                   "server's log)")
-    report = result.report()  # the same report as infer --json
     report["worker"] = name
     return ("done", job_id, report, device_memory())
+
+
+def _work(session: Any, task: Task, on_phase: Any, on_start: Any, on_frame: Any) -> dict[str, Any]:
+    """The task's work and its report (a job's is infer --json's)."""
+    if isinstance(task, AvatarTask):
+        return prepare_avatar_task(session, task, on_phase)
+    if isinstance(task, StreamTask):
+        return stream_job(session, task, on_phase, on_start, on_frame)
+    task.validate()
+    return session.run(task, on_phase=on_phase, on_start=on_start, on_frame=on_frame).report()
 
 
 def device_memory() -> int | None:
