@@ -12,19 +12,79 @@ from __future__ import annotations
 import contextlib
 import resource
 import sys
+import threading
 import time
-from collections import defaultdict
+from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 
 
-class EventClock:
-    """Per-stage GPU seconds on one stream: an event before and after each span of launches."""
+class Mark(Protocol):
+    """A point in a stream's work, complete some time after it is recorded: :class:`torch.cuda.Event`'s API."""
 
-    def __init__(self, stream: "torch.cuda.Stream | None") -> None:
+    def query(self) -> bool: ...
+
+    def synchronize(self) -> None: ...
+
+    def elapsed_time(self, end: Any) -> float: ...
+
+
+class SpanTotals:
+    """Per-name sums of spans between two marks, folded as the marks complete: memory stays flat however
+    long the run (a live stream runs for hours), and at most ``outstanding`` spans wait to be folded.
+
+    :meth:`add` folds every span at the front whose end mark has completed (``query``, no wait); past
+    ``outstanding`` it waits for the oldest (``synchronize``). The spans of one stream complete in the
+    order they were recorded, and each name's milliseconds are added up in that order, so the totals
+    are the same numbers as a sum over all spans kept to the end. ``outstanding`` is far more spans than
+    the pipeline's bounded queues let the host run ahead of the GPU, so the wait does not happen in a run.
+    """
+
+    def __init__(self, outstanding: int = 256) -> None:
+        if outstanding < 1:
+            raise ValueError(f"outstanding must be at least 1, got {outstanding}")
+        self.outstanding = outstanding
+        self._pending: deque[tuple[str, Mark, Mark]] = deque()
+        self._ms: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Spans recorded but not folded yet."""
+        return len(self._pending)
+
+    def add(self, name: str, start: Mark, end: Mark) -> None:
+        with self._lock:
+            self._ms.setdefault(name, 0)
+            self._pending.append((name, start, end))
+            self._fold(wait_all=False)
+
+    def milliseconds(self) -> dict[str, float]:
+        """Name -> summed milliseconds of all spans added; waits for the ones not complete yet."""
+        with self._lock:
+            self._fold(wait_all=True)
+            return dict(self._ms)
+
+    def _fold(self, *, wait_all: bool) -> None:
+        while self._pending:
+            name, start, end = self._pending[0]
+            if wait_all or len(self._pending) > self.outstanding:
+                end.synchronize()
+            elif not end.query():
+                return
+            self._ms[name] += start.elapsed_time(end)
+            self._pending.popleft()
+
+
+class EventClock:
+    """Per-stage GPU seconds on one stream: an event before and after each span of launches (folded as
+    they complete, :class:`SpanTotals`)."""
+
+    def __init__(self, stream: "torch.cuda.Stream | None", *, outstanding: int = 256) -> None:
         self.stream = stream
-        self._spans: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = defaultdict(list)
+        self.totals = SpanTotals(outstanding)
 
     @contextlib.contextmanager
     def span(self, name: str) -> Iterator[None]:
@@ -39,15 +99,11 @@ class EventClock:
         finally:
             end = torch.cuda.Event(enable_timing=True)
             end.record(self.stream)
-            self._spans[name].append((start, end))
+            self.totals.add(name, start, end)
 
     def seconds(self) -> dict[str, float]:
-        """Stage -> GPU seconds; waits for the last recorded event of each stage."""
-        totals = {}
-        for name, spans in self._spans.items():
-            spans[-1][1].synchronize()
-            totals[name] = round(sum(start.elapsed_time(end) for start, end in spans) / 1000.0, 6)
-        return totals
+        """Stage -> GPU seconds; waits for the events not complete yet."""
+        return {name: round(ms / 1000.0, 6) for name, ms in self.totals.milliseconds().items()}
 
 
 class SteadyRate:
