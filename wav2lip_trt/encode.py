@@ -75,7 +75,7 @@ def frame_rate_arg(fps: float) -> str:
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
+def signals_deferred() -> Iterator[None]:
     """Hold the Python handlers of SIGINT, SIGTERM and SIGHUP until the block is done, then run them.
 
     An interrupt is an exception raised wherever the main thread is; inside ``subprocess.Popen``
@@ -100,6 +100,66 @@ def _signals_deferred() -> Iterator[None]:
             signal.signal(sig, handler)
         if pending:
             held[pending[0]](pending[0], None)  # the handler itself: Interrupted (or KeyboardInterrupt) now
+
+
+class FFmpegPipe:
+    """One ffmpeg process reading raw frames on its stdin: the one way to start, feed, finish and stop it
+    (the video writer's, and a live stream's MPEG-TS on stdout).
+
+    ffmpeg runs in a session of its own: a Ctrl-C at the terminal reaches only this process, which
+    stops ffmpeg itself (:meth:`stop`) instead of racing ffmpeg's own "Exiting normally, received
+    signal 2". Its messages go to a temporary file; a failure is one :class:`FFmpegError` that starts
+    with ``what`` and ends with ffmpeg's last line.
+    """
+
+    def __init__(self, cmd: list[str], what: str, *, stdout: int = subprocess.DEVNULL) -> None:
+        self.what = what
+        self._log = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=stdout, stderr=self._log,
+                                         start_new_session=True)
+        except OSError as exc:
+            self._log.close()
+            raise FFmpegError(f"cannot start ffmpeg ({cmd[0]}): {exc}") from None
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Raises :class:`BrokenPipeError` (or another :class:`OSError`) once ffmpeg has gone: what that
+        means is the caller's to say."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+
+    def failure(self, why: str) -> FFmpegError:
+        """``what: why: ffmpeg's last line`` (or its exit code)."""
+        self._log.seek(0)
+        lines = [ln for ln in self._log.read().decode(errors="replace").splitlines() if ln.strip()]
+        detail = lines[-1].strip() if lines else f"exit code {self.proc.returncode}"
+        return FFmpegError(f"{self.what}: {why}: {detail}")
+
+    def finish(self) -> None:
+        """The end of the input: close stdin, wait, and raise :meth:`failure` unless ffmpeg succeeded."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        if self.proc.wait() != 0:
+            raise self.failure("ffmpeg failed")
+
+    def stop(self) -> None:
+        """Kill ffmpeg if it still runs, and reap it (any end but success; harmless after :meth:`finish`)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Stop ffmpeg if it still runs, and drop its messages."""
+        self.stop()
+        self._log.close()
 
 
 class VideoWriter:
@@ -133,9 +193,8 @@ class VideoWriter:
         self.frame_shape = ((height, width, 3) if pixel_format == "bgr24"
                             else (yuv420_frame_bytes(width, height),))
         self.frames_written = 0
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._pipe: FFmpegPipe | None = None
         self._tmp: Path | None = None
-        self._log = tempfile.TemporaryFile()
 
     def command(self, target: Path) -> list[str]:
         yuv = self.pixel_format == "yuv420p"
@@ -161,23 +220,14 @@ class VideoWriter:
 
     def __enter__(self) -> "VideoWriter":
         try:
-            with _signals_deferred():  # an interrupt now would leave the file (and ffmpeg) behind
+            with signals_deferred():  # an interrupt now would leave the file (and ffmpeg) behind
                 try:
                     self.outfile.parent.mkdir(parents=True, exist_ok=True)
                     self._tmp = temporary_sibling(self.outfile)
                 except OSError as exc:
                     raise InputError(f"cannot write {self.outfile}: {exc.strerror or exc}") from None
-                try:
-                    # Its own session: a Ctrl-C at the terminal reaches only this process, which stops ffmpeg
-                    # itself (in __exit__) instead of racing ffmpeg's own "Exiting normally, received signal 2".
-                    self._proc = subprocess.Popen(
-                        self.command(self._tmp), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
-                        start_new_session=True,
-                    )
-                except OSError as exc:
-                    raise FFmpegError(f"cannot start ffmpeg ({self.ffmpeg}): {exc}") from None
+                self._pipe = FFmpegPipe(self.command(self._tmp), f"writing {self.outfile}")
         except BaseException:  # a failure, or the interrupt that arrived while ffmpeg started
-            self._stop()
             self._cleanup()
             raise
         return self
@@ -186,64 +236,34 @@ class VideoWriter:
         """One (H, W, 3) uint8 BGR frame, or with ``pixel_format="yuv420p"`` one frame's planar Y, U, V bytes."""
         if frame.shape != self.frame_shape or frame.dtype != np.uint8:
             raise ValueError(f"frame {frame.shape} {frame.dtype} != {self.frame_shape} uint8")
-        assert self._proc is not None and self._proc.stdin is not None
+        assert self._pipe is not None
         try:
-            self._proc.stdin.write(np.ascontiguousarray(frame).data)
-        except (BrokenPipeError, OSError):
-            self._proc.wait()
-            raise self._failure("ffmpeg stopped accepting frames") from None
+            self._pipe.write(np.ascontiguousarray(frame).data)
+        except OSError:
+            self._pipe.proc.wait()
+            raise self._pipe.failure("ffmpeg stopped accepting frames") from None
         self.frames_written += 1
-
-    def _failure(self, what: str) -> FFmpegError:
-        self._log.seek(0)
-        lines = [ln for ln in self._log.read().decode(errors="replace").splitlines() if ln.strip()]
-        detail = lines[-1].strip() if lines else f"exit code {self._proc.returncode if self._proc else '?'}"
-        return FFmpegError(f"writing {self.outfile}: {what}: {detail}")
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        proc = self._proc
+        pipe = self._pipe
         try:
-            if proc is None:
+            if pipe is None or exc_type is not None:
                 return
-            if exc_type is not None:
-                self._stop()
-                return
-            assert proc.stdin is not None
-            try:
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass
-            if proc.wait() != 0:
-                raise self._failure("ffmpeg failed")
+            pipe.finish()
             if self.frames_written == 0:
                 raise FFmpegError(f"writing {self.outfile}: no frames were produced")
             assert self._tmp is not None
             publish(self._tmp, self.outfile)
             self._tmp = None
-        except BaseException:  # e.g. an interrupt while ffmpeg finishes: it must not outlive the run
-            self._stop()
-            raise
-        finally:
+        finally:  # on any end but success (an interrupt while ffmpeg finishes too) ffmpeg must not outlive the run
             self._cleanup()
 
-    def _stop(self) -> None:
-        """Kill ffmpeg (if still running) and reap it."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        if proc.stdin is not None:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-
     def _cleanup(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None
-        self._log.close()

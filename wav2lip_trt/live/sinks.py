@@ -25,7 +25,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..audio import SAMPLE_RATE
-from ..encode import FASTSTART_SUFFIXES, VideoWriter, conversion_args, frame_rate_arg
+from ..encode import FASTSTART_SUFFIXES, FFmpegPipe, VideoWriter, conversion_args, frame_rate_arg, signals_deferred
 from ..errors import FFmpegError, InputError
 from ..files import publish, temporary_sibling
 from ..samples import write_wav
@@ -106,7 +106,8 @@ class FileSink:
 
 
 class StdoutSink:
-    """Frames to stdout as MPEG-TS (through ffmpeg) or raw BGR."""
+    """Frames to stdout as MPEG-TS (through ffmpeg: :class:`~wav2lip_trt.encode.FFmpegPipe`, as the file
+    writer's) or raw BGR."""
 
     def __init__(self, kind: str, *, width: int, height: int, fps: float, ffmpeg: str, crf: int,
                  out: BinaryIO | None = None) -> None:
@@ -115,28 +116,30 @@ class StdoutSink:
         self.kind, self.width, self.height, self.fps, self.ffmpeg, self.crf = kind, width, height, fps, ffmpeg, crf
         self.out = out if out is not None else sys.stdout.buffer
         self.frames_written = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.TemporaryFile()
+        self._pipe: FFmpegPipe | None = None
+
+    def command(self) -> list[str]:
+        """ffmpeg: raw BGR on stdin to low-latency H.264 in MPEG-TS on stdout."""
+        return [self.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
+                "-s", f"{self.width}x{self.height}", "-framerate", frame_rate_arg(self.fps), "-i", "pipe:0",
+                *conversion_args(self.width, self.height), "-c:v", "libx264", "-preset", "veryfast",
+                "-tune", "zerolatency", "-crf", str(self.crf), "-f", "mpegts", "pipe:1"]
 
     def __enter__(self) -> "StdoutSink":
         if self.kind == "ts":
-            cmd = [self.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24",
-                   "-s", f"{self.width}x{self.height}", "-framerate", frame_rate_arg(self.fps), "-i", "pipe:0",
-                   *conversion_args(self.width, self.height), "-c:v", "libx264", "-preset", "veryfast",
-                   "-tune", "zerolatency", "-crf", str(self.crf), "-f", "mpegts", "pipe:1"]
             try:
-                self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=self.out.fileno(), stderr=self._log,
-                                              start_new_session=True)
-            except OSError as exc:
-                raise FFmpegError(f"cannot start ffmpeg ({self.ffmpeg}): {exc}") from None
+                with signals_deferred():  # an interrupt inside the start would leave ffmpeg running
+                    self._pipe = FFmpegPipe(self.command(), "writing MPEG-TS to stdout", stdout=self.out.fileno())
+            except BaseException:
+                self._close()
+                raise
         return self
 
     def write(self, frame: np.ndarray) -> None:
         data = np.ascontiguousarray(frame).data
         try:
-            if self._proc is not None:
-                assert self._proc.stdin is not None
-                self._proc.stdin.write(data)
+            if self._pipe is not None:
+                self._pipe.write(data)
             else:
                 self.out.write(data)
                 self.out.flush()
@@ -147,29 +150,16 @@ class StdoutSink:
         self.frames_written += 1
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        proc = self._proc
         try:
-            if proc is None:
-                return
-            if exc_type is not None:
-                if proc.poll() is None:
-                    proc.kill()
-                proc.wait()
-                return
-            assert proc.stdin is not None
-            try:
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass
-            if proc.wait() != 0:
-                self._log.seek(0)
-                lines = [ln for ln in self._log.read().decode(errors="replace").splitlines() if ln.strip()]
-                raise FFmpegError(f"writing MPEG-TS to stdout: {lines[-1] if lines else 'ffmpeg failed'}")
+            if self._pipe is not None and exc_type is None:
+                self._pipe.finish()
         finally:
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            self._log.close()
+            self._close()
+
+    def _close(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
 
 
 def stdout_is_terminal() -> bool:
