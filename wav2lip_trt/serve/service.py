@@ -17,6 +17,7 @@ import math
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,8 @@ class _Live:
 class JobService:
     """The server's jobs; its pool callbacks (``job_*``, ``worker_ready``, ``pool_failed``) run on the pool's thread."""
 
-    def __init__(self, config: ServeConfig, log_level: int = logging.WARNING) -> None:
+    def __init__(self, config: ServeConfig, log_level: int = logging.WARNING,
+                 pool: Callable[[JobService], Any] | None = None) -> None:
         self.config = config
         self.state_dir = Path(config.state_dir).absolute()
         self.jobs_dir = self.state_dir / "jobs"
@@ -95,7 +97,9 @@ class JobService:
                           config.flavor, threads=max(1, cpu_cores() // workers))
         gpus = gpu_count(config.device) if config.device != "cpu" else 0
         self.workers = workers
-        self.pool = ServePool(spec, workers, self, gpus=range(gpus), log_level=log_level)
+        # pool: another pool with ServePool's interface, made with this service as its listener (serve --ray)
+        self.pool = pool(self) if pool is not None else \
+            ServePool(spec, workers, self, gpus=range(gpus), log_level=log_level)
         self.metrics = ServeMetrics(self.store.counts, self.pool.queued, lambda: self.pool.ready)
 
     # ---- life cycle -------------------------------------------------------------------------------
