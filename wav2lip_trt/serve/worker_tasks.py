@@ -43,9 +43,13 @@ def prepare_avatar_task(session: Session, task: AvatarTask, on_phase: Callable[[
     started = time.perf_counter()
     on_phase(AVATAR_PHASE)
     avatar = make_avatar(session, task.options, task.out, loop=task.loop)
+    return {**avatar_summary(avatar), "seconds": round(time.perf_counter() - started, 3)}
+
+
+def avatar_summary(avatar: Any) -> dict[str, Any]:
+    """What a client is told of a prepared avatar."""
     return {"frames": int(avatar.frames.shape[0]), "positions": len(avatar), "width": avatar.width,
-            "height": avatar.height, "fps": avatar.fps, "loop": avatar.loop, "detection": avatar.manifest["detection"],
-            "seconds": round(time.perf_counter() - started, 3)}
+            "height": avatar.height, "fps": avatar.fps, "loop": avatar.loop, "detection": avatar.manifest["detection"]}
 
 
 def stream_job(session: Session, task: StreamTask, on_phase: Callable[[str], None], on_start: Callable[[int], None],
