@@ -55,14 +55,15 @@ class Server:
 
 
 def start_server(folder: Path, checkpoints: tuple[Path, Path], *extra: str | Path, token: str | None = TOKEN,
-                 workers: int = 1, state_dir: Path | None = None) -> Server:
+                 workers: int | None = 1, state_dir: Path | None = None) -> Server:
     """Start serve and wait until a worker has its models loaded (``/readyz``)."""
     port = free_port()
     state_dir = state_dir or folder / "state"
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"serve-{port}.log"
     args = [sys.executable, "-m", "wav2lip_trt", "serve", "--checkpoint_path", str(checkpoints[0]),
-            "--s3fd-checkpoint", str(checkpoints[1]), "--device", "cpu", "--workers", str(workers),
+            "--s3fd-checkpoint", str(checkpoints[1]), "--device", "cpu",
+            *(("--workers", str(workers)) if workers is not None else ()),
             "--port", str(port), "--state-dir", str(state_dir), *map(str, extra)]
     if token is not None:
         args += ["--token", token]

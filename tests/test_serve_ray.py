@@ -1,0 +1,122 @@
+"""`wav2lip-trt serve --ray`: the same app as a Ray Serve application, on a local Ray instance the command starts.
+
+One server for the module (the real command and a real client; two CPUs, so one to two worker
+replicas of one CPU each): upload → events → a result whose frames equal `infer`'s; cancel mid-run
+leaves nothing; jobs waiting bring a second replica; /readyz and /metrics answer; SIGTERM drains
+and exits 0.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from wav2lip_trt.samples import float_to_int16, speechlike_audio, write_wav
+
+from jobs_media import write_media
+from media import decode_frames
+from serve_server import BOX, TOKEN, events, start_server, submit, wait_finished, wait_frames
+
+pytest.importorskip("ray.serve", reason="Ray Serve is not installed (the [serve] extra brings it; make test installs it)")
+
+MAX_REPLICAS = 2
+THREADS = 1  # torch threads of each replica: one CPU each on this two-CPU instance
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("serve_ray_media")
+    found = write_media(folder)
+    found["slow"] = write_wav(folder / "slow.wav", float_to_int16(speechlike_audio(3.0, seed=4)), 16000)
+    return found
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, checkpoints):
+    folder = tmp_path_factory.mktemp("serve_ray")
+    running = start_server(folder, checkpoints, "--ray", "--max-replicas", MAX_REPLICAS, "--drain-seconds", "5",
+                           workers=None)
+    yield running
+    assert running.stop(timeout=120) == 0, running.output()
+    assert "Traceback" not in running.output(), running.output()
+
+
+def test_upload_events_result_equal_to_infer(server, media, checkpoints, tmp_path) -> None:
+    with server.client() as client:
+        created = submit(client, media["face"], media["long"], box=BOX, crf=23)
+        assert created.status_code == 202, created.text
+        seen = list(events(client, created.json()["id"]))
+        progress = [data for name, data in seen if name == "progress"]
+        assert any(p["phase"] == "lip-syncing" for p in progress)
+        end = seen[-1][1]
+        assert seen[-1][0] == "end" and end["status"] == "succeeded", end
+        assert end["report"]["worker"].startswith("ray-serve:") and end["report"]["outfile"] == "result.mp4"
+        served = tmp_path / "served.mp4"
+        served.write_bytes(client.get(end["result"]).content)
+
+    reference = tmp_path / "infer.mp4"
+    cli = subprocess.run([sys.executable, "-m", "wav2lip_trt", "infer", "--checkpoint_path", str(checkpoints[0]),
+                          "--face", str(media["face"]), "--audio", str(media["long"]), "--outfile", str(reference),
+                          "--box", *map(str, BOX), "--crf", "23", "--device", "cpu", "-q"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+    assert cli.returncode == 0, cli.stderr
+    ours, theirs = decode_frames(served), decode_frames(reference)
+    assert ours.shape == theirs.shape and ours.shape[0] == end["report"]["frames"]
+    assert np.array_equal(ours, theirs)
+
+
+def test_cancel_mid_run_leaves_nothing(server, media) -> None:
+    with server.client() as client:
+        job = submit(client, media["face"], media["slow"], box=BOX, wav2lip_batch_size=4).json()
+        wait_frames(client, job["id"], 1)
+        cancelled = client.delete(f"/v1/jobs/{job['id']}")
+        assert cancelled.status_code == 200, cancelled.text
+        end = wait_finished(client, job["id"])
+        assert end["status"] == "cancelled" and end["error"] == "cancelled by a client"
+        assert not (server.state_dir / "jobs" / job["id"]).exists()
+        assert client.get(f"/v1/jobs/{job['id']}/result").status_code == 409
+
+
+def test_waiting_jobs_bring_a_second_replica(server, media) -> None:
+    with server.client() as client:
+        jobs = [submit(client, media["face"], media["slow"], box=BOX).json()["id"] for _ in range(3)]
+        most, deadline = 0, time.monotonic() + 120
+        while most < MAX_REPLICAS and time.monotonic() < deadline:
+            most = max(most, client.get("/readyz").json()["workers_ready"])
+            time.sleep(0.5)
+        assert most == MAX_REPLICAS
+        ends = [wait_finished(client, job) for job in jobs]
+        assert [end["status"] for end in ends] == ["succeeded"] * 3, ends
+
+
+def test_readyz_and_metrics(server) -> None:
+    ready = httpx.get(f"{server.url}/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json()["ready"] and ready.json()["workers"] == MAX_REPLICAS
+    assert httpx.get(f"{server.url}/metrics", timeout=10).status_code == 401  # the token guards it, as locally
+    with server.client() as client:
+        text = client.get("/metrics").text
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert families["wav2lip_trt_workers_ready"].samples[0].value >= 1
+    assert {s.labels["status"] for s in families["wav2lip_trt_jobs"].samples} >= {"queued", "running", "succeeded"}
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--ray", "--workers", "2"], "--workers is for a local server: with --ray, --min-replicas and --max-replicas "
+                                  "bound the workers"),
+    (["--max-replicas", "2"], "--min-replicas and --max-replicas are for --ray (locally, --workers sets the workers)"),
+    (["--ray", "--min-replicas", "3", "--max-replicas", "2"],
+     "--max-replicas must be at least 1 and at least --min-replicas (3), got 2"),
+])
+def test_replica_options_are_checked_before_ray_starts(checkpoints, tmp_path, args, error) -> None:
+    proc = subprocess.run([sys.executable, "-m", "wav2lip_trt", "serve", "--checkpoint_path", str(checkpoints[0]),
+                           "--state-dir", str(tmp_path / "state"), "--token", TOKEN, *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [f"Error: {error}"]
