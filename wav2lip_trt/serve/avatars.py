@@ -1,9 +1,10 @@
 """The avatars of a server: prepared once by a worker, kept under ``STATE_DIR/avatars/ID``, reused.
 
 An avatar (:mod:`wav2lip_trt.live.avatar`) is what a live session and an avatar job need of a face:
-frames, boxes and face crops. ``POST /v1/avatars`` stores the face as a job's upload is stored (or
-takes ``face_path`` under ``--allow-path``), checks it as ``wav2lip-trt avatar`` would before any
-model loads, and queues an :class:`~.tasks.AvatarTask`: a worker runs
+frames, boxes and face crops. ``POST /v1/avatars`` stores the face as a job's upload is stored
+(under ``STATE_DIR/avatar-uploads/ID``, kept as long as the avatar) or takes ``face_path`` under
+``--allow-path``, checks it as ``wav2lip-trt avatar`` would before any model loads, and queues an
+:class:`~.tasks.AvatarTask`: a worker runs
 :func:`~wav2lip_trt.live.avatar.make_avatar`, which writes the folder beside itself and renames it
 when complete. The row in the store (:class:`~.store.AvatarStore`) says how far it got: a restart
 finds a folder complete (succeeded) or queues the preparation again.
@@ -232,7 +233,6 @@ class AvatarService:
     def job_done(self, avatar_id: str, report: dict[str, Any], memory: int | None, worker: int) -> None:
         self._ended(avatar_id)
         self.store.update(avatar_id, status="succeeded", finished=time.time(), report=report, error=None)
-        remove(self.uploads / avatar_id)  # the avatar holds the frames: the upload is not needed again
 
     def job_failed(self, avatar_id: str, error: str) -> None:
         self._ended(avatar_id)

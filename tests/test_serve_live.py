@@ -1,0 +1,187 @@
+"""`WS /v1/live`: a live session against a real server process, with a real websocket client.
+
+Audio sent in 200 ms chunks comes back as the frames `wav2lip-trt stream --avatar` makes (each
+JPEG the one OpenCV makes of that frame); a session never queues (1013 when the one worker is busy);
+a client that goes away frees the worker for the next session, with no process left behind;
+unknown avatars, bad parameters and tokens are refused with one message and 1008.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from wav2lip_trt.samples import float_to_int16, speechlike_audio, write_wav
+
+from jobs_media import write_media
+from serve_server import BOX, TOKEN, start_server
+from test_serve_avatars import create_avatar, wait_avatar
+
+websockets = pytest.importorskip("websockets.sync.client", reason="the serve extra brings websockets")
+from websockets.exceptions import ConnectionClosed  # noqa: E402
+
+CHUNK_BYTES = 3200 * 2  # 200 ms of 16 kHz s16le mono
+JPEG_QUALITY = 90  # the server's (serve.tasks.LIVE_DEFAULTS)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("live_media")
+    found = write_media(folder)
+    found["speech"] = write_wav(folder / "speech.wav", float_to_int16(speechlike_audio(1.0, seed=5)), 16000)
+    return found
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, checkpoints, media):
+    """(server with one worker, a prepared avatar's id)."""
+    server = start_server(tmp_path_factory.mktemp("serve_live"), checkpoints)
+    with server.client() as client:
+        avatar = wait_avatar(client, create_avatar(client, media["face"], box=BOX).json()["id"])
+    assert avatar["status"] == "succeeded", avatar
+    yield server, avatar["id"]
+    assert server.stop() == 0, server.output()
+    assert "Traceback" not in server.output()
+
+
+def connect(server: Any, token: str | None = TOKEN, **params: Any) -> Any:
+    query = "&".join(f"{k}={v}" for k, v in {**params, **({"token": token} if token else {})}.items())
+    return websockets.connect(f"{server.url.replace('http', 'ws', 1)}/v1/live?{query}", open_timeout=30)
+
+
+def pcm(wav: Path) -> bytes:
+    data = wav.read_bytes()
+    assert data[36:40] == b"data"  # write_wav's plain 44-byte header
+    return data[44:]
+
+
+def receive_all(ws: Any, timeout: float = 300.0) -> tuple[list[tuple[dict[str, Any], bytes]], dict[str, Any], int]:
+    """Frames (header, JPEG) until the closing text message; (frames, that message, close code)."""
+    frames = []
+    while True:
+        message = ws.recv(timeout)
+        if isinstance(message, str):
+            last = json.loads(message)
+            break
+        size = int.from_bytes(message[:4], "big")
+        frames.append((json.loads(message[4 : 4 + size]), message[4 + size :]))
+    with pytest.raises(ConnectionClosed):
+        ws.recv(30)
+    return frames, last, ws.close_code
+
+
+def refused(ws: Any) -> tuple[dict[str, Any], int]:
+    message = json.loads(ws.recv(30))
+    with pytest.raises(ConnectionClosed):
+        ws.recv(30)
+    return message, ws.close_code
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(child) for child in (task / "children").read_text().split()}
+    return found
+
+
+def test_live_frames_are_the_stream_commands(live, media, checkpoints, tmp_path) -> None:
+    server, avatar_id = live
+    audio = pcm(media["speech"])
+    with connect(server, avatar=avatar_id) as ws:
+        ready = json.loads(ws.recv(30))
+        assert ready == {"type": "ready", "avatar": avatar_id, "fps": 25.0, "width": 160, "height": 128}
+        for start in range(0, len(audio), CHUNK_BYTES):
+            ws.send(audio[start : start + CHUNK_BYTES])
+        ws.send(json.dumps({"type": "close"}))
+        frames, end, code = receive_all(ws)
+    assert end["type"] == "end" and code == 1000, end
+    assert end["report"]["frames"] == len(frames) and end["report"]["avatar"] == avatar_id
+
+    saved = tmp_path / "frames"
+    done = subprocess.run([sys.executable, "-m", "wav2lip_trt", "stream", "--avatar",
+                           str(server.state_dir / "avatars" / avatar_id), "--audio", str(media["speech"]),
+                           "--outfile", str(tmp_path / "stream.mp4"), "--save-frames", str(saved),
+                           "--checkpoint_path", str(checkpoints[0]), "--device", "cpu", "-q"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    expected = sorted(saved.glob("frame_*.png"))
+    assert len(frames) == len(expected) > 0
+    for i, ((header, jpeg), png) in enumerate(zip(frames, expected)):
+        assert header["index"] == i and header["pts"] == i / 25.0
+        assert isinstance(header["latency_ms"], float) and header["latency_ms"] >= 0
+        ok, same = cv2.imencode(".jpg", cv2.imread(str(png)), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        assert ok and same.tobytes() == jpeg, f"frame {i} differs from the stream command's"
+
+
+def test_busy_worker_is_1013_and_a_client_that_leaves_frees_it(live, media) -> None:
+    server, avatar_id = live
+    workers = children(server.process.pid)
+    audio = pcm(media["speech"])
+    with connect(server, avatar=avatar_id) as first:
+        assert json.loads(first.recv(30))["type"] == "ready"
+        first.send(audio[: 4 * CHUNK_BYTES])
+        assert isinstance(first.recv(300), bytes)  # the worker is mid-stream
+        with connect(server, avatar=avatar_id) as second:
+            message, code = refused(second)
+        assert code == 1013 and message["type"] == "error" and "no free worker" in message["error"], message
+        first.send(audio[4 * CHUNK_BYTES :])
+    # the first client left mid-stream (no close message): its session is aborted and the worker is free
+    deadline = time.monotonic() + 60
+    while True:
+        with connect(server, avatar=avatar_id) as third:
+            first_message = json.loads(third.recv(30))
+            if first_message["type"] == "ready":
+                third.send(audio)
+                third.send(json.dumps({"type": "close"}))
+                frames, end, code = receive_all(third)
+                break
+        assert first_message.get("error", "").startswith("no free worker") and time.monotonic() < deadline
+        time.sleep(0.5)
+    assert code == 1000 and end["report"]["frames"] == len(frames) > 0
+    assert children(server.process.pid) == workers  # the same worker: not killed, nothing left running
+    with server.client() as client:
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    assert families["wav2lip_trt_live_sessions"].samples[0].value == 0
+    assert families["wav2lip_trt_live_frames"].samples[0].value >= len(frames) + 1
+
+
+def test_refusals_are_one_message_and_1008(live) -> None:
+    server, avatar_id = live
+    cases = [
+        (dict(avatar="nope"), TOKEN, "no avatar nope (never created, or deleted)"),
+        (dict(), TOKEN, "give the avatar to animate"),
+        (dict(avatar=avatar_id, rate="fast"), TOKEN, "rate must be a sample rate in Hz"),
+        (dict(avatar=avatar_id, clock="moon"), TOKEN, "clock must be one of audio, wall"),
+        (dict(avatar=avatar_id), "wrong-token-0123456789", "wrong token"),
+        (dict(avatar=avatar_id), None, "missing bearer token"),
+    ]
+    for params, token, wording in cases:
+        with connect(server, token=token, **params) as ws:
+            message, code = refused(ws)
+        assert code == 1008 and message["type"] == "error" and wording in message["error"], (params, message)
+        assert str(server.state_dir) not in message["error"]
+    with connect(server, avatar=avatar_id) as ws:  # a text message that is not the close
+        assert json.loads(ws.recv(30))["type"] == "ready"
+        ws.send("hello")
+        message, code = refused(ws)
+    assert code == 1008 and "expected binary PCM" in message["error"], message
+    with connect(server, avatar=avatar_id) as ws:  # half a sample at the end is the client's error
+        assert json.loads(ws.recv(30))["type"] == "ready"
+        ws.send(b"\0\0\0")
+        ws.send(json.dumps({"type": "close"}))
+        while isinstance(message := ws.recv(300), bytes):
+            pass
+        assert "ended inside a sample" in json.loads(message)["error"]
+        with pytest.raises(ConnectionClosed):
+            ws.recv(30)
+    assert ws.close_code == 1008
+    assert os.path.isdir(server.state_dir / "avatars" / avatar_id)
