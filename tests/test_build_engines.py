@@ -17,6 +17,7 @@ from wav2lip_trt.build_engines import (
 from wav2lip_trt.build_engines import builder
 from wav2lip_trt.build_engines.builder import BuildSettings, build_engine
 from wav2lip_trt.build_engines.command import DEFAULTS, build_engines_command, options_from_params
+from wav2lip_trt.build_engines.manifest import stale_reason
 from wav2lip_trt.files import sha256_file
 from wav2lip_trt.build_engines.options import parse_compute_capabilities, parse_size
 from wav2lip_trt.errors import EngineError, InputError, MissingDependencyError
@@ -344,3 +345,100 @@ def test_public_api_is_lazy_and_complete() -> None:
     assert all(getattr(api, name) is not None for name in api.__all__)
     code = "import sys, wav2lip_trt.build_engines.command; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "the CLI command must not import torch"
+
+
+def _corrupt(manifest: dict, change: str) -> bytes:
+    """``manifest`` spoiled as a hand edit, a half copy or a hostile file would spoil it."""
+    spoiled, text = json.loads(json.dumps(manifest)), json.dumps(manifest)
+    if change == "nested":
+        return (text[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}").encode()
+    if change == "huge number":
+        return (text[:-1] + ', "x": 1' + "0" * 30 + "}").encode()
+    if change == "not an object":
+        return json.dumps([manifest]).encode()
+    if change == "not UTF-8":
+        return text[:-1].encode() + b', "note": "\xff"}'
+    if change == "cut":
+        return text[:-40].encode()
+    key, _, inner = change.partition(".")
+    if change == "inputs.profile":
+        spoiled["inputs"][0]["profile"] = {"max": "1x3x128x128"}
+    elif inner:
+        spoiled[key][inner] = 7 if isinstance(spoiled[key][inner], (str, list)) else "7"
+    elif change.startswith("no "):
+        del spoiled[change[3:]]
+    else:
+        spoiled[key] = "7" if isinstance(spoiled[key], (dict, list)) else 7
+    return json.dumps(spoiled).encode()
+
+
+@pytest.mark.parametrize("change", [
+    "nested", "huge number", "not an object", "not UTF-8", "cut", "request", "file", "file.sha256", "no checkpoint",
+    "checkpoint.sha256", "tensorrt", "tensorrt.flavor", "target.compute_capabilities", "inputs", "inputs.profile",
+    "model", "precision", "no kind", "build", "build.options",
+])
+def test_a_spoiled_manifest_means_rebuild_not_a_traceback(built, checkpoints: tuple[Path, Path], tmp_path: Path,
+                                                          rt: builder.TensorRT, change: str) -> None:
+    """A manifest is a file a user may edit or copy half-way: whatever is in it, the engine is rebuilt or refused.
+
+    Each change once made stale_reason or check_engine raise RecursionError, AttributeError,
+    KeyError or TypeError (json.loads with no bounds, then fields indexed unchecked).
+    """
+    out, _ = built
+    paths = artifact_paths(out, "wav2lip", "fp16")
+    engine = tmp_path / paths.engine.name
+    engine.symlink_to(paths.engine)
+    manifest_path = tmp_path / paths.engine_manifest.name
+    manifest = read_manifest(paths.engine_manifest)
+    ok = dict(checkpoint_path=checkpoints[0], flavor=rt.flavor.name, version=rt.version,
+              compute_capability=manifest["target"]["compute_capabilities"][0])
+    manifest_path.write_text(json.dumps(manifest))
+    assert read_manifest(manifest_path) == manifest  # (check_engine takes it: test_check_engine_refuses_...)
+
+    manifest_path.write_bytes(_corrupt(manifest, change))
+    assert read_manifest(manifest_path) is None
+    assert stale_reason(manifest_path, engine, manifest["request"]) == "no readable manifest"
+    with pytest.raises(EngineError, match=r"has no readable manifest .*; rebuild it with: wav2lip-trt build-engines "
+                                          r"--checkpoint_path .* --force$") as info:
+        check_engine(engine, **ok)
+    assert "\n" not in str(info.value)
+
+
+def test_recorded_options_no_version_wrote_still_give_a_rebuild_command(built, checkpoints: tuple[Path, Path],
+                                                                         tmp_path: Path, rt: builder.TensorRT) -> None:
+    out, _ = built
+    paths = artifact_paths(out, "s3fd", "fp16")
+    engine = tmp_path / paths.engine.name
+    engine.symlink_to(paths.engine)
+    manifest = read_manifest(paths.engine_manifest)
+    manifest["build"]["options"] = {"s3fd_batch": 3, "compute_capabilities": [8, 9]}  # from_json keeps both
+    (tmp_path / paths.engine_manifest.name).write_text(json.dumps(manifest))
+    with pytest.raises(EngineError, match=r"another checkpoint .* rebuild it with: wav2lip-trt build-engines "
+                                          r"--s3fd-checkpoint \S+ --out \S+ --precision fp16$"):
+        check_engine(engine, checkpoint_path=checkpoints[0], flavor=rt.flavor.name, version=rt.version,
+                     compute_capability=manifest["target"]["compute_capabilities"][0])
+
+
+def test_a_fifo_manifest_never_blocks_and_the_onnx_is_made_again(checkpoints: tuple[Path, Path],
+                                                                 tmp_path: Path) -> None:
+    import os
+    import threading
+
+    options = BuildOptions(s3fd_checkpoint=checkpoints[1], out=tmp_path, precision="fp32", onnx_only=True)
+    build_engines(options, show_progress=False)
+    paths = artifact_paths(tmp_path, "s3fd", "fp32")
+    paths.onnx_manifest.unlink()
+    os.mkfifo(paths.onnx_manifest)
+    reports: list = []
+    builder_thread = threading.Thread(target=lambda: reports.append(build_engines(options, show_progress=False)),
+                                      daemon=True)
+    builder_thread.start()
+    builder_thread.join(120)
+    blocked = builder_thread.is_alive()
+    if blocked:  # in open(), waiting for a writer: give it one so the test ends, then fail
+        os.close(os.open(paths.onnx_manifest, os.O_WRONLY | os.O_NONBLOCK))
+        builder_thread.join(120)
+    assert not blocked
+    (result,) = reports[0].results
+    assert (result.onnx_status, result.reason) == ("exported", "no readable manifest")
+    assert read_manifest(paths.onnx_manifest)["kind"] == "onnx"  # the FIFO replaced by a real manifest

@@ -168,15 +168,18 @@ def _kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
-def open_regular(path: Path, flags: int, mode: int = 0o666) -> tuple[int, os.stat_result]:
+def open_regular(path: Path, flags: int, mode: int = 0o666, *,
+                 follow_links: bool = False) -> tuple[int, os.stat_result]:
     """``os.open(path, flags)`` that neither follows a symbolic link nor blocks; (fd, fstat) of a regular file.
 
     For a file in a folder anyone may have written to (a cache, an output folder holding our marks):
     opening a FIFO for reading blocks until a writer comes, forever; a link would lead elsewhere.
-    Anything but a regular file is :class:`NotRegularFile`.
+    Anything but a regular file is :class:`NotRegularFile`. ``follow_links`` is for a file a user
+    may link on purpose (an engine's manifest): the link's target must then be a regular file.
     """
+    no_follow = _NO_FOLLOW & ~os.O_NOFOLLOW if follow_links else _NO_FOLLOW
     try:
-        fd = os.open(path, flags | _NO_FOLLOW, mode)
+        fd = os.open(path, flags | no_follow, mode)
     except OSError as exc:
         if exc.errno in _LINK_ERRNOS:
             raise NotRegularFile(exc.errno, "it is a symbolic link") from None
@@ -190,9 +193,9 @@ def open_regular(path: Path, flags: int, mode: int = 0o666) -> tuple[int, os.sta
     return fd, st
 
 
-def read_regular_file(path: Path) -> bytes:
+def read_regular_file(path: Path, *, follow_links: bool = False) -> bytes:
     """The bytes of ``path`` if it is a regular file (:class:`NotRegularFile` otherwise); never blocks on a FIFO."""
-    fd, _ = open_regular(path, os.O_RDONLY)
+    fd, _ = open_regular(path, os.O_RDONLY, follow_links=follow_links)
     with open(fd, "rb") as f:
         return f.read()
 

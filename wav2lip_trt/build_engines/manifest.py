@@ -4,6 +4,11 @@
 Each sidecar holds a ``request``: everything the artifact depends on. ``build-engines`` redoes an
 artifact exactly when its request changed (or its file no longer matches the recorded hash), and
 the runtime refuses an engine whose checkpoint, TensorRT or GPU does not match.
+
+A sidecar is read as any file a user may have edited or copied half-way: with the bounded JSON
+reader, as a regular file (a FIFO there never blocks), and checked for the shape every reader here
+relies on. One that fails any of that is "no readable manifest": the artifact is rebuilt, and the
+runtime refuses the engine with the command that rebuilds it.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from typing import Any
 
 from .. import __version__
 from ..errors import EngineError
+from ..files import atomic_write_text, read_regular_file, sha256_file
+from ..json_input import JsonInputError, load_json_text
+from ..tensor_names import SCORING_GRAPHS
 from .builder import FLAVORS, RTX_PORTABLE_TARGETS
-from ..files import atomic_write_text, sha256_file
 from .options import BuildOptions
 
 FORMAT = 1
@@ -98,12 +105,52 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
-    """The sidecar's content, or None when it is missing, unreadable or of another format."""
+    """The sidecar's content, or None when it is missing, unreadable, of another format or of another shape.
+
+    Not a regular file (a FIFO, a device; a link to one), not UTF-8, not JSON the bounded reader
+    takes (nesting, huge numbers), not an object, or without the fields :data:`SHAPES` lists for
+    its ``kind``: every reader of the result may then index those fields without a check.
+    """
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        data = load_json_text(read_regular_file(Path(path), follow_links=True).decode("utf-8"))
+    except (OSError, ValueError):  # JsonInputError and UnicodeDecodeError are ValueErrors
         return None
-    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
+    if not (isinstance(data, dict) and data.get("format") == FORMAT and data.get("kind") in SHAPES):
+        return None
+    return data if _fits(data, SHAPES[data["kind"]]) else None
+
+
+_Shape = Any  # a type, a predicate, {key: shape} (a dict with at least those keys) or [shape] (a list of those)
+
+
+def _fits(value: Any, shape: _Shape) -> bool:
+    if isinstance(shape, dict):
+        return isinstance(value, dict) and all(key in value and _fits(value[key], inner) for key, inner in shape.items())
+    if isinstance(shape, list):
+        return isinstance(value, list) and all(_fits(item, shape[0]) for item in value)
+    if isinstance(shape, type):
+        return isinstance(value, shape) and not (shape is int and isinstance(value, bool))
+    return bool(shape(value))
+
+
+def _known_model(value: Any) -> bool:
+    return isinstance(value, str) and (value in ("s3fd", "wav2lip") or value in SCORING_GRAPHS)
+
+
+def _optional_profile(value: Any) -> bool:
+    return value is None or _fits(value, {"min": [int], "opt": [int], "max": [int]})
+
+
+_COMMON = {"model": _known_model, "precision": str, "request": dict, "file": {"sha256": str},
+           "checkpoint": {"sha256": str}}
+SHAPES: dict[str, dict[str, _Shape]] = {
+    "onnx": {**_COMMON, "opset": int, "exporter": str, "fp32_nodes": [str]},
+    "engine": {**_COMMON, "tensorrt": {"flavor": lambda name: isinstance(name, str) and name in FLAVORS,
+                                       "version": str},
+               "target": {"compute_capabilities": [str]}, "inputs": [{"name": str, "profile": _optional_profile}],
+               "build": {"options": dict}},
+}
+"""What each kind of sidecar holds, as far as this package reads it (what engines.py writes holds more)."""
 
 
 _REASONS = {
@@ -141,12 +188,15 @@ def _rebuild(manifest: dict[str, Any] | None, engine: Path, checkpoint: Path, **
     if model is None:
         model, _, rest = engine.name.partition(".")
         precision = rest.split(".")[0] or "fp16"
+
+    def command(options: BuildOptions) -> str:
+        options = options.for_model(model, checkpoint)
+        return replace(options, out=engine.parent, precision=precision or options.precision, **changes).command()
+
     try:
-        options = BuildOptions.from_json((manifest or {}).get("build", {}).get("options", {}))
-    except TypeError:
-        options = BuildOptions()
-    options = options.for_model(model, checkpoint)
-    return replace(options, out=engine.parent, precision=precision or options.precision, **changes).command()
+        return command(BuildOptions.from_json((manifest or {}).get("build", {}).get("options", {})))
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError):  # options no version of ours wrote
+        return command(BuildOptions())
 
 
 def _cc(value: str | tuple[int, int]) -> str:
