@@ -164,7 +164,8 @@ async function cancel() {
 
 function jobFiles(job) {
   const files = job.files || {};
-  const face = job.avatar ? "avatar " + job.avatar : files.face || "";
+  const avatar = job.options && job.options.avatar;
+  const face = avatar ? "avatar " + avatar : files.face || "";
   return face + " + " + (files.audio || "");
 }
 
@@ -334,9 +335,10 @@ async function openMicrophone() {
 
 function setLiveState(text) { $("live-state").textContent = text; }
 
-function liveURL(avatar) {
+function liveURL(avatar, clock) {
   const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-  return withToken(scheme + location.host + "/v1/live?avatar=" + encodeURIComponent(avatar) + "&rate=" + RATE);
+  const query = "?avatar=" + encodeURIComponent(avatar) + "&rate=" + RATE + "&clock=" + clock;
+  return withToken(scheme + location.host + "/v1/live" + query);
 }
 
 function resetLive() {
@@ -375,7 +377,7 @@ async function startLive(event) {
     return;
   }
   setLiveState("connecting…");
-  const ws = new WebSocket(liveURL(avatar));
+  const ws = new WebSocket(liveURL(avatar, $("live-clock").value));
   ws.binaryType = "arraybuffer";
   session.ws = ws;
   ws.onmessage = (m) => {
