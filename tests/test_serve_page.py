@@ -126,6 +126,12 @@ def ready_avatar(server: Server, face: Path, **options: Any) -> str:
 
 def test_page_prepares_an_avatar_and_lip_syncs_with_it(browser, server, media) -> None:
     page = open_page(browser, server, "avatars")
+    page.set_input_files("#avatar-face", str(media["notes"]))
+    page.click("#avatar-submit")
+    page.wait_for_selector("#error:not([hidden])")
+    error = page.text_content("#error")
+    assert error.startswith("Error: ") and "notes.wav" in error and str(server.state_dir) not in error, error
+
     page.set_input_files("#avatar-face", str(media["face"]))
     page.fill("#avatar-box", " ".join(map(str, BOX)))
     page.select_option("#avatar-loop", "pingpong")
