@@ -22,10 +22,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import Wav2LipTrtError
 from .events import stream
-from .live import add_routes as add_live_routes, refuse
 from .metrics import CONTENT_TYPE
+from .quota import StorageGate
+from .responses import error_response
 from .service import JobNotFound, JobService, QueueFull
 from .store import STATUSES
+from .timeouts import RequestTimeout
 from .uploads import Incoming, UploadError
 
 log = logging.getLogger(__name__)
@@ -87,12 +89,10 @@ def create_app(service: JobService) -> FastAPI:
         audio_path: str | None = Form(None, description="Instead of audio: a file under --allow-path"),
         options: str | None = Form(None, description='Job options as a JSON object, named as in a jobs file, '
                                                       'e.g. {"box": [30, 110, 40, 120], "crf": 23}'),
-        avatar: str | None = Form(None, description="Instead of face: an avatar's id (POST /v1/avatars); the job "
-                                                    "streams it with the audio, as `wav2lip-trt stream` does"),
     ) -> JSONResponse:
         inputs = [_incoming("face", face, face_path), _incoming("audio", audio, audio_path)]
         client = request.client.host if request.client is not None else None
-        job = await asyncio.to_thread(service.submit, *inputs, options, client, avatar or None)
+        job = await asyncio.to_thread(service.submit, *inputs, options, client)
         return JSONResponse(job, status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
 
     @app.get("/v1/jobs", summary="A page of jobs, newest first")
@@ -132,9 +132,9 @@ def create_app(service: JobService) -> FastAPI:
     def delete_job(job_id: str) -> dict[str, Any]:
         return service.cancel_or_delete(job_id)
 
-    add_live_routes(app, service)  # /v1/avatars and WS /v1/live
-
-    return Guard(SizeLimit(BearerAuth(app, service.config.token), service.config.max_upload_bytes))
+    config = service.config
+    guarded = SizeLimit(BearerAuth(StorageGate(app, service.quota), config.token), config.max_upload_bytes)
+    return Guard(RequestTimeout(guarded, config.request_timeout))
 
 
 def _incoming(field: str, upload: UploadFile | None, path: str | None) -> Incoming:
@@ -150,39 +150,37 @@ def _static(name: str) -> bytes:
 
 
 def _errors(app: FastAPI) -> None:
-    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
-
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
-        return error(exc.status, str(exc))
+        return error_response(exc.status, str(exc))
 
     @app.exception_handler(Wav2LipTrtError)
     async def user_error(request: Request, exc: Wav2LipTrtError) -> JSONResponse:
-        return error(400, str(exc))
+        return error_response(400, str(exc))
 
     @app.exception_handler(JobNotFound)
     async def not_found(request: Request, exc: JobNotFound) -> JSONResponse:
-        return error(404, f"no job {exc.args[0]} (never created, or deleted)")
+        return error_response(404, f"no job {exc.args[0]} (never created, or deleted)")
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull) -> JSONResponse:
-        return error(429, str(exc), {"Retry-After": str(exc.retry_after)})
+        return error_response(429, str(exc), {"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path"))
-        return error(422, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+        return error_response(422, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
 
     @app.exception_handler(Exception)
     async def bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return error(500, f"internal error: {type(exc).__name__} (a bug; the traceback is in the server's log)")
+        return error_response(500, f"internal error: {type(exc).__name__} (a bug; the traceback is in the "
+                                   "server's log)")
 
 
 class Guard:
@@ -210,32 +208,26 @@ class Guard:
                 raise
             if not started:
                 log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
-                await JSONResponse({"error": "internal error (a bug; the traceback is in the server's log)"},
-                                   status_code=500)(scope, receive, send)
+                await error_response(500, "internal error (a bug; the traceback is in the server's log)")(
+                    scope, receive, send)
 
 
 class BearerAuth:
-    """With a token, every request but the page, its files and the health checks must carry it;
-    a websocket too, in the header or (browsers cannot set one) as ``?token=``."""
+    """With a token, every request but the page, its files and the health checks must carry it."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app, self.token = app, token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        websocket = scope["type"] == "websocket"
-        if self.token is None or scope["type"] not in ("http", "websocket") or _open(scope["path"]):
+        if self.token is None or scope["type"] != "http" or _open(scope["path"]):
             await self.app(scope, receive, send)
             return
         given = _bearer(scope)
-        if given is None and (websocket or scope["method"] == "GET" and scope["path"].endswith(QUERY_TOKEN_PATHS)):
+        if given is None and scope["method"] == "GET" and scope["path"].endswith(QUERY_TOKEN_PATHS):
             given = _query_token(scope)
         if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
             message = "missing bearer token (Authorization: Bearer TOKEN)" if given is None else "wrong token"
-            if websocket:
-                await refuse(scope, receive, send, message + (" (or ?token=TOKEN)" if given is None else ""))
-                return
-            await JSONResponse({"error": message}, status_code=401,
-                               headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            await error_response(401, message, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -269,8 +261,8 @@ class SizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_big = JSONResponse({"error": f"the request is larger than the server's limit of "
-                                         f"{self.limit / (1 << 20):g} MiB (--max-upload-mb)"}, status_code=413)
+        too_big = error_response(413, f"the request is larger than the server's limit of "
+                                      f"{self.limit / (1 << 20):g} MiB (--max-upload-mb)")
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                 await too_big(scope, receive, send)

@@ -12,7 +12,6 @@ import click
 from ..cli_errors import setup_logging, user_errors
 from ..cli_options import RUNNER_OPTIONS, with_options
 from ..errors import MissingDependencyError
-from ..jobs.ray_runner import LOCAL as RAY_LOCAL
 from .config import TOKEN_ENV, ServeConfig
 
 log = logging.getLogger("wav2lip_trt.serve")
@@ -50,17 +49,16 @@ GRACEFUL_SECONDS = 5.0  # open connections (event streams end by themselves) bef
               help="Queued + running jobs one client address may have (429 beyond); 0 = no limit.")
 @click.option("--keep-hours", "keep_hours", type=float, default=24.0, show_default=True,
               help="Delete a finished job (its uploads and result) this long after it ended; 0 keeps jobs forever.")
-@click.option("--ray", "ray", is_flag=False, flag_value=RAY_LOCAL, metavar="[ADDRESS]",
-              help="Run as a Ray Serve application: the workers are replicas on a Ray cluster's ADDRESS (auto, "
-                   "HOST:PORT, ray://HOST:PORT), or with no address on a Ray instance started here. --state-dir "
-                   "and the checkpoints must be on storage every node sees at the same path.")
-@click.option("--min-replicas", "min_replicas", type=int, default=1, show_default=True,
-              help="With --ray: workers kept running while idle (0: none until a job comes).")
-@click.option("--max-replicas", "max_replicas", type=int, metavar="N",
-              help="With --ray: the most workers Ray Serve scales up to. [one per GPU of the cluster; on CPUs "
-                   "as batch --ray]")
-@click.option("--ray-timeout", "ray_timeout", type=float, default=30.0, show_default=True, metavar="SECONDS",
-              help="With --ray ADDRESS: give up when the cluster does not answer within this time.")
+@click.option("--max-disk-gb", "max_disk_gb", type=float, default=20.0, show_default=True,
+              help="Disk quota for the jobs' uploads and results under --state-dir, in GB; new work beyond it gets "
+                   "507 once the oldest finished jobs past --quota-grace-minutes are deleted; 0 = no limit.")
+@click.option("--quota-grace-minutes", "quota_grace_minutes", type=float, default=10.0, show_default=True,
+              help="A finished job is deleted to make room only once it ended at least this long ago.")
+@click.option("--request-timeout", "request_timeout", type=float, default=60.0, show_default=True,
+              help="Seconds a request's headers, and then its body, may take to arrive (408 beyond); event "
+                   "streams and websockets are not limited.")
+@click.option("--job-timeout", "job_timeout", type=float, default=0.0, show_default=True,
+              help="Seconds a job may run in its worker before it is stopped and fails; 0 = no limit.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @user_errors
 def serve_command(quiet: bool, **kwargs: Any) -> None:
@@ -82,13 +80,9 @@ def serve(config: ServeConfig, *, log_level: int = logging.WARNING) -> None:
         import uvicorn
     except ImportError as exc:
         raise MissingDependencyError(f"serve needs {exc.name}: pip install 'wav2lip-trt[serve]'") from None
-    if config.ray is not None:
-        from .ray_app import serve_on_ray
-
-        serve_on_ray(config, log_level=log_level)
-        return
     from .app import create_app
     from .service import JobService
+    from .timeouts import header_deadline_protocol
 
     service = JobService(config, log_level=log_level)
     app = create_app(service)
@@ -103,7 +97,7 @@ def serve(config: ServeConfig, *, log_level: int = logging.WARNING) -> None:
 
     uvicorn_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level,
                                     timeout_graceful_shutdown=GRACEFUL_SECONDS, access_log=False,
-                                    server_header=False)
+                                    server_header=False, http=header_deadline_protocol(config.request_timeout))
     where = f"http://{config.host}:{config.port}/"
     log.info("serving on %s (%d workers loading; state in %s)", where, service.workers, config.state_dir)
     Server(uvicorn_config).run()

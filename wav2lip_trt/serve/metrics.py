@@ -21,9 +21,10 @@ class ServeMetrics:
     """One registry per server (so two servers in one process, as in tests, keep their own)."""
 
     def __init__(self, counts: Callable[[], dict[str, int]], queued: Callable[[], int],
-                 workers_ready: Callable[[], int]) -> None:
+                 workers_ready: Callable[[], int], disk: Callable[[], tuple[int, int]] | None = None) -> None:
         self.registry = CollectorRegistry()
         self._counts, self._queued, self._ready = counts, queued, workers_ready
+        self._disk = disk  # (bytes the jobs take under the state dir, the quota or 0)
         self._lock = threading.Lock()
         self._memory: dict[str, int] = {}
         self._last_fps = 0.0
@@ -55,7 +56,7 @@ class ServeMetrics:
 
 
 class _Live:
-    """Read at each scrape: jobs by status, queue length, workers ready, device memory, last job's rate."""
+    """Read at each scrape: jobs by status, queue length, workers ready, disk use, device memory, last job's rate."""
 
     def __init__(self, metrics: ServeMetrics) -> None:
         self.metrics = metrics
@@ -68,6 +69,12 @@ class _Live:
         yield jobs
         yield GaugeMetricFamily("wav2lip_trt_queue_length", "Jobs waiting for a worker.", value=m._queued())
         yield GaugeMetricFamily("wav2lip_trt_workers_ready", "Workers with their session loaded.", value=m._ready())
+        if m._disk is not None:
+            used, limit = m._disk()
+            yield GaugeMetricFamily("wav2lip_trt_disk_used_bytes", "Bytes the jobs' uploads and outputs take under "
+                                    "the state dir.", value=used)
+            yield GaugeMetricFamily("wav2lip_trt_disk_quota_bytes", "The disk quota (--max-disk-gb); 0 = no limit.",
+                                    value=limit)
         with m._lock:
             fps, memory = m._last_fps, dict(m._memory)
         yield GaugeMetricFamily("wav2lip_trt_frames_per_second",

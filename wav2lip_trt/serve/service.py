@@ -17,8 +17,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,15 +28,15 @@ from ..jobs.results import is_done, mark_path, mark_started
 from ..jobs.spec import _coerce, per_call_options
 from ..jobs.worker import WorkerSpec
 from ..progress import LIP_SYNC_PHASE
-from .avatars import AvatarService, routed
 from .config import ServeConfig
 from .events import EventHub
 from .metrics import ServeMetrics
 from .pool import ServePool
+from .quota import DiskQuota
 from .store import FINISHED, JobRow, JobStore
-from .tasks import StreamTask, Task
+from .timeouts import JobWatch
 from .uploads import RESULT_NAME, Incoming, UploadError, inference_options, parse_options, probe, remove, \
-    resolve_allowed, store
+    resolve_allowed, store, upload_bytes
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +84,8 @@ class JobService:
         self.jobs_dir = self.state_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(self.state_dir / "jobs.sqlite3")
+        self.quota = DiskQuota(self.jobs_dir, config.max_disk_bytes, grace_seconds=config.quota_grace_minutes * 60,
+                               finished_before=self.store.finished_before, delete=self._delete)
         self.hub = EventHub()
         self.live: dict[str, _Live] = {}
         self.failure: str | None = None  # the pool cannot run jobs (a session that does not load)
@@ -103,18 +104,20 @@ class JobService:
         # pool: another pool with ServePool's interface, made with this service as its listener (serve --ray)
         self.pool = pool(self) if pool is not None else \
             ServePool(spec, workers, self, gpus=range(gpus), log_level=log_level)
-        self.avatars = AvatarService(self)  # avatars and avatar jobs (live sessions: the pool's open_live)
-        self.metrics = ServeMetrics(self.store.counts, self.pool.queued, lambda: self.pool.ready)
+        self.metrics = ServeMetrics(self.store.counts, self.pool.queued, lambda: self.pool.ready,
+                                    lambda: (self.quota.used, self.quota.limit))
+        self.watch = JobWatch(config.job_timeout, self.quota, self._stop_job)
 
     # ---- life cycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Re-queue what a previous run left unfinished, then start the workers."""
+        self.quota.scan()
         for row in self.store.with_status("running", "queued"):
             self._recover(row)
-        self.avatars.recover()
         self.expire()
         self.pool.start()
+        self.watch.start()
         if self.config.keep_hours > 0:
             self._sweeper.start()
 
@@ -124,11 +127,9 @@ class JobService:
         self._stopped.set()
         if self._sweeper.is_alive():
             self._sweeper.join()
+        self.watch.stop()
         for job_id in self.pool.stop(self.config.drain_seconds):
-            if self.avatars.handles(job_id):
-                self.avatars.store.update(job_id, status="queued")
-            else:
-                self.store.update(job_id, status="queued", phase=None)
+            self.store.update(job_id, status="queued", phase=None)
         self.store.close()
 
     def expire(self) -> int:
@@ -137,8 +138,7 @@ class JobService:
             return 0
         gone = self.store.finished_before(time.time() - self.config.keep_hours * 3600)
         for job_id in gone:
-            remove(self.jobs_dir / job_id)
-            self.store.delete(job_id)
+            self._delete(job_id)
         if gone:
             log.info("deleted %d finished job(s) older than %g h (--keep-hours)", len(gone), self.config.keep_hours)
         return len(gone)
@@ -157,15 +157,13 @@ class JobService:
         except Wav2LipTrtError as exc:
             self._finish(row.id, "failed", error=str(exc))
             return
-        if is_done(options) if not isinstance(options, StreamTask) else Path(row.outfile).is_file():
+        if is_done(options):
             self._finish(row.id, "succeeded", report={"outfile": RESULT_NAME, "recovered": True})
             return
         self.store.update(row.id, status="queued", phase=None)
         self.pool.submit(row.id, options)
 
     def _options(self, row: JobRow) -> Any:
-        if "avatar" in row.options:
-            return self.avatars.stream_task(row)
         allowed = per_call_options()
         typed = {name: _coerce(allowed[name], value, False) for name, value in row.options.items()}
         return inference_options(self.config, Path(row.face), Path(row.audio), Path(row.outfile), typed)
@@ -173,21 +171,8 @@ class JobService:
     # ---- requests ---------------------------------------------------------------------------------
 
     def submit(self, face: Incoming, audio: Incoming, options_text: str | None,
-               client: str | None = None, avatar: str | None = None) -> dict[str, Any]:
-        """A new job from a request (blocking: files are copied and probed); its public view.
-
-        ``avatar``: an avatar's id instead of a face: the job streams that avatar with the audio."""
-        with self.admitted(client):
-            return self._submit(face, audio, options_text, client, avatar)
-
-    def submit_avatar(self, face: Incoming, options_text: str | None, client: str | None = None) -> dict[str, Any]:
-        """A new avatar to prepare (:mod:`.avatars`), admitted as a job is (queue bound, client share)."""
-        with self.admitted(client):
-            return self.avatars.submit(face, options_text, client)
-
-    @contextmanager
-    def admitted(self, client: str | None) -> Iterator[None]:
-        """Room for one more queued task of ``client``, or :class:`QueueFull`; held while it is admitted."""
+               client: str | None = None) -> dict[str, Any]:
+        """A new job from a request (blocking: files are copied and probed); its public view."""
         if self.failure is not None:
             raise UploadError(f"the server cannot run jobs: {self.failure}", 503)
         limit = self.config.max_jobs_per_client
@@ -197,29 +182,20 @@ class JobService:
                 wait = self.retry_after(queued)
                 raise QueueFull(f"the queue is full ({queued} jobs waiting); try again in {wait} s", wait)
             if limit and client is not None:
-                mine = self.store.active(client) + self.avatars.store.active(client) + self._admitting.get(client, 0)
+                mine = self.store.active(client) + self._admitting.get(client, 0)
                 if mine >= limit:
                     wait = self.retry_after(mine)
                     raise QueueFull(f"you have {mine} jobs queued or running, the most this server takes from one "
                                     f"client (--max-jobs-per-client {limit}); try again in {wait} s", wait)
             self._admitting[client] = self._admitting.get(client, 0) + 1
         try:
-            yield
+            with self.quota.reserve(upload_bytes(face) + upload_bytes(audio)):
+                return self._submit(face, audio, options_text, client)
         finally:
             with self._admit:
                 self._admitting[client] -= 1
 
-    def enqueue(self, job_id: str, task: Task) -> None:
-        """A job stored and checked goes to the pool (its progress starts as queued)."""
-        self.live[job_id] = _Live(phase="queued")
-        self.pool.submit(job_id, task)
-
-    def _submit(self, face: Incoming, audio: Incoming, options_text: str | None, client: str | None,
-                avatar: str | None = None) -> dict[str, Any]:
-        if avatar is not None:
-            if face.stream is not None or face.path:
-                raise UploadError("give either face (or face_path) or avatar, not both")
-            return self.avatars.submit_job(avatar, audio, options_text, client)
+    def _submit(self, face: Incoming, audio: Incoming, options_text: str | None, client: str | None) -> dict[str, Any]:
         given, typed = parse_options(options_text)
         job_id = secrets.token_hex(8)
         folder = self.jobs_dir / job_id
@@ -241,8 +217,10 @@ class JobService:
             probe(options, {paths["face"]: names["face"], paths["audio"]: names["audio"], outfile: RESULT_NAME})
             self.store.add(job_id, str(paths["face"]), str(paths["audio"]), str(outfile), given, names, client)
             mark_started(options, 0)
+            self.quota.account(job_id)
         except BaseException:
             remove(folder)
+            self.quota.forget(job_id)
             raise
         self.live[job_id] = _Live(phase="queued")
         self.pool.submit(job_id, options)
@@ -294,14 +272,24 @@ class JobService:
         if row is None:
             raise JobNotFound(job_id)
         if row.status in FINISHED:
-            remove(self.jobs_dir / job_id)
-            self.store.delete(job_id)
-            self.hub.publish(job_id, "end", {"id": job_id, "status": "deleted"})
+            self._delete(job_id)
             return {"id": job_id, "status": "deleted"}
         where = self.pool.cancel(job_id)
         if where != "running":  # queued (or between the pool and here): it never runs
             self.job_cancelled(job_id)
         return self.view(job_id)
+
+    def _delete(self, job_id: str) -> None:
+        """A finished job goes: its files, its row, its share of the quota (a client, --keep-hours, or the quota)."""
+        remove(self.jobs_dir / job_id)
+        self.store.delete(job_id)
+        self.quota.forget(job_id)
+        self.hub.publish(job_id, "end", {"id": job_id, "status": "deleted"})
+
+    def _stop_job(self, job_id: str) -> None:
+        """The job watch's cancel (--job-timeout, the disk quota): :meth:`job_cancelled` marks it failed."""
+        if self.pool.cancel(job_id) == "queued":
+            self.job_cancelled(job_id)
 
     # ---- pool callbacks (the pool's thread) ------------------------------------------------------------
 
@@ -309,26 +297,23 @@ class JobService:
         self.metrics.device_memory(worker, memory)
         log.info("%d of %d workers ready", ready, self.workers)
 
-    @routed
     def job_started(self, job_id: str, attempt: int) -> None:
         self.live[job_id] = _Live(phase="starting")
+        self.watch.started(job_id)
         self.store.update(job_id, status="running", started=time.time(), attempts=attempt, phase="starting")
         self.hub.publish(job_id, "status", {"status": "running", "attempt": attempt})
 
-    @routed
     def job_phase(self, job_id: str, label: str) -> None:
         live = self.live.setdefault(job_id, _Live())
         live.phase = label
         self.store.update(job_id, phase=label)
         self.hub.publish(job_id, "progress", live.view())
 
-    @routed
     def job_total(self, job_id: str, frames: int) -> None:
         live = self.live.setdefault(job_id, _Live())
         live.total, live.done, live.since = frames, 0, time.monotonic()
         self.hub.publish(job_id, "progress", live.view())
 
-    @routed
     def job_frame(self, job_id: str, done: int) -> None:
         live = self.live.setdefault(job_id, _Live())
         if live.phase == LIP_SYNC_PHASE:  # detection's counts are input frames, not frames written
@@ -336,14 +321,12 @@ class JobService:
         live.done = done
         self.hub.publish(job_id, "progress", live.view())
 
-    @routed
     def job_done(self, job_id: str, report: dict[str, Any], memory: int | None, worker: int) -> None:
         self.metrics.device_memory(worker, memory)
         self.metrics.job_done(report["seconds"], report["frames"])
         report = {**report, "outfile": RESULT_NAME}  # the server's own paths are not the client's business
         self._finish(job_id, "succeeded", report=report)
 
-    @routed
     def job_failed(self, job_id: str, error: str) -> None:
         row = self.store.get(job_id)
         if row is not None:
@@ -355,10 +338,12 @@ class JobService:
         if row is not None:
             Path(row.outfile).unlink(missing_ok=True)
 
-    @routed
     def job_cancelled(self, job_id: str) -> None:
         row = self.store.get(job_id)
         if row is None or row.status in FINISHED:
+            return
+        if (reason := self.watch.reason(job_id)) is not None:
+            self.job_failed(job_id, reason)
             return
         folder = self.jobs_dir / job_id
         if Path(row.outfile).parent == folder:
@@ -367,7 +352,6 @@ class JobService:
             mark_path(Path(row.outfile)).unlink(missing_ok=True)
         self._finish(job_id, "cancelled", error="cancelled by a client")
 
-    @routed
     def job_retried(self, job_id: str, why: str) -> None:
         self.store.update(job_id, status="queued", phase=f"retrying: its worker died ({why})")
         self.hub.publish(job_id, "status", {"status": "queued", "attempt": 2})
@@ -381,5 +365,7 @@ class JobService:
         self.store.update(job_id, status=status, finished=time.time(), report=report, error=error,
                           phase="finished" if status == "succeeded" else status)
         self.live.pop(job_id, None)
+        self.watch.ended(job_id)
+        self.quota.account(job_id)
         row = self.store.get(job_id)
         self.hub.publish(job_id, "end", self._view(row) if row is not None else {"id": job_id, "status": status})

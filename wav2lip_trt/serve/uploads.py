@@ -14,6 +14,7 @@ client's file instead of the stored one.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -96,6 +97,17 @@ def resolve_allowed(field: str, given: str, roots: tuple[Path, ...]) -> Path:
     if not real.is_file():
         raise UploadError(f"{field} {given}: not a file")
     return real
+
+
+def upload_bytes(incoming: Incoming) -> int:
+    """The size of an upload already received (0 for a path), for the disk quota before it is copied."""
+    if incoming.stream is None:
+        return 0
+    at = incoming.stream.tell()
+    incoming.stream.seek(0, os.SEEK_END)
+    size = incoming.stream.tell()
+    incoming.stream.seek(at)
+    return size
 
 
 def store(incoming: Incoming, folder: Path, limit: int) -> Path:
