@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import Wav2LipTrtError
 from .events import stream
+from .live import add_routes as add_live_routes, refuse
 from .metrics import CONTENT_TYPE
 from .quota import StorageGate
 from .responses import error_response
@@ -89,10 +90,12 @@ def create_app(service: JobService) -> FastAPI:
         audio_path: str | None = Form(None, description="Instead of audio: a file under --allow-path"),
         options: str | None = Form(None, description='Job options as a JSON object, named as in a jobs file, '
                                                       'e.g. {"box": [30, 110, 40, 120], "crf": 23}'),
+        avatar: str | None = Form(None, description="Instead of face: an avatar's id (POST /v1/avatars); the job "
+                                                    "streams it with the audio, as `wav2lip-trt stream` does"),
     ) -> JSONResponse:
         inputs = [_incoming("face", face, face_path), _incoming("audio", audio, audio_path)]
         client = request.client.host if request.client is not None else None
-        job = await asyncio.to_thread(service.submit, *inputs, options, client)
+        job = await asyncio.to_thread(service.submit, *inputs, options, client, avatar or None)
         return JSONResponse(job, status_code=202, headers={"Location": f"/v1/jobs/{job['id']}"})
 
     @app.get("/v1/jobs", summary="A page of jobs, newest first")
@@ -131,6 +134,8 @@ def create_app(service: JobService) -> FastAPI:
     @app.delete("/v1/jobs/{job_id}", summary="Cancel a queued or running job, or delete a finished one")
     def delete_job(job_id: str) -> dict[str, Any]:
         return service.cancel_or_delete(job_id)
+
+    add_live_routes(app, service)  # /v1/avatars and WS /v1/live
 
     config = service.config
     guarded = SizeLimit(BearerAuth(StorageGate(app, service.quota), config.token), config.max_upload_bytes)
@@ -213,20 +218,25 @@ class Guard:
 
 
 class BearerAuth:
-    """With a token, every request but the page, its files and the health checks must carry it."""
+    """With a token, every request but the page, its files and the health checks must carry it;
+    a websocket too, in the header or (browsers cannot set one) as ``?token=``."""
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app, self.token = app, token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.token is None or scope["type"] != "http" or _open(scope["path"]):
+        websocket = scope["type"] == "websocket"
+        if self.token is None or scope["type"] not in ("http", "websocket") or _open(scope["path"]):
             await self.app(scope, receive, send)
             return
         given = _bearer(scope)
-        if given is None and scope["method"] == "GET" and scope["path"].endswith(QUERY_TOKEN_PATHS):
+        if given is None and (websocket or scope["method"] == "GET" and scope["path"].endswith(QUERY_TOKEN_PATHS)):
             given = _query_token(scope)
         if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
             message = "missing bearer token (Authorization: Bearer TOKEN)" if given is None else "wrong token"
+            if websocket:
+                await refuse(scope, receive, send, message + (" (or ?token=TOKEN)" if given is None else ""))
+                return
             await error_response(401, message, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -12,6 +12,7 @@ import click
 from ..cli_errors import setup_logging, user_errors
 from ..cli_options import RUNNER_OPTIONS, with_options
 from ..errors import MissingDependencyError
+from ..jobs.ray_runner import LOCAL as RAY_LOCAL
 from .config import TOKEN_ENV, ServeConfig
 
 log = logging.getLogger("wav2lip_trt.serve")
@@ -49,6 +50,17 @@ GRACEFUL_SECONDS = 5.0  # open connections (event streams end by themselves) bef
               help="Queued + running jobs one client address may have (429 beyond); 0 = no limit.")
 @click.option("--keep-hours", "keep_hours", type=float, default=24.0, show_default=True,
               help="Delete a finished job (its uploads and result) this long after it ended; 0 keeps jobs forever.")
+@click.option("--ray", "ray", is_flag=False, flag_value=RAY_LOCAL, metavar="[ADDRESS]",
+              help="Run as a Ray Serve application: the workers are replicas on a Ray cluster's ADDRESS (auto, "
+                   "HOST:PORT, ray://HOST:PORT), or with no address on a Ray instance started here. --state-dir "
+                   "and the checkpoints must be on storage every node sees at the same path.")
+@click.option("--min-replicas", "min_replicas", type=int, default=1, show_default=True,
+              help="With --ray: workers kept running while idle (0: none until a job comes).")
+@click.option("--max-replicas", "max_replicas", type=int, metavar="N",
+              help="With --ray: the most workers Ray Serve scales up to. [one per GPU of the cluster; on CPUs "
+                   "as batch --ray]")
+@click.option("--ray-timeout", "ray_timeout", type=float, default=30.0, show_default=True, metavar="SECONDS",
+              help="With --ray ADDRESS: give up when the cluster does not answer within this time.")
 @click.option("--max-disk-gb", "max_disk_gb", type=float, default=20.0, show_default=True,
               help="Disk quota for the jobs' uploads and results under --state-dir, in GB; new work beyond it gets "
                    "507 once the oldest finished jobs past --quota-grace-minutes are deleted; 0 = no limit.")
@@ -80,6 +92,11 @@ def serve(config: ServeConfig, *, log_level: int = logging.WARNING) -> None:
         import uvicorn
     except ImportError as exc:
         raise MissingDependencyError(f"serve needs {exc.name}: pip install 'wav2lip-trt[serve]'") from None
+    if config.ray is not None:
+        from .ray_app import serve_on_ray
+
+        serve_on_ray(config, log_level=log_level)
+        return
     from .app import create_app
     from .service import JobService
     from .timeouts import header_deadline_protocol

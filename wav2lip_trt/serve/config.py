@@ -37,6 +37,10 @@ class ServeConfig:
     drain_seconds: float = 30.0  # SIGTERM: how long running jobs get to finish before they are re-queued
     max_jobs_per_client: int = 0  # queued + running jobs one client address may have; 0 = no limit
     keep_hours: float = 24.0  # a finished job (row, uploads, result) is deleted this long after it ended; 0 = never
+    ray: str | None = None  # serve --ray: a Ray cluster's address (auto, HOST:PORT, ray://...), or local
+    min_replicas: int = 1  # with --ray: workers kept while idle (0: none until a job comes)
+    max_replicas: int | None = None  # with --ray: the most workers [one per GPU; on CPUs as batch --ray]
+    ray_timeout: float = 30.0  # with --ray ADDRESS: seconds to wait for the cluster to answer
     max_disk_gb: float = 20.0  # jobs' uploads + outputs under the state dir (10**9 bytes); 0 = no limit
     quota_grace_minutes: float = 10.0  # a finished job this young is never deleted to make room
     request_timeout: float = 60.0  # seconds for a request's headers, and then its body, to arrive in full
@@ -61,6 +65,7 @@ class ServeConfig:
             raise InputError(f"--max-jobs-per-client must be 0 (no limit) or more, got {self.max_jobs_per_client}")
         if not self.keep_hours >= 0:
             raise InputError(f"--keep-hours must be 0 (keep forever) or more, got {self.keep_hours}")
+        self._validate_ray()
         if not self.max_disk_gb >= 0:
             raise InputError(f"--max-disk-gb must be 0 (no limit) or more, got {self.max_disk_gb}")
         if not self.quota_grace_minutes >= 0:
@@ -80,6 +85,23 @@ class ServeConfig:
             raise InputError(f"--state-dir {self.state_dir}: cannot create it: {exc.strerror or exc}") from None
         if not os.access(self.state_dir, os.W_OK):
             raise InputError(f"--state-dir {self.state_dir}: not writable")
+
+    def _validate_ray(self) -> None:
+        if self.ray is None:
+            if self.min_replicas != 1 or self.max_replicas is not None:
+                raise InputError("--min-replicas and --max-replicas are for --ray (locally, --workers sets "
+                                 "the workers)")
+            return
+        if self.workers is not None:
+            raise InputError("--workers is for a local server: with --ray, --min-replicas and --max-replicas "
+                             "bound the workers")
+        if self.min_replicas < 0:
+            raise InputError(f"--min-replicas must be 0 or more, got {self.min_replicas}")
+        if self.max_replicas is not None and self.max_replicas < max(1, self.min_replicas):
+            raise InputError(f"--max-replicas must be at least 1 and at least --min-replicas "
+                             f"({self.min_replicas}), got {self.max_replicas}")
+        if not self.ray_timeout > 0:
+            raise InputError(f"--ray-timeout must be positive, got {self.ray_timeout}")
 
     @property
     def max_upload_bytes(self) -> int:

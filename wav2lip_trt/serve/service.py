@@ -17,7 +17,8 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,14 @@ from ..jobs.results import is_done, mark_path, mark_started
 from ..jobs.spec import _coerce, per_call_options
 from ..jobs.worker import WorkerSpec
 from ..progress import LIP_SYNC_PHASE
+from .avatars import AvatarService, routed
 from .config import ServeConfig
 from .events import EventHub
 from .metrics import ServeMetrics
 from .pool import ServePool
 from .quota import DiskQuota
 from .store import FINISHED, JobRow, JobStore
+from .tasks import StreamTask, Task
 from .timeouts import JobWatch
 from .uploads import RESULT_NAME, Incoming, UploadError, inference_options, parse_options, probe, remove, \
     resolve_allowed, store, upload_bytes
@@ -104,6 +107,7 @@ class JobService:
         # pool: another pool with ServePool's interface, made with this service as its listener (serve --ray)
         self.pool = pool(self) if pool is not None else \
             ServePool(spec, workers, self, gpus=range(gpus), log_level=log_level)
+        self.avatars = AvatarService(self)  # avatars and avatar jobs (live sessions: the pool's open_live)
         self.metrics = ServeMetrics(self.store.counts, self.pool.queued, lambda: self.pool.ready,
                                     lambda: (self.quota.used, self.quota.limit))
         self.watch = JobWatch(config.job_timeout, self.quota, self._stop_job)
@@ -115,6 +119,7 @@ class JobService:
         self.quota.scan()
         for row in self.store.with_status("running", "queued"):
             self._recover(row)
+        self.avatars.recover()
         self.expire()
         self.pool.start()
         self.watch.start()
@@ -129,7 +134,10 @@ class JobService:
             self._sweeper.join()
         self.watch.stop()
         for job_id in self.pool.stop(self.config.drain_seconds):
-            self.store.update(job_id, status="queued", phase=None)
+            if self.avatars.handles(job_id):
+                self.avatars.store.update(job_id, status="queued")
+            else:
+                self.store.update(job_id, status="queued", phase=None)
         self.store.close()
 
     def expire(self) -> int:
@@ -157,13 +165,15 @@ class JobService:
         except Wav2LipTrtError as exc:
             self._finish(row.id, "failed", error=str(exc))
             return
-        if is_done(options):
+        if is_done(options) if not isinstance(options, StreamTask) else Path(row.outfile).is_file():
             self._finish(row.id, "succeeded", report={"outfile": RESULT_NAME, "recovered": True})
             return
         self.store.update(row.id, status="queued", phase=None)
         self.pool.submit(row.id, options)
 
     def _options(self, row: JobRow) -> Any:
+        if "avatar" in row.options:
+            return self.avatars.stream_task(row)
         allowed = per_call_options()
         typed = {name: _coerce(allowed[name], value, False) for name, value in row.options.items()}
         return inference_options(self.config, Path(row.face), Path(row.audio), Path(row.outfile), typed)
@@ -171,8 +181,22 @@ class JobService:
     # ---- requests ---------------------------------------------------------------------------------
 
     def submit(self, face: Incoming, audio: Incoming, options_text: str | None,
-               client: str | None = None) -> dict[str, Any]:
-        """A new job from a request (blocking: files are copied and probed); its public view."""
+               client: str | None = None, avatar: str | None = None) -> dict[str, Any]:
+        """A new job from a request (blocking: files are copied and probed); its public view.
+
+        ``avatar``: an avatar's id instead of a face: the job streams that avatar with the audio."""
+        with self.admitted(client):
+            with self.quota.reserve(upload_bytes(face) + upload_bytes(audio)):
+                return self._submit(face, audio, options_text, client, avatar)
+
+    def submit_avatar(self, face: Incoming, options_text: str | None, client: str | None = None) -> dict[str, Any]:
+        """A new avatar to prepare (:mod:`.avatars`), admitted as a job is (queue bound, client share)."""
+        with self.admitted(client):
+            return self.avatars.submit(face, options_text, client)
+
+    @contextmanager
+    def admitted(self, client: str | None) -> Iterator[None]:
+        """Room for one more queued task of ``client``, or :class:`QueueFull`; held while it is admitted."""
         if self.failure is not None:
             raise UploadError(f"the server cannot run jobs: {self.failure}", 503)
         limit = self.config.max_jobs_per_client
@@ -182,20 +206,29 @@ class JobService:
                 wait = self.retry_after(queued)
                 raise QueueFull(f"the queue is full ({queued} jobs waiting); try again in {wait} s", wait)
             if limit and client is not None:
-                mine = self.store.active(client) + self._admitting.get(client, 0)
+                mine = self.store.active(client) + self.avatars.store.active(client) + self._admitting.get(client, 0)
                 if mine >= limit:
                     wait = self.retry_after(mine)
                     raise QueueFull(f"you have {mine} jobs queued or running, the most this server takes from one "
                                     f"client (--max-jobs-per-client {limit}); try again in {wait} s", wait)
             self._admitting[client] = self._admitting.get(client, 0) + 1
         try:
-            with self.quota.reserve(upload_bytes(face) + upload_bytes(audio)):
-                return self._submit(face, audio, options_text, client)
+            yield
         finally:
             with self._admit:
                 self._admitting[client] -= 1
 
-    def _submit(self, face: Incoming, audio: Incoming, options_text: str | None, client: str | None) -> dict[str, Any]:
+    def enqueue(self, job_id: str, task: Task) -> None:
+        """A job stored and checked goes to the pool (its progress starts as queued)."""
+        self.live[job_id] = _Live(phase="queued")
+        self.pool.submit(job_id, task)
+
+    def _submit(self, face: Incoming, audio: Incoming, options_text: str | None, client: str | None,
+                avatar: str | None = None) -> dict[str, Any]:
+        if avatar is not None:
+            if face.stream is not None or face.path:
+                raise UploadError("give either face (or face_path) or avatar, not both")
+            return self.avatars.submit_job(avatar, audio, options_text, client)
         given, typed = parse_options(options_text)
         job_id = secrets.token_hex(8)
         folder = self.jobs_dir / job_id
@@ -297,23 +330,27 @@ class JobService:
         self.metrics.device_memory(worker, memory)
         log.info("%d of %d workers ready", ready, self.workers)
 
+    @routed
     def job_started(self, job_id: str, attempt: int) -> None:
         self.live[job_id] = _Live(phase="starting")
         self.watch.started(job_id)
         self.store.update(job_id, status="running", started=time.time(), attempts=attempt, phase="starting")
         self.hub.publish(job_id, "status", {"status": "running", "attempt": attempt})
 
+    @routed
     def job_phase(self, job_id: str, label: str) -> None:
         live = self.live.setdefault(job_id, _Live())
         live.phase = label
         self.store.update(job_id, phase=label)
         self.hub.publish(job_id, "progress", live.view())
 
+    @routed
     def job_total(self, job_id: str, frames: int) -> None:
         live = self.live.setdefault(job_id, _Live())
         live.total, live.done, live.since = frames, 0, time.monotonic()
         self.hub.publish(job_id, "progress", live.view())
 
+    @routed
     def job_frame(self, job_id: str, done: int) -> None:
         live = self.live.setdefault(job_id, _Live())
         if live.phase == LIP_SYNC_PHASE:  # detection's counts are input frames, not frames written
@@ -321,12 +358,14 @@ class JobService:
         live.done = done
         self.hub.publish(job_id, "progress", live.view())
 
+    @routed
     def job_done(self, job_id: str, report: dict[str, Any], memory: int | None, worker: int) -> None:
         self.metrics.device_memory(worker, memory)
         self.metrics.job_done(report["seconds"], report["frames"])
         report = {**report, "outfile": RESULT_NAME}  # the server's own paths are not the client's business
         self._finish(job_id, "succeeded", report=report)
 
+    @routed
     def job_failed(self, job_id: str, error: str) -> None:
         row = self.store.get(job_id)
         if row is not None:
@@ -338,6 +377,7 @@ class JobService:
         if row is not None:
             Path(row.outfile).unlink(missing_ok=True)
 
+    @routed
     def job_cancelled(self, job_id: str) -> None:
         row = self.store.get(job_id)
         if row is None or row.status in FINISHED:
@@ -352,6 +392,7 @@ class JobService:
             mark_path(Path(row.outfile)).unlink(missing_ok=True)
         self._finish(job_id, "cancelled", error="cancelled by a client")
 
+    @routed
     def job_retried(self, job_id: str, why: str) -> None:
         self.store.update(job_id, status="queued", phase=f"retrying: its worker died ({why})")
         self.hub.publish(job_id, "status", {"status": "queued", "attempt": 2})

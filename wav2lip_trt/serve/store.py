@@ -1,6 +1,6 @@
-"""Job state in SQLite under ``--state-dir`` (WAL mode), so a restarted server knows every job.
+"""Job and avatar state in SQLite under ``--state-dir`` (WAL mode), so a restarted server knows every one.
 
-One row per job. The server process is the only writer; the connection is shared by its threads
+One row per job (table ``jobs``) and per avatar (table ``avatars``, :class:`AvatarStore`). The server process is the only writer; the connection is shared by its threads
 under a lock. Progress within a job (frames done) is not written here: it changes many times a
 second and lives in memory for the event streams; a phase change and every status change are.
 """
@@ -37,6 +37,22 @@ CREATE TABLE IF NOT EXISTS jobs (
     client TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
+CREATE TABLE IF NOT EXISTS avatars (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    face TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    options TEXT NOT NULL,
+    report TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    names TEXT NOT NULL DEFAULT '{}',
+    client TEXT
+);
+CREATE INDEX IF NOT EXISTS avatars_created ON avatars (created);
 """
 
 
@@ -142,6 +158,84 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+@dataclass(frozen=True)
+class AvatarRow:
+    """An avatar as stored: its face, its folder (``save_avatar``'s), what it was asked, how its preparation ended."""
+
+    id: str
+    status: str  # queued | running | succeeded | failed (a cancelled preparation is deleted)
+    created: float
+    started: float | None
+    finished: float | None
+    face: str  # the face file (an upload under the state dir until prepared, or a file under --allow-path)
+    folder: str  # the avatar folder, STATE_DIR/avatars/ID
+    options: dict[str, Any]  # avatar options as given (JSON types)
+    report: dict[str, Any] | None  # frames, positions, width, height, fps, loop, detection, seconds
+    error: str | None
+    attempts: int
+    names: dict[str, str]
+    client: str | None
+
+
+class AvatarStore:
+    """The avatars table, on the jobs' database (same connection and lock)."""
+
+    def __init__(self, jobs: JobStore) -> None:
+        self._db, self._lock = jobs._db, jobs._lock
+
+    def add(self, avatar_id: str, face: str, folder: str, options: dict[str, Any], names: dict[str, str],
+            client: str | None = None) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO avatars (id, status, created, face, folder, options, names, client) "
+                             "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                             (avatar_id, time.time(), face, folder, json.dumps(options), json.dumps(names), client))
+
+    def update(self, avatar_id: str, **values: Any) -> None:
+        if "report" in values and values["report"] is not None:
+            values["report"] = json.dumps(values["report"])
+        columns = ", ".join(f"{name} = ?" for name in values)
+        with self._lock:
+            self._db.execute(f"UPDATE avatars SET {columns} WHERE id = ?", (*values.values(), avatar_id))
+
+    def get(self, avatar_id: str) -> AvatarRow | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM avatars WHERE id = ?", (avatar_id,)).fetchone()
+        return None if row is None else _avatar(row)
+
+    def page(self, limit: int, before: float | None = None) -> list[AvatarRow]:
+        """Newest first; ``before`` (a ``created`` time) continues a previous page."""
+        where, args = ("WHERE created < ?", (before,)) if before is not None else ("", ())
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM avatars {where} ORDER BY created DESC LIMIT ?",
+                                    (*args, limit)).fetchall()
+        return [_avatar(row) for row in rows]
+
+    def with_status(self, *statuses: str) -> list[AvatarRow]:
+        marks = ", ".join("?" for _ in statuses)
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM avatars WHERE status IN ({marks}) ORDER BY created",
+                                    statuses).fetchall()
+        return [_avatar(row) for row in rows]
+
+    def active(self, client: str) -> int:
+        """Avatars of ``client`` being prepared or waiting to be."""
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM avatars WHERE client = ? AND status IN ('queued', 'running')",
+                                    (client,)).fetchone()[0]
+
+    def delete(self, avatar_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM avatars WHERE id = ?", (avatar_id,))
+
+
+def _avatar(row: sqlite3.Row) -> AvatarRow:
+    data = dict(row)
+    for name in ("options", "names"):
+        data[name] = json.loads(data[name])
+    data["report"] = None if data["report"] is None else json.loads(data["report"])
+    return AvatarRow(**data)
 
 
 def _job(row: sqlite3.Row) -> JobRow:
