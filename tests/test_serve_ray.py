@@ -2,20 +2,25 @@
 
 One server for the module (the real command and a real client; two CPUs, so one to two worker
 replicas of one CPU each): upload → events → a result whose frames equal `infer`'s; cancel mid-run
-leaves nothing; jobs waiting bring a second replica; /readyz and /metrics answer; SIGTERM drains
-and exits 0.
+leaves nothing; /readyz and /metrics answer; jobs waiting bring a second replica; an avatar
+prepared and one live session over the websocket; a worker killed mid-job is replaced and the job
+runs once more; SIGTERM drains and exits 0.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import cv2
 import httpx
 import numpy as np
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,6 +29,8 @@ from wav2lip_trt.samples import float_to_int16, speechlike_audio, write_wav
 from jobs_media import write_media
 from media import decode_frames
 from serve_server import BOX, TOKEN, events, start_server, submit, wait_finished, wait_frames
+from test_serve_avatars import create_avatar, wait_avatar
+from test_serve_live import CHUNK_BYTES, connect, pcm, receive_all
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (the [serve] extra brings it; make test installs it)")
 
@@ -36,6 +43,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("serve_ray_media")
     found = write_media(folder)
     found["slow"] = write_wav(folder / "slow.wav", float_to_int16(speechlike_audio(3.0, seed=4)), 16000)
+    found["speech"] = write_wav(folder / "speech.wav", float_to_int16(speechlike_audio(1.0, seed=5)), 16000)
     return found
 
 
@@ -85,18 +93,6 @@ def test_cancel_mid_run_leaves_nothing(server, media) -> None:
         assert client.get(f"/v1/jobs/{job['id']}/result").status_code == 409
 
 
-def test_waiting_jobs_bring_a_second_replica(server, media) -> None:
-    with server.client() as client:
-        jobs = [submit(client, media["face"], media["slow"], box=BOX).json()["id"] for _ in range(3)]
-        most, deadline = 0, time.monotonic() + 120
-        while most < MAX_REPLICAS and time.monotonic() < deadline:
-            most = max(most, client.get("/readyz").json()["workers_ready"])
-            time.sleep(0.5)
-        assert most == MAX_REPLICAS
-        ends = [wait_finished(client, job) for job in jobs]
-        assert [end["status"] for end in ends] == ["succeeded"] * 3, ends
-
-
 def test_readyz_and_metrics(server) -> None:
     ready = httpx.get(f"{server.url}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json()["ready"] and ready.json()["workers"] == MAX_REPLICAS
@@ -106,6 +102,53 @@ def test_readyz_and_metrics(server) -> None:
     families = {family.name: family for family in text_string_to_metric_families(text)}
     assert families["wav2lip_trt_workers_ready"].samples[0].value >= 1
     assert {s.labels["status"] for s in families["wav2lip_trt_jobs"].samples} >= {"queued", "running", "succeeded"}
+
+
+def test_waiting_jobs_bring_a_second_replica(server, media) -> None:
+    with server.client() as client:
+        jobs = [submit(client, media["face"], media["slow"], box=BOX).json()["id"] for _ in range(2)]
+        most, deadline = 0, time.monotonic() + 120
+        while most < MAX_REPLICAS and time.monotonic() < deadline:
+            most = max(most, client.get("/readyz").json()["workers_ready"])
+            time.sleep(0.5)
+        assert most == MAX_REPLICAS
+        ends = [wait_finished(client, job) for job in jobs]
+        assert [end["status"] for end in ends] == ["succeeded"] * 2, ends
+
+
+def test_an_avatar_and_a_live_session_through_ray_serve(server, media) -> None:
+    with server.client() as client:
+        avatar = wait_avatar(client, create_avatar(client, media["face"], box=BOX).json()["id"])
+    assert avatar["status"] == "succeeded" and avatar["frames"] == 15, avatar
+    audio = pcm(media["speech"])
+    with connect(server, avatar=avatar["id"]) as ws:
+        ready = json.loads(ws.recv(60))
+        assert ready == {"type": "ready", "avatar": avatar["id"], "fps": 25.0, "width": 160, "height": 128}
+        for start in range(0, len(audio), CHUNK_BYTES):
+            ws.send(audio[start : start + CHUNK_BYTES])
+        ws.send(json.dumps({"type": "close"}))
+        frames, end, code = receive_all(ws)
+    assert end["type"] == "end" and code == 1000, end
+    assert end["report"]["frames"] == len(frames) > 0 and end["report"]["avatar"] == avatar["id"]
+    assert [header["index"] for header, _ in frames] == list(range(len(frames)))
+    assert all(isinstance(header["latency_ms"], float) for header, _ in frames)
+    image = cv2.imdecode(np.frombuffer(frames[-1][1], np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (128, 160, 3)
+
+
+def test_a_worker_killed_mid_job_is_replaced_and_the_job_runs_again(server, media) -> None:
+    with server.client() as client:
+        job = submit(client, media["face"], media["long"], box=BOX, wav2lip_batch_size=1).json()
+        wait_frames(client, job["id"], 1)
+        workers = [process for process in psutil.Process(server.process.pid).children(recursive=True)
+                   if "wav2lip-trt-worker" in " ".join(process.cmdline())]
+        assert workers
+        for process in workers:  # whichever replica runs it
+            process.send_signal(signal.SIGKILL)
+        end = wait_finished(client, job["id"])
+    assert end["status"] == "succeeded" and end["attempts"] == 2, end
+    assert sorted(p.name for p in (server.state_dir / "jobs" / job["id"]).iterdir() if p.suffix == ".mp4") == [
+        "result.mp4"]  # the killed worker's partial output is gone
 
 
 @pytest.mark.parametrize("args, error", [

@@ -19,11 +19,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import secrets
+from pathlib import Path
+
 from ..jobs.local import STOP_SECONDS
 from ..jobs.ray_runner import _first_line, _lost_worker_errors
-from ..options import InferenceOptions
+from .channel import LiveBusy, LiveChannel
 from .pool import PoolListener, PoolTask, _remove_partial
+from .ray_live import LiveCall
 from .ray_worker import ENDINGS
+from .tasks import LIVE_DEFAULTS, LiveTask, Task
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,7 @@ class RayPool:
         self._lost = (*_lost_worker_errors(ray), ray.exceptions.ActorUnavailableError)
         self._lock = threading.Lock()
         self._tasks: dict[str, _RayTask] = {}
+        self._lives: set[LiveCall] = set()
         self._state = _State()
         self._draining = False
         self._stopped = threading.Event()
@@ -87,8 +93,36 @@ class RayPool:
         with self._lock:
             return sum(task.started for task in self._tasks.values())
 
-    def submit(self, job_id: str, options: InferenceOptions) -> None:
+    def submit(self, job_id: str, options: Task) -> None:
+        """Hand a job, an avatar to prepare or an avatar job to Serve (a worker runs it with the local worker's code)."""
         self._follow_in_thread(_RayTask(job_id, options))
+
+    def open_live(self, avatar_dir: Path, settings: dict[str, Any]) -> LiveChannel:
+        """A live session on a free worker now (a streaming call of its own); :class:`LiveBusy` when none is free."""
+        task = LiveTask(Path(avatar_dir), {**LIVE_DEFAULTS, **settings})
+        live_id = secrets.token_hex(8)
+        with self._lock:
+            if self._draining or self._state.failed is not None:
+                raise LiveBusy("the server is not taking live sessions now (it is stopping, or its workers failed)")
+            busy = sum(not task.dropped for task in self._tasks.values()) + len(self._lives)
+            if busy >= self.ready:
+                raise LiveBusy(f"no free worker for a live session (all {self.ready} are busy); try again later")
+            call = LiveCall(lambda live: self.worker.options(stream=True).live.remote(f"live/{live_id}", live_id, live,
+                                                                                      self.mailbox),
+                            self.mailbox, f"live/{live_id}", self._live_closed)
+            self._lives.add(call)
+        channel = LiveChannel(live_id, call, call, int(task.settings["rate"]), lambda ended: call.close())
+        call.channel = channel
+        channel.start(task)
+        return channel
+
+    def live_sessions(self) -> int:
+        with self._lock:
+            return len(self._lives)
+
+    def _live_closed(self, call: LiveCall) -> None:
+        with self._lock:
+            self._lives.discard(call)
 
     def cancel(self, job_id: str) -> str | None:
         """``"queued"`` (it will never run), ``"running"`` (its worker was told; job_cancelled follows) or None."""
@@ -107,6 +141,9 @@ class RayPool:
         with self._lock:
             self._draining = True
             waiting = [task for task in self._tasks.values() if not task.started]
+            lives = list(self._lives)
+        for call in lives:  # as locally: the session stops, its websocket is closed
+            call.channel.abort()
         for task in waiting:
             if self.ray.get(self.mailbox.cancel.remote(task.key)) == "queued":
                 self._drop(task)
