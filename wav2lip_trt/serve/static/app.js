@@ -45,6 +45,17 @@ function cell(row, text, cls) {
   return td;
 }
 
+// A row of the jobs or avatars table (when, what, status), appended; its details cell is returned.
+function listRow(body, item, name, details) {
+  const row = document.createElement("tr");
+  row.dataset.id = item.id;
+  cell(row, new Date(item.created * 1000).toLocaleString());
+  cell(row, name);
+  cell(row, item.status, "status-" + item.status);
+  body.appendChild(row);
+  return cell(row, details);
+}
+
 function link(text, href, onclick) {
   const a = document.createElement("a");
   a.href = href;
@@ -88,27 +99,35 @@ function avatarPicked() {
   for (const id of ["face", "box", "pads", "nosmooth", "static"]) $(id).disabled = Boolean(avatar);
 }
 
-async function submit(event) {
+// A form's POST: the multipart body from fill(form), the button disabled meanwhile, errors to the error area.
+async function post(event, button, url, fill, refresh) {
   event.preventDefault();
   showError("");
   rememberToken();
-  const form = new FormData();
   try {
+    const form = new FormData();
+    fill(form);
+    $(button).disabled = true;
+    return await api("POST", url, form);
+  } catch (e) {
+    showError(e.message);
+    return null;
+  } finally {
+    $(button).disabled = false;
+    refresh();
+  }
+}
+
+async function submit(event) {
+  const job = await post(event, "submit", "/v1/jobs", (form) => {
     const avatar = $("job-avatar").value;
     if (avatar) form.append("avatar", avatar);
     else if ($("face").files[0]) form.append("face", $("face").files[0]);
     else throw new Error("choose a face, or pick an avatar");
     form.append("audio", $("audio").files[0]);
     form.append("options", JSON.stringify(options(avatar)));
-    $("submit").disabled = true;
-    const job = await api("POST", "/v1/jobs", form);
-    follow(job);
-  } catch (e) {
-    showError(e.message);
-  } finally {
-    $("submit").disabled = false;
-    refreshJobs();
-  }
+  }, refreshJobs);
+  if (job) follow(job);
 }
 
 function follow(job) {
@@ -175,18 +194,13 @@ async function refreshJobs() {
   const body = $("jobs");
   body.replaceChildren();
   for (const job of page.jobs) {
-    const row = document.createElement("tr");
-    cell(row, new Date(job.created * 1000).toLocaleString());
-    cell(row, jobFiles(job));
-    cell(row, job.status, "status-" + job.status);
-    const details = cell(row, job.error || "");
+    const details = listRow(body, job, jobFiles(job), job.error || "");
     if (job.status === "succeeded") {
       details.appendChild(link("video", withToken(job.result)));
       if (job.report) details.append(" " + job.report.frames + " frames in " + job.report.seconds + " s");
     } else if (job.status === "queued" || job.status === "running") {
       details.appendChild(link("follow", "#", () => follow(job)));
     }
-    body.appendChild(row);
   }
 }
 
@@ -194,24 +208,11 @@ async function refreshJobs() {
 
 let avatarPoll = null;  // the timer that refreshes the list while an avatar is being prepared
 
-async function submitAvatar(event) {
-  event.preventDefault();
-  showError("");
-  rememberToken();
-  const form = new FormData();
-  try {
+function submitAvatar(event) {
+  post(event, "avatar-submit", "/v1/avatars", (form) => {
     form.append("face", $("avatar-face").files[0]);
-    const o = faceOptions("avatar-");
-    o.loop = $("avatar-loop").value;
-    form.append("options", JSON.stringify(o));
-    $("avatar-submit").disabled = true;
-    await api("POST", "/v1/avatars", form);
-  } catch (e) {
-    showError(e.message);
-  } finally {
-    $("avatar-submit").disabled = false;
-    refreshAvatars();
-  }
+    form.append("options", JSON.stringify({ ...faceOptions("avatar-"), loop: $("avatar-loop").value }));
+  }, refreshAvatars);
 }
 
 function avatarName(avatar) {
@@ -252,16 +253,10 @@ async function refreshAvatars() {
   const body = $("avatars");
   body.replaceChildren();
   for (const avatar of page.avatars) {
-    const row = document.createElement("tr");
-    row.dataset.id = avatar.id;
-    cell(row, new Date(avatar.created * 1000).toLocaleString());
-    cell(row, avatarName(avatar));
-    cell(row, avatar.status, "status-" + avatar.status);
-    const details = cell(row, avatarDetails(avatar) + " ");
+    const details = listRow(body, avatar, avatarName(avatar), avatarDetails(avatar) + " ");
     if (avatar.status === "succeeded" || avatar.status === "failed") {
       details.appendChild(link("delete", "#", () => deleteAvatar(avatar.id)));
     }
-    body.appendChild(row);
   }
   fillAvatarChoices(page.avatars);
   const preparing = page.avatars.some((a) => a.status === "queued" || a.status === "running");
