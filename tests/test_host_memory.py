@@ -124,3 +124,28 @@ def test_frames_go_round_the_pool_and_the_output_keeps_its_bits(wav2lip, checkpo
     fresh.frames = lambda limit, ahead, times: source.frames(limit)  # type: ignore[method-assign]
     plain = _run(fresh, source, options, chunks, wav2lip, release=False)
     assert all(np.array_equal(a, b) for a, b in zip(recycled, plain))
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_the_detection_pass_gives_its_frames_back_to_the_pool(checkpoints, tmp_path, every) -> None:
+    """S3FD's frames are decoded into the pool and go back once detected (or skipped by --detect-every):
+    dropped instead, every frame was a fresh mapping faulted in page by page (~6,000 faults a 4K frame).
+    The boxes are those of a pass over fresh arrays."""
+    from wav2lip_trt.checkpoints import load_s3fd
+    from wav2lip_trt.detect import FaceDetector
+    from wav2lip_trt.detection.stage import DetectionPass
+    from wav2lip_trt.runners.base import S3FD_INPUTS, S3FD_OUTPUTS
+
+    video = write_video(tmp_path / "face.mp4", talking_face_frames(20, 128, 112, seed=4), 25.0)
+    source = FaceSource(video)
+    options = InferenceOptions(checkpoint_path=checkpoints[0], s3fd_checkpoint=checkpoints[1], face=video,
+                               audio=video, face_det_batch_size=4, detect_every=every)
+    s3fd = TorchRunner(load_s3fd(checkpoints[1]), S3FD_INPUTS, S3FD_OUTPUTS)
+    pooled = HostOps(None, source=source, frames_kept=64)  # type: ignore[arg-type]
+    fresh = HostOps(None)  # type: ignore[arg-type]
+    fresh.frames = lambda limit, ahead, times: source.frames(limit)  # type: ignore[method-assign]
+    found = [DetectionPass(FaceDetector(s3fd, StageTimes(), ops), ops, options, source, StageTimes(),
+                           runner_label="torch/fp32", decode_ahead=4).run(None).boxes for ops in (pooled, fresh)]
+    assert len(found[0]) == 20 and found[0] == found[1]
+    # decode look-ahead (4 + the queue's and the worker's) and one detection batch of 4: far fewer than 20
+    assert pooled.pool is not None and pooled.pool.made <= 12, pooled.pool.made

@@ -59,6 +59,11 @@ class FrameOps(Protocol):
     def copy(self, frame: Frame) -> Frame:
         ...
 
+    def release(self, frames: Sequence[Frame]) -> None:
+        """Frames from :meth:`frames` the caller is done with (S3FD has seen them): their buffers may be
+        decoded into again, so the detection pass makes no frame buffer per frame."""
+        ...
+
     def to_host(self, frame: Frame) -> np.ndarray:
         """One frame (or any tensor of this path) on the host, now (a blocking copy on the GPU path:
         for dumps, not the hot path)."""
@@ -116,6 +121,10 @@ class HostOps:
         if self.pool is not None and frame.shape == self.pool.shape and frame.dtype == self.pool.dtype:
             return self.pool.copy(frame)
         return frame.copy()
+
+    def release(self, frames: Sequence[np.ndarray]) -> None:
+        if self.pool is not None:
+            self.pool.give(frames)
 
     def to_host(self, frame: np.ndarray | torch.Tensor) -> np.ndarray:
         return np.asarray(frame)
@@ -225,6 +234,9 @@ class DeviceOps:
     def copy(self, frame: torch.Tensor) -> torch.Tensor:
         with self.ctx.on_compute():
             return frame.clone()
+
+    def release(self, frames: Sequence[torch.Tensor]) -> None:
+        del frames  # views of the decoder's batches, which it recycles itself
 
     def to_host(self, frame: torch.Tensor) -> np.ndarray:
         with self.ctx.on_compute():

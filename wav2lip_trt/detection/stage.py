@@ -124,6 +124,7 @@ class DetectionPass:
                 dets = boxes_to_array(self._detect(chunk))
                 entry.put(start, len(chunk), dets)
                 detected += len(chunk)
+            self.ops.release(chunk)
             boxes.extend(array_to_boxes(dets))
             self._advance(len(boxes))
         if limit is None or len(boxes) < limit:
@@ -153,6 +154,7 @@ class DetectionPass:
             found = self._detect([frame for _, frame in picked])
             fresh.put(len(found_at), len(picked), boxes_to_array(found))
             found_at.update(zip((i for i, _ in picked), found))
+            self.ops.release([frame for _, frame in picked])
             picked.clear()
 
         for (index, frame), last in mark_last(enumerate(self._decoded(limit))):
@@ -162,6 +164,8 @@ class DetectionPass:
                 if len(picked) == self.batch or last:
                     flush()
                     self._advance(total)
+            else:
+                self.ops.release([frame])
         self._save(self._key(total) if total else None, fresh)
         if origin != "detected":
             origin = "cache miss"
