@@ -38,6 +38,7 @@ def media(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("live_media")
     found = write_media(folder)
     found["speech"] = write_wav(folder / "speech.wav", float_to_int16(speechlike_audio(1.0, seed=5)), 16000)
+    found["long"] = write_wav(folder / "long.wav", float_to_int16(speechlike_audio(6.0, seed=6)), 16000)
     return found
 
 
@@ -125,16 +126,17 @@ def test_live_frames_are_the_stream_commands(live, media, checkpoints, tmp_path)
 def test_busy_worker_is_1013_and_a_client_that_leaves_frees_it(live, media) -> None:
     server, avatar_id = live
     workers = children(server.process.pid)
-    audio = pcm(media["speech"])
+    audio, long = pcm(media["speech"]), pcm(media["long"])
     with connect(server, avatar=avatar_id) as first:
         assert json.loads(first.recv(30))["type"] == "ready"
-        first.send(audio[: 4 * CHUNK_BYTES])
+        for start in range(0, len(long), CHUNK_BYTES):  # 6 s at once: far ahead of the worker, whose feed blocks
+            first.send(long[start : start + CHUNK_BYTES])
         assert isinstance(first.recv(300), bytes)  # the worker is mid-stream
         with connect(server, avatar=avatar_id) as second:
             message, code = refused(second)
         assert code == 1013 and message["type"] == "error" and "no free worker" in message["error"], message
-        first.send(audio[4 * CHUNK_BYTES :])
-    # the first client left mid-stream (no close message): its session is aborted and the worker is free
+    # the first client left mid-stream (no close message) with seconds of audio not yet fed: its session is
+    # aborted at once (not after the abort's 10 s and a kill) and the same worker is free
     deadline = time.monotonic() + 60
     while True:
         with connect(server, avatar=avatar_id) as third:
@@ -148,6 +150,7 @@ def test_busy_worker_is_1013_and_a_client_that_leaves_frees_it(live, media) -> N
         time.sleep(0.5)
     assert code == 1000 and end["report"]["frames"] == len(frames) > 0
     assert children(server.process.pid) == workers  # the same worker: not killed, nothing left running
+    assert "killed" not in server.output() and "died" not in server.output()
     with server.client() as client:
         families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
     assert families["wav2lip_trt_live_sessions"].samples[0].value == 0

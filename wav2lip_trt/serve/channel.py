@@ -9,7 +9,9 @@ TCP pushes back on the client. With policy ``drop`` the worker drops frames inst
 While a session runs, the channel is the only reader of its worker's pipe (the pool's dispatcher
 leaves it alone) and the only writer. The worker ends with one message (``live-end``, ``failed``
 or ``cancelled``) and then reads and discards everything up to ``release``, which the channel
-sends last: whatever PCM was in flight is gone before the worker takes its next task.
+sends last: whatever PCM was in flight is gone before the worker takes its next task. An abort is
+the pool's cancel signal (it reaches a worker blocked in a feed, or with seconds of PCM still to
+read) and an ``abort`` message, while the channel drains the frames the worker still sends.
 
 ``latency_ms`` of a frame: from the moment the channel was handed the PCM that made the frame's
 audio window final (or the end of the audio) to the moment the frame is handed out.
@@ -17,7 +19,9 @@ audio window final (or the end of the audio) to the moment the frame is handed o
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -27,10 +31,14 @@ from typing import Any
 
 from ..audio import SAMPLE_RATE
 from ..errors import Wav2LipTrtError
+from .worker_tasks import CANCEL_SIGNAL
 
-ABORT_SECONDS = 10.0  # a worker that does not end a session this long after "abort" is killed (and replaced)
+ABORT_SECONDS = 60.0  # a worker that does not end a session this long after "abort" is killed (and replaced):
+# it first finishes the generator batch it is in (up to 16 frames: seconds on a loaded CPU)
 ENDINGS = ("live-end", "failed", "cancelled")
 MAX_MARKS = 4096  # feeds remembered for latency (older ones are forgotten when frames are not taken)
+
+log = logging.getLogger(__name__)
 
 CLOSE_NORMAL, CLOSE_POLICY, CLOSE_INTERNAL, CLOSE_TRY_AGAIN = 1000, 1008, 1011, 1013
 
@@ -196,10 +204,16 @@ class LiveChannel:
                 if self._released:
                     return
                 if not self._ended and self._died is None:
+                    try:  # at once, even when the worker is blocked feeding or has seconds of PCM to read first
+                        os.kill(self.process.pid, CANCEL_SIGNAL)
+                    except ProcessLookupError:
+                        pass
                     sender = threading.Thread(target=self._send_quietly, args=(("abort",),), daemon=True,
                                               name=f"wav2lip-trt-live-abort-{self.id}")
                     sender.start()
                     if not self._drain(ABORT_SECONDS):
+                        log.warning("live session %s: its worker did not stop within %g s of the abort; killed "
+                                    "(a new one takes its place)", self.id, ABORT_SECONDS)
                         self._died = "killed: it did not stop the session"
                         self.process.kill()
                     sender.join(ABORT_SECONDS)

@@ -89,7 +89,7 @@ def add_routes(app: FastAPI, service: JobService) -> None:
     @app.websocket("/v1/live")
     async def live(websocket: WebSocket) -> None:
         await websocket.accept()
-        await Session(websocket, service, metrics).run()
+        await LiveSocket(websocket, service, metrics).run()
 
 
 @dataclass
@@ -98,7 +98,7 @@ class _Client:
     problem: tuple[str, int] | None = None  # the client broke the protocol: (message, close code)
 
 
-class Session:
+class LiveSocket:
     """One websocket's live session, from the checks to the close."""
 
     def __init__(self, websocket: WebSocket, service: JobService, metrics: LiveMetrics) -> None:

@@ -29,12 +29,11 @@ from .. import errors
 from ..jobs.local import _die_with_parent, _unwind
 from ..jobs.worker import WorkerSpec, open_session, this_worker
 from .tasks import AvatarTask, LiveTask, StreamTask, Task
-from .worker_tasks import prepare_avatar_task, run_live, stream_job, wait_release
+from .worker_tasks import CANCEL_SIGNAL, prepare_avatar_task, run_live, stream_job, wait_release
 
 log = logging.getLogger(__name__)
 
 FRAME_INTERVAL = 0.05  # seconds between frame reports (the last frame is always reported)
-CANCEL_SIGNAL = signal.SIGUSR1
 
 
 class JobCancelled(KeyboardInterrupt):

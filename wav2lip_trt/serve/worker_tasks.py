@@ -12,6 +12,7 @@ into :meth:`Session.stream <wav2lip_trt.session.Session.stream>`, frames into th
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CANCEL_SIGNAL = signal.SIGUSR1  # the pool's cancel: a job's (worker.py) or a live session's (here)
 CHUNK_SECONDS = 0.2  # `stream --chunk-ms`'s default (the frames do not depend on it)
 AVATAR_PHASE = "preparing the avatar"
 MAX_RATE = 768000
@@ -142,13 +144,17 @@ def run_live(session: Session, live_id: str, task: LiveTask, conn: Connection, s
         return _internal(live_id, exc)
     failure: list[BaseException] = []
     aborted = closed = False
-    with live:
+    abort = _AbortSignal()
+    with live, abort:
         send(("live-ready", live_id, {"fps": avatar.fps, "width": avatar.width, "height": avatar.height}))
         sender = threading.Thread(target=_send_frames, args=(live, live_id, send, settings["jpeg_quality"], failure),
                                   daemon=True, name="wav2lip-trt-serve-live-frames")
         sender.start()
         try:
             while sender.is_alive():  # it ends after the last frame, or on the stream's error
+                if abort.asked:
+                    aborted = True
+                    break
                 if not conn.poll(0.1):
                     continue
                 message = conn.recv()
@@ -158,13 +164,15 @@ def run_live(session: Session, live_id: str, task: LiveTask, conn: Connection, s
                 if closed:
                     continue
                 if message[0] == "pcm":
-                    live.feed(decoder.decode(message[1]))
+                    abort.feed(live, decoder.decode(message[1]))
                 elif message[0] == "close":
                     tail = decoder.finish()
                     if tail.shape[0]:
-                        live.feed(tail)
+                        abort.feed(live, tail)
                     live.close()
                     closed = True
+        except _Aborted:
+            aborted = True
         except Exception as exc:  # the stream's error (raised by feed), or the audio's
             failure.append(exc)
         if aborted or failure:
@@ -180,6 +188,45 @@ def run_live(session: Session, live_id: str, task: LiveTask, conn: Connection, s
     report = {"clock": settings["clock"], "policy": policy, "width": avatar.width, "height": avatar.height,
               "fps": avatar.fps, **live.stats.report()}
     return ("live-end", live_id, report)
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _AbortSignal:
+    """The pool's cancel signal during a live session: the server aborts it. The in-band ``abort`` may sit
+    behind seconds of PCM in the pipe, and a feed may be blocked (back-pressure): the signal ends a
+    blocked feed at once, and the session stops before it reads on (what follows is dropped up to the
+    server's ``release``). Never raised inside a pipe read, which would leave half a message behind."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self._feeding = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_AbortSignal":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(CANCEL_SIGNAL, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(CANCEL_SIGNAL, self._previous)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.asked = True
+        if self._feeding:
+            raise _Aborted()
+
+    def feed(self, live: Any, samples: np.ndarray) -> None:
+        self._feeding = True
+        try:
+            if self.asked:
+                raise _Aborted()
+            live.feed(samples)
+        finally:
+            self._feeding = False
 
 
 def _send_frames(live: Any, live_id: str, send: Send, quality: int, failure: list[BaseException]) -> None:
