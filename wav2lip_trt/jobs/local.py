@@ -4,7 +4,8 @@ Processes, not threads: the pipeline's Python stages hold the GIL, and one sessi
 streams are not shared between concurrent calls. They start with ``spawn`` (forking a process
 that has imported torch, let alone used CUDA, is unsafe) and die with the batch process, even when
 it is killed with SIGKILL (``PR_SET_PDEATHSIG`` on Linux, a watchdog elsewhere), so a killed batch
-leaves no worker behind that could finish a job while a resumed batch runs it again.
+leaves no worker behind that could finish a job while a resumed batch runs it again. They die with
+the process, not with the thread that started them (see :func:`_die_with_parent`).
 
 Each worker gets the next job when it reports the last one, so a slow job never holds others up. A
 worker that dies (the kernel's OOM killer, a crash in a native library) is replaced, the temporary
@@ -14,6 +15,7 @@ on Ray.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -250,18 +252,37 @@ def _unwind(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+PARENT_DEATH_SIGNAL = signal.SIGUSR1
+"""What the kernel sends a worker when the thread that started it ends (``PR_SET_PDEATHSIG``)."""
+
+
 def _die_with_parent(parent: int) -> None:
-    """End this process when the batch process ends, however it ends."""
+    """End this process when the process ``parent`` ends, however it ends (SIGKILL included).
+
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that started this process ends, not its process:
+    a pool that starts a worker from a thread that then ends (a dispatcher, a helper starting a
+    replacement) would lose a worker it still counts on. And it fires again each time the worker
+    is handed to another of the parent's threads, finally when the last one ends. So the signal is
+    not SIGTERM (which the pool sends to stop a worker) but :data:`PARENT_DEATH_SIGNAL`, whose
+    handler unwinds only when the parent process is gone: the worker has been handed to a process
+    that is not ``parent`` (init or a subreaper).
+    """
+    signal.signal(PARENT_DEATH_SIGNAL, functools.partial(_on_parent_signal, parent))
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+        if libc.prctl(1, PARENT_DEATH_SIGNAL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
             raise OSError(ctypes.get_errno(), "prctl")
     except (OSError, AttributeError):
         threading.Thread(target=_watch_parent, args=(parent,), name="wav2lip-trt-parent-watch", daemon=True).start()
     if os.getppid() != parent:  # it died before the line above took effect
         os._exit(1)
+
+
+def _on_parent_signal(parent: int, signum: int, frame: object) -> None:
+    if os.getppid() != parent:  # the process is gone, not just the thread that started this worker
+        _unwind(signal.SIGTERM, frame)
 
 
 def _watch_parent(parent: int) -> None:
