@@ -188,3 +188,27 @@ def test_refusals_are_one_message_and_1008(live) -> None:
             ws.recv(30)
     assert ws.close_code == 1008
     assert os.path.isdir(server.state_dir / "avatars" / avatar_id)
+
+
+def test_another_rate_is_resampled_and_the_wall_clock_paces(live, media) -> None:
+    """8 kHz PCM (resampled as `stream --audio - --rate` does) on the wall clock (late frames dropped, not held)."""
+    import numpy as np
+    import soxr
+
+    server, avatar_id = live
+    samples = np.frombuffer(pcm(media["speech"]), dtype="<i2").astype(np.float32) / 32768
+    low = (soxr.resample(samples, 16000, 8000) * 32767).astype("<i2").tobytes()
+    with connect(server, avatar=avatar_id, rate=8000, clock="wall") as ws:
+        assert json.loads(ws.recv(30))["type"] == "ready"
+        for start in range(0, len(low), CHUNK_BYTES // 2):
+            ws.send(low[start : start + CHUNK_BYTES // 2])
+        ws.send(json.dumps({"type": "close"}))
+        frames, end, code = receive_all(ws)
+    assert code == 1000 and end["type"] == "end", end
+    report = end["report"]
+    assert (report["clock"], report["policy"]) == ("wall", "drop")
+    assert report["frames"] == len(frames) > 0 and abs(report["audio_seconds"] - 1.0) < 0.05
+    indices = [header["index"] for header, _ in frames]
+    assert indices == sorted(set(indices))  # in order, each once (some may be dropped)
+    assert all(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (128, 160, 3)
+               for _, jpeg in frames)
