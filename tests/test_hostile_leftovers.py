@@ -107,3 +107,13 @@ def test_a_worker_started_from_a_thread_that_ends_lives_until_its_process_dies(c
     assert not alive, "the worker outlived its parent"
     assert time.monotonic() - killed < 10  # it stopped its job, not finished it
     assert list(out.iterdir()) == []  # no output published, no temporary file left
+
+
+def test_the_parent_death_signal_is_no_other_signal_a_worker_answers() -> None:
+    """A serve worker handles SIGUSR1 as a cancel and every worker SIGTERM as a stop; a thread ending is neither."""
+    import signal
+
+    from wav2lip_trt.jobs.local import PARENT_DEATH_SIGNAL
+    from wav2lip_trt.serve.worker_tasks import CANCEL_SIGNAL
+
+    assert PARENT_DEATH_SIGNAL not in (CANCEL_SIGNAL, signal.SIGTERM, signal.SIGINT)

@@ -252,8 +252,9 @@ def _unwind(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-PARENT_DEATH_SIGNAL = signal.SIGUSR1
-"""What the kernel sends a worker when the thread that started it ends (``PR_SET_PDEATHSIG``)."""
+PARENT_DEATH_SIGNAL = signal.SIGUSR2
+"""What the kernel sends a worker when the thread that started it ends (``PR_SET_PDEATHSIG``); SIGUSR1 is
+the serve pool's cancel (:data:`wav2lip_trt.serve.worker_tasks.CANCEL_SIGNAL`), SIGTERM any pool's stop."""
 
 
 def _die_with_parent(parent: int) -> None:
