@@ -92,3 +92,27 @@ def test_the_device_path_with_yuv_output_runs_on_the_cpu_too(checkpoints, tmp_pa
     bgr, yuv420 = decode_frames(tmp_path / "bgr24.mp4"), decode_frames(tmp_path / "yuv420p.mp4")
     diff = np.abs(bgr.astype(int) - yuv420)
     assert bgr.shape == yuv420.shape == (7, 96, 128, 3) and diff.mean() < 0.1 and diff.max() <= 4
+
+
+@pytest.mark.gpu
+def test_a_failed_run_unpins_its_readback_ring_when_it_ends(checkpoints, talking_clip, tmp_path: Path) -> None:
+    """The readback ring is unpinned when the run ends (after its writer thread), not when its objects are
+    collected: a failure's traceback, kept by the caller, holds the run's frame and its frame ops."""
+    import time
+
+    from wav2lip_trt.execution import pinned_bytes
+    from wav2lip_trt.session import Session
+
+    face, audio = talking_clip
+
+    def fail(done: int) -> None:
+        if done > 8:
+            time.sleep(0.5)  # the writer has read back the first batches: the ring is pinned
+            raise RuntimeError("stopped by the test")
+
+    with Session(checkpoints[0], None, device="cuda", precision="fp32") as session:
+        before = pinned_bytes()["slabs"]
+        with pytest.raises(RuntimeError, match="stopped by the test") as info:
+            session.infer(face, audio, tmp_path / "x.mp4", box=(10, 110, 20, 140), wav2lip_batch_size=4, on_frame=fail)
+        assert info.traceback and pinned_bytes()["slabs"] == before
+    assert not (tmp_path / "x.mp4").exists()

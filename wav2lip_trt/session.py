@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +35,7 @@ from .encoders import choose_encoder
 from .errors import AudioError, InputError
 from .execution import BatchPlan, DeviceContext, WriterThread, plan_batches
 from .execution.gpu_timing import EventClock, SteadyRate, memory_report
+from .execution.handoff import on_stream
 from .execution.memory import bound_allocator
 from .faces import IMG_SIZE
 from .ffmpeg import find_ffmpeg
@@ -147,8 +149,12 @@ class Session:
 
     ``s3fd_checkpoint=None`` loads no face detector: every call must then give ``box``.
     ``generator_batch`` fixes the batch the generator's CUDA graph is captured at (default: the
-    first call's ``wav2lip_batch_size``, 128, whatever its frame size); a call whose frames allow
-    only smaller device batches runs them padded to it.
+    first call's ``wav2lip_batch_size``, 128, whatever its frame size; a live stream's too); a call
+    whose frames allow only smaller device batches runs them padded to it, and so do a live stream's
+    small batches.
+
+    One session may serve several threads at once (an offline run and live streams): the generator
+    is :class:`SharedGenerator`, one call at a time, and :meth:`warm_up` comes before any other use.
     """
 
     def __init__(self, checkpoint_path: str | Path, s3fd_checkpoint: str | Path | None = None, *, device: str = "auto",
@@ -172,7 +178,8 @@ class Session:
         )
         self.runners: Runners = create_runners(backend, request)
         assert self.runners.generator is not None
-        self.generator: Runner = self.runners.generator
+        self._generator_lock = threading.Lock()
+        self.generator: Runner = SharedGenerator(self.runners.generator, self._generator_lock)  # type: ignore[assignment]
         self.load_seconds = time.perf_counter() - started
         self.generator_batch = generator_batch
         self._load_reported = False
@@ -252,11 +259,12 @@ class Session:
                            else plan.generator_batch)  # on a GPU the frames being generated live on the device
         if not self._warm:  # the graph's batch: the user's (128), never a job's frame size; smaller batches are padded
             with times.stage("load"):
-                _warm_up(self.generator, self.generator_batch or options.wav2lip_batch_size, self.context)
-            self._warm = True
+                self.warm_up(options.wav2lip_batch_size)
         dump = IntermediateDump(options.dump_intermediates) if options.dump_intermediates else None
         if options.save_frames is not None:
             Path(options.save_frames).mkdir(parents=True, exist_ok=True)
+        ops: FrameOps | None = None
+        frames_out: WriterThread | None = None
         try:
             if dump is not None:
                 dump.save("mel", job.mel.astype(np.float32))
@@ -293,6 +301,7 @@ class Session:
         finally:
             if dump is not None:
                 dump.close()
+            _close_ops(ops, frames_out)
         return InferenceResult(
             outfile=Path(options.outfile), frames=total, fps=info.fps, width=info.width, height=info.height,
             audio_seconds=job.audio_seconds, device=str(self.generator.device), backend=self.runners.backend,
@@ -340,6 +349,7 @@ class Session:
         """
         from .live.avatar import make_avatar
 
+        self.warm_up(per_call.get("wav2lip_batch_size", 128))  # before this session's first detection (see warm_up)
         target = Path(out) / "stream.mp4" if out is not None else Path("results/result_voice.mp4")  # checked, never written
         return make_avatar(self, self.options(face, face, target, **per_call), None if out is None else Path(out), loop=loop)
 
@@ -357,6 +367,24 @@ class Session:
         if score.expert_checkpoint is not None or score.disc_checkpoint is not None:
             options["scorer"] = self._scorer(score)  # type: ignore[arg-type]
         return LiveStream(self, avatar if isinstance(avatar, Avatar) else load_avatar(avatar), **options)
+
+    def warm_up(self, batch: int = 128) -> None:
+        """Run the generator once, at the session's fixed batch (``generator_batch``, else ``batch``), before
+        any other use of the session's compute stream.
+
+        On a GPU that captures the generator's CUDA graph at that batch (smaller batches are padded to
+        it, a live stream's included), not at whatever batch happens to come first: a live stream's
+        first batch is one or two frames, and a graph captured there would leave every larger batch
+        eager. Every way in calls it first (``execute``, ``avatar``, a live stream), under the
+        generator's lock, so no other thread of this session launches work on the compute stream
+        while the capture records it. On the CPU it does nothing.
+        """
+        if self._warm:
+            return
+        with self._generator_lock:
+            if not self._warm:
+                _warm_up(self.runners.generator, self.generator_batch or batch, self.context)
+                self._warm = True
 
     def close(self) -> None:
         for networks in self._scoring.values():
@@ -401,6 +429,45 @@ def _resources(usage: dict[str, Any], context: DeviceContext) -> dict[str, Any]:
     memory = memory_report(context.device)
     del memory["peak_rss_bytes"]
     return {**usage, **memory}
+
+
+class SharedGenerator:
+    """The session's generator runner, safe to call from several threads at once (an offline run, live streams).
+
+    Calls run one at a time under the session's lock, and on a GPU each call's outputs are copied on
+    the runner's stream before the lock is let go: a CUDA graph (and a TensorRT context) writes every
+    call's outputs into the same buffers, so without the copy another thread's call, enqueued before
+    this thread's paste-back, would overwrite this thread's faces. All of it is enqueued on the one
+    compute stream, in lock order, which is the order it runs in; nothing waits on the host.
+    """
+
+    def __init__(self, runner: Runner, lock: threading.Lock) -> None:
+        self.runner, self._lock = runner, lock
+
+    def infer(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with self._lock:
+            out = self.runner.infer(feed)
+            if self.runner.stream is None:
+                return out
+            with torch.cuda.device(self.runner.device), on_stream(self.runner.stream):
+                return {name: tensor.clone() for name, tensor in out.items()}
+
+    def __getattr__(self, name: str) -> Any:  # the runner's name, device, stream, dtypes, graph batch
+        if name == "runner":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.runner, name)
+
+
+def _close_ops(ops: FrameOps | None, writer: WriterThread | None) -> None:
+    """Unpin what a run's frame ops hold (the device path's readback ring) once the writer thread, which
+    reads from it, has ended; an error's exit from the writer's block waits for it only briefly."""
+    close = getattr(ops, "close", None)
+    if close is None:
+        return
+    if writer is not None and not writer.join(timeout=60.0):
+        log.warning("the writer thread has not ended; its readback ring stays pinned until it is collected")
+        return
+    close()
 
 
 def _warm_up(runner: Runner, batch: int, context: DeviceContext) -> None:

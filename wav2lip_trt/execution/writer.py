@@ -152,6 +152,12 @@ class WriterThread:
         if exc_type is None:
             self._raise_failure()
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to end (after the ``with`` block, whose exit on an error waits only briefly);
+        True once it has: nothing it holds (a readback ring) is read any more."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def _drain(self) -> None:
         while True:
             try:
