@@ -92,12 +92,7 @@ class AvatarService:
         uploads = self.uploads / avatar_id
         uploads.mkdir()
         try:
-            if face.stream is not None:
-                path = store(face, uploads, self.config.max_upload_bytes)
-            elif face.path:
-                path = resolve_allowed("face_path", face.path, self.config.allowed_roots)
-            else:
-                raise UploadError("missing face: upload it in field face (or give face_path under --allow-path)")
+            path = self._input(face, uploads)
             folder = self.dir / avatar_id
             task = self._task(path, folder, given, {path: face.name})
             self.store.add(avatar_id, str(path), str(folder), given, {"face": face.name}, client)
@@ -107,6 +102,15 @@ class AvatarService:
         self.tasks.add(avatar_id)
         self.jobs.pool.submit(avatar_id, task)
         return self.view(avatar_id)
+
+    def _input(self, incoming: Incoming, folder: Path) -> Path:
+        """An upload stored in ``folder``, or a path under ``--allow-path``, as a job's inputs are."""
+        if incoming.stream is not None:
+            return store(incoming, folder, self.config.max_upload_bytes)
+        if incoming.path:
+            return resolve_allowed(f"{incoming.field}_path", incoming.path, self.config.allowed_roots)
+        raise UploadError(f"missing {incoming.field}: upload it in field {incoming.field} (or give "
+                          f"{incoming.field}_path under --allow-path)")
 
     def _task(self, face: Path, folder: Path, given: dict[str, Any],
               names: dict[Path, str] | None = None) -> AvatarTask:
@@ -189,12 +193,7 @@ class AvatarService:
         job_dir = self.jobs.jobs_dir / job_id
         job_dir.mkdir()
         try:
-            if audio.stream is not None:
-                path = store(audio, job_dir, self.config.max_upload_bytes)
-            elif audio.path:
-                path = resolve_allowed("audio_path", audio.path, self.config.allowed_roots)
-            else:
-                raise UploadError("missing audio: upload it in field audio (or give audio_path under --allow-path)")
+            path = self._input(audio, job_dir)
             try:
                 load_audio(path)
             except Wav2LipTrtError as exc:

@@ -77,17 +77,79 @@ class JobRow:
     client: str | None  # the address the job came from (for --max-jobs-per-client)
 
 
-class JobStore:
-    """The jobs table; every method is safe to call from any thread."""
+class _Table:
+    """The rows of one table, on a connection shared by the server's threads under one lock."""
+
+    table = ""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
+        self._db, self._lock = db, lock
+
+    def _row(self, row: sqlite3.Row) -> Any:
+        raise NotImplementedError
+
+    def active(self, client: str) -> int:
+        """Rows of ``client`` that are queued or running."""
+        with self._lock:
+            return self._db.execute(f"SELECT COUNT(*) FROM {self.table} WHERE client = ? AND status IN "
+                                    "('queued', 'running')", (client,)).fetchone()[0]
+
+    def update(self, row_id: str, **values: Any) -> None:
+        """Set columns of one row (``report`` as a dict)."""
+        if "report" in values and values["report"] is not None:
+            values["report"] = json.dumps(values["report"])
+        columns = ", ".join(f"{name} = ?" for name in values)
+        with self._lock:
+            self._db.execute(f"UPDATE {self.table} SET {columns} WHERE id = ?", (*values.values(), row_id))
+
+    def get(self, row_id: str) -> Any:
+        with self._lock:
+            row = self._db.execute(f"SELECT * FROM {self.table} WHERE id = ?", (row_id,)).fetchone()
+        return None if row is None else self._row(row)
+
+    def page(self, limit: int, before: float | None = None, status: str | None = None) -> list[Any]:
+        """Newest first; ``before`` (a ``created`` time) continues a previous page."""
+        where, args = [], []
+        if before is not None:
+            where.append("created < ?")
+            args.append(before)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        sql = f"SELECT * FROM {self.table}" + (f" WHERE {' AND '.join(where)}" if where else "")
+        with self._lock:
+            rows = self._db.execute(f"{sql} ORDER BY created DESC LIMIT ?", (*args, limit)).fetchall()
+        return [self._row(row) for row in rows]
+
+    def with_status(self, *statuses: str) -> list[Any]:
+        """Oldest first: the order a restart re-queues them in."""
+        marks = ", ".join("?" for _ in statuses)
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM {self.table} WHERE status IN ({marks}) ORDER BY created",
+                                    statuses).fetchall()
+        return [self._row(row) for row in rows]
+
+    def delete(self, row_id: str) -> None:
+        with self._lock:
+            self._db.execute(f"DELETE FROM {self.table} WHERE id = ?", (row_id,))
+
+
+class JobStore(_Table):
+    """The jobs table (and the database: it opens it); every method is safe to call from any thread."""
+
+    table = "jobs"
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        super().__init__(db, threading.Lock())
+
+    def _row(self, row: sqlite3.Row) -> JobRow:
+        return _job(row)
 
     def add(self, job_id: str, face: str, audio: str, outfile: str, options: dict[str, Any],
             names: dict[str, str], client: str | None = None) -> None:
@@ -97,46 +159,8 @@ class JobStore:
                              (job_id, time.time(), face, audio, outfile, json.dumps(options), json.dumps(names),
                               client))
 
-    def active(self, client: str) -> int:
-        """Jobs of ``client`` that are queued or running."""
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM jobs WHERE client = ? AND status IN ('queued', 'running')",
-                                    (client,)).fetchone()[0]
-
-    def update(self, job_id: str, **values: Any) -> None:
-        """Set columns of one job (``report`` as a dict)."""
-        if "report" in values and values["report"] is not None:
-            values["report"] = json.dumps(values["report"])
-        columns = ", ".join(f"{name} = ?" for name in values)
-        with self._lock:
-            self._db.execute(f"UPDATE jobs SET {columns} WHERE id = ?", (*values.values(), job_id))
-
     def get(self, job_id: str) -> JobRow | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _job(row)
-
-    def page(self, limit: int, before: float | None = None, status: str | None = None) -> list[JobRow]:
-        """Newest first; ``before`` (a ``created`` time) continues a previous page."""
-        where, args = [], []
-        if before is not None:
-            where.append("created < ?")
-            args.append(before)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
-        sql = "SELECT * FROM jobs" + (f" WHERE {' AND '.join(where)}" if where else "")
-        with self._lock:
-            rows = self._db.execute(f"{sql} ORDER BY created DESC LIMIT ?", (*args, limit)).fetchall()
-        return [_job(row) for row in rows]
-
-    def with_status(self, *statuses: str) -> list[JobRow]:
-        """Oldest first: the order a restart re-queues them in."""
-        marks = ", ".join("?" for _ in statuses)
-        with self._lock:
-            rows = self._db.execute(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY created",
-                                    statuses).fetchall()
-        return [_job(row) for row in rows]
+        return super().get(job_id)
 
     def finished_before(self, when: float) -> list[str]:
         """Oldest first: the order the disk quota deletes them in."""
@@ -150,10 +174,6 @@ class JobStore:
             rows = self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
         found = {status: count for status, count in rows}
         return {status: found.get(status, 0) for status in STATUSES}
-
-    def delete(self, job_id: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def close(self) -> None:
         with self._lock:
@@ -179,11 +199,16 @@ class AvatarRow:
     client: str | None
 
 
-class AvatarStore:
+class AvatarStore(_Table):
     """The avatars table, on the jobs' database (same connection and lock)."""
 
+    table = "avatars"
+
     def __init__(self, jobs: JobStore) -> None:
-        self._db, self._lock = jobs._db, jobs._lock
+        super().__init__(jobs._db, jobs._lock)
+
+    def _row(self, row: sqlite3.Row) -> AvatarRow:
+        return _avatar(row)
 
     def add(self, avatar_id: str, face: str, folder: str, options: dict[str, Any], names: dict[str, str],
             client: str | None = None) -> None:
@@ -192,42 +217,8 @@ class AvatarStore:
                              "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
                              (avatar_id, time.time(), face, folder, json.dumps(options), json.dumps(names), client))
 
-    def update(self, avatar_id: str, **values: Any) -> None:
-        if "report" in values and values["report"] is not None:
-            values["report"] = json.dumps(values["report"])
-        columns = ", ".join(f"{name} = ?" for name in values)
-        with self._lock:
-            self._db.execute(f"UPDATE avatars SET {columns} WHERE id = ?", (*values.values(), avatar_id))
-
     def get(self, avatar_id: str) -> AvatarRow | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM avatars WHERE id = ?", (avatar_id,)).fetchone()
-        return None if row is None else _avatar(row)
-
-    def page(self, limit: int, before: float | None = None) -> list[AvatarRow]:
-        """Newest first; ``before`` (a ``created`` time) continues a previous page."""
-        where, args = ("WHERE created < ?", (before,)) if before is not None else ("", ())
-        with self._lock:
-            rows = self._db.execute(f"SELECT * FROM avatars {where} ORDER BY created DESC LIMIT ?",
-                                    (*args, limit)).fetchall()
-        return [_avatar(row) for row in rows]
-
-    def with_status(self, *statuses: str) -> list[AvatarRow]:
-        marks = ", ".join("?" for _ in statuses)
-        with self._lock:
-            rows = self._db.execute(f"SELECT * FROM avatars WHERE status IN ({marks}) ORDER BY created",
-                                    statuses).fetchall()
-        return [_avatar(row) for row in rows]
-
-    def active(self, client: str) -> int:
-        """Avatars of ``client`` being prepared or waiting to be."""
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM avatars WHERE client = ? AND status IN ('queued', 'running')",
-                                    (client,)).fetchone()[0]
-
-    def delete(self, avatar_id: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM avatars WHERE id = ?", (avatar_id,))
+        return super().get(avatar_id)
 
 
 def _avatar(row: sqlite3.Row) -> AvatarRow:
