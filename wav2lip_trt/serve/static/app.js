@@ -222,7 +222,7 @@ function avatarName(avatar) {
 
 function avatarDetails(avatar) {
   if (avatar.status === "failed") return avatar.error || "";
-  if (avatar.status !== "succeeded") return "";
+  if (avatar.status !== "succeeded") return avatar.phase && avatar.phase !== avatar.status ? avatar.phase : "";
   return avatar.width + "×" + avatar.height + ", " + avatar.frames + " frames at " + avatar.fps + " fps, loop "
     + avatar.loop;
 }
