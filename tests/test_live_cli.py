@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -131,19 +133,76 @@ def test_a_sender_that_stops_without_closing(setup, tmp_path) -> None:
     assert json.loads((tmp_path / "idle.json").read_text())["stopped_without_close"] is True and out.is_file()
 
 
-def test_a_reader_that_goes_away(setup) -> None:
+@pytest.mark.parametrize("fmt, first", [("raw", 128 * 96 * 3), ("ts", 188)])
+def test_a_reader_that_goes_away(setup, fmt, first) -> None:
+    """A closed stdout (EPIPE, raw or through ffmpeg's MPEG-TS): one Error line, exit 1, no ffmpeg left."""
+    import psutil
+
     proc = subprocess.Popen([sys.executable, "-m", "wav2lip_trt", *map(str, stream_args(
-        setup, "--audio", setup["audio"], "--outfile", "-", "--stdout-format", "raw"))],
+        setup, "--audio", setup["audio"], "--realtime", "--outfile", "-", "--stdout-format", fmt))],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.read(128 * 96 * 3)  # one frame, then the reader leaves
+    assert len(proc.stdout.read(first)) == first  # one frame (or one TS packet), then the reader leaves
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) == (fmt == "ts")  # the MPEG-TS encoder
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 1
-    assert "stdout was closed by its reader" in err and "Traceback" not in err
+    assert "stdout was closed by its reader" in err and err.count("Error:") == 1 and "Traceback" not in err
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
 
 
-def test_sigterm_leaves_no_file_and_nothing_running(setup, tmp_path) -> None:
+def test_stdin_pcm_to_mpegts_on_stdout(setup, tmp_path) -> None:
+    proc = cli(*stream_args(setup, "--audio", "-", "--outfile", "-", "-q"), stdin=setup["pcm"].tobytes())
+    assert proc.returncode == 0, proc.stderr.decode()
+    (tmp_path / "live.ts").write_bytes(proc.stdout)
+    facts = probe(tmp_path / "live.ts")
+    assert facts["format"] == "mpegts" and facts["video"]["codec"] == "h264"
+    assert facts["video"]["frames"] == len(setup["expected"]) and (facts["video"]["width"], facts["video"]["height"]) == (128, 96)
+
+
+def test_wall_clock_keeps_the_avatar_moving_while_the_sender_is_silent(setup, tmp_path) -> None:
+    """stdin stays open and sends nothing: on the wall clock frames keep coming (silence, reported as one gap
+    with its length) until --idle-timeout ends the stream as if it were closed; the progress line shows the latency."""
+    report_path = tmp_path / "wall.json"
+    proc = subprocess.Popen([sys.executable, "-m", "wav2lip_trt", *map(str, stream_args(
+        setup, "--audio", "-", "--outfile", "-", "--stdout-format", "raw", "--clock", "wall", "--delay", "0.5",
+        "--idle-timeout", "3", "--json", report_path))], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    out: list[bytes] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    proc.stdin.write(setup["pcm"].tobytes())
+    proc.stdin.flush()  # and never closed
+    try:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+    finally:
+        proc.stdin.close()
+    reader.join(timeout=60)
+    err = proc.stderr.read().decode()
+    report = json.loads(report_path.read_text())
+    frames = len(out[0]) // (128 * 96 * 3)
+    assert report["stopped_without_close"] is True and report["gaps"] == len(report["gap_list"]) >= 1
+    assert report["gap_list"][-1][0] >= 0.45 and report["gap_list"][-1][1] >= 1.5  # the pause after the speech
+    assert frames == report["frames"] >= len(setup["expected"]) + 35  # 13 frames of speech, then silence
+    assert "no audio for 3 s" in err and re.search(r"(?m)^stream: .*latency p50 [0-9.]+ ms, p95 [0-9.]+ ms", err)
+
+
+def test_an_avatar_of_another_checkpoint_is_one_error(setup, tmp_path) -> None:
+    from wav2lip_trt.random_weights import write_random_checkpoints
+
+    other, _ = write_random_checkpoints(tmp_path / "other", seed=1)
+    proc = cli("stream", "--avatar", setup["dir"] / "avatar", "--checkpoint_path", other, "--audio", setup["audio"],
+               "--outfile", tmp_path / "x.mp4")
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "was prepared with checkpoint wav2lip.pth" in err
+    assert err.count("Error:") == 1 and "Traceback" not in err and not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_sigterm_leaves_no_file_and_nothing_running(setup, tmp_path, signame) -> None:
+    sig = getattr(signal, signame)
     out = tmp_path / "term.mp4"
     proc = subprocess.Popen([sys.executable, "-m", "wav2lip_trt", *map(str, stream_args(
         setup, "--audio", setup["audio"], "--realtime", "--outfile", out))], stderr=subprocess.PIPE)
@@ -152,8 +211,27 @@ def test_sigterm_leaves_no_file_and_nothing_running(setup, tmp_path) -> None:
     while time.time() < deadline and not any(p.name.startswith(".") for p in tmp_path.iterdir()):
         time.sleep(0.05)  # ffmpeg's temporary file: the stream is running
     assert proc.poll() is None
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, err
-    assert "Interrupted (SIGTERM)" in err and list(tmp_path.iterdir()) == []
+    assert proc.wait(timeout=60) == 128 + sig, err
+    assert f"Interrupted ({signame})" in err and list(tmp_path.iterdir()) == []
     assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).stdout == b""  # no ffmpeg left
+
+
+def test_pcm_formats_channels_and_bad_settings() -> None:
+    """stdin's PCM as the stream reads it: f32le as is, s16le as x / 32768, channels averaged; bad settings refused."""
+    import io
+
+    from wav2lip_trt.errors import InputError
+    from wav2lip_trt.live.sources import PcmReader
+
+    wav = speechlike_audio(0.1, seed=5).astype(np.float32)
+    as_f32 = np.concatenate(list(PcmReader(io.BytesIO(wav.astype("<f4").tobytes()), sample_format="f32le")))
+    assert np.array_equal(as_f32, wav)
+    pcm = float_to_int16(wav)
+    stereo = np.stack([pcm, np.zeros_like(pcm)], axis=1).astype("<i2")
+    as_s16 = np.concatenate(list(PcmReader(io.BytesIO(stereo.tobytes()), channels=2)))
+    assert np.array_equal(as_s16, (pcm.astype(np.float32) / 32768 + 0) / 2)
+    for kwargs, message in (({"rate": 0}, "--rate"), ({"sample_format": "s24le"}, "--format"), ({"channels": 0}, "--channels")):
+        with pytest.raises(InputError, match=message):
+            PcmReader(io.BytesIO(b""), **kwargs)

@@ -193,7 +193,7 @@ def test_block_policy_holds_the_producer_back(session, media) -> None:
 def test_wall_clock_fills_late_audio_with_silence(session, media) -> None:
     avatar = session.avatar(media["folder"], fps=FPS, box=(20, 90, 30, 100))
     wav = load_audio(media["audio"])
-    with session.stream(avatar, clock="wall", delay=0.3) as live:
+    with session.stream(avatar, clock="wall", delay=0.3, max_batch=4, pending_frames=8) as live:
         live.feed(wav[:4000])  # 0.25 s, then nothing for a while
         frames = []
         for frame in live.frames(timeout=30):
@@ -202,6 +202,7 @@ def test_wall_clock_fills_late_audio_with_silence(session, media) -> None:
                 live.close()
     gaps = live.stats.gaps
     assert gaps and sum(g[1] for g in gaps) > 0.05
+    assert live.stats.gap_count == len(gaps) == 1  # one pause, reported as one gap with its length
     assert [f.index for f in frames] == list(range(len(frames))) and len(frames) >= 8
 
 
@@ -255,3 +256,116 @@ def test_gpu_stream_matches_gpu_infer(checkpoints, media, tmp_path) -> None:
     assert [f.index for f in streamed] == list(range(len(expected)))
     diff = np.abs(np.stack([f.image for f in streamed]).astype(np.int16) - expected.astype(np.int16))
     assert diff.max() <= 8 and (diff > 1).mean() < 0.01
+
+
+def test_batches_are_small_when_caught_up_and_large_when_behind(session, media) -> None:
+    avatar = session.avatar(media["folder"], fps=FPS, box=(20, 90, 30, 100))
+    wav = load_audio(media["audio"])
+    with session.stream(avatar, max_batch=4) as live:  # behind: every window arrives at once
+        live.feed(wav)
+        live.close()
+        burst = list(live)
+    assert len(burst) == live.total and max(live.stats.batches) == 4
+    assert live.stats.report()["batches"]["mean"] > 2
+    with session.stream(avatar, max_batch=4) as live:  # caught up: each frame's audio once the last frame is out
+        got: list = []
+        frames = live.frames(timeout=60)
+        for start in range(0, 7200, 640):  # 640 samples = one frame at 25 fps
+            live.feed(wav[start : start + 640])
+            while len(got) < live.final_frames:
+                got.append(next(frames))
+        before_close = list(live.stats.batches)
+        live.close()
+        got.extend(frames)
+    assert [f.index for f in got] == list(range(live.total))
+    assert len(before_close) >= 5 and set(before_close) == {1}  # one new frame a batch (run beside its copy)
+
+
+def test_wall_clock_memory_stays_bounded_when_the_consumer_stops(session, media) -> None:
+    """The wall clock inserts silence for every frame due, but not past the pending bound (policy block)."""
+    avatar = session.avatar(media["folder"], fps=FPS, box=(20, 90, 30, 100))
+    with session.stream(avatar, clock="wall", delay=0.0, queue_frames=2, max_batch=2, pending_frames=4) as live:
+        live.feed(np.zeros(4000, dtype=np.float32))
+        time.sleep(2.0)  # 50 frames due, nobody takes one
+        assert len(live._pending) <= 4 + 1 and len(live._out) <= 2
+        assert live.stats.gap_count == 1  # one pause, one gap, however many frames it covers
+        live.close()
+        frames = list(live)
+    assert [f.index for f in frames] == list(range(live.total)) and live.stats.dropped == 0
+
+
+def test_stats_stay_flat_on_a_long_stream() -> None:
+    from wav2lip_trt.live.stream import LATENCY_KEPT, RECENT_KEPT, StreamStats
+
+    stats = StreamStats()
+    for k in range(LATENCY_KEPT + 500):
+        stats.add_latency(0.25 if k % 20 else 0.5)
+    for k in range(RECENT_KEPT * 3):
+        stats.add_batch(1 + k % 4)
+        stats.add_gap(k * 10_000, 640, continues=False)
+    stats.add_gap(RECENT_KEPT * 3 * 10_000 - 10_000 + 640, 640, continues=True)  # the last gap goes on
+    report = stats.report()
+    assert len(stats.chunk_latency) == LATENCY_KEPT and report["latency_ms"]["chunks"] == LATENCY_KEPT + 500
+    assert report["latency_ms"]["p50"] == 250.0 and report["latency_ms"]["max"] == 500.0
+    assert len(stats.batches) == RECENT_KEPT and report["batches"] == {"count": RECENT_KEPT * 3, "mean": 2.5, "max": 4}
+    assert len(stats.gaps) == RECENT_KEPT and report["gaps"] == RECENT_KEPT * 3
+    assert stats.gaps[-1][1] == 1280 / 16000 and report["gap_seconds"] == round((RECENT_KEPT * 3 + 1) * 0.04, 3)
+    assert len(report["gap_list"]) == 100
+
+
+
+def test_two_streams_on_one_session_at_once_are_exact(session, media) -> None:
+    """Streams on one session run their generator batches one at a time (the session's SharedGenerator); each
+    stream's frames are the ones it makes alone, bit for bit on the CPU."""
+    avatar = session.avatar(media["folder"], fps=FPS, box=(20, 90, 30, 100))
+    audios = [load_audio(media["audio"]), float_to_int16(speechlike_audio(0.7, seed=12))]
+    alone = [run_stream(session, avatar, [wav]) for wav in audios]
+    together: list[list] = [[], []]
+
+    def run(k: int) -> None:
+        together[k] = run_stream(session, avatar, chunks_of(audios[k], "random", seed=k), max_batch=3)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    for mine, reference in zip(together, alone):
+        assert [f.index for f in mine] == [f.index for f in reference] and len(mine) > 10
+        assert all(np.array_equal(a.image, b.image) for a, b in zip(mine, reference))
+    assert not np.array_equal(together[0][12].image, together[1][12].image)  # two different audios
+
+@pytest.mark.gpu
+def test_a_stream_first_captures_the_graph_at_the_sessions_batch(checkpoints, session, media) -> None:
+    """A stream on a fresh GPU session warms it up: the generator's CUDA graph is captured at the session's
+    batch (128), not at the stream's first batch (a lone frame beside its copy: 2), which would leave every
+    larger batch eager."""
+    avatar = session.avatar(media["folder"], fps=FPS, box=(20, 90, 30, 100))  # made on the CPU session
+    with Session(checkpoints[0], None, device="cuda", precision="fp32") as gpu:
+        frames = run_stream(gpu, avatar, chunks_of(load_audio(media["audio"]), "random", seed=2))
+        assert gpu.generator.graph_batch == 128 and gpu.generator.runner._graph.batch == 128
+    assert [f.index for f in frames] == list(range(len(frames))) and len(frames) > 10
+
+
+@pytest.mark.gpu
+def test_two_streams_on_one_gpu_session_at_once(checkpoints, session, media) -> None:
+    """Two streams' workers share the session's generator (one CUDA graph, one set of output buffers): each
+    stream's frames are the ones it makes alone."""
+    avatar = session.avatar(media["folder"], fps=FPS, box=(20, 90, 30, 100))
+    audios = [load_audio(media["audio"]), float_to_int16(speechlike_audio(0.7, seed=12))]
+    with Session(checkpoints[0], None, device="cuda", precision="fp32") as gpu:
+        alone = [run_stream(gpu, avatar, [wav]) for wav in audios]
+        together: list[list] = [[], []]
+
+        def run(k: int) -> None:
+            together[k] = run_stream(gpu, avatar, chunks_of(audios[k], "random", seed=k), max_batch=3)
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+    for mine, reference in zip(together, alone):
+        assert [f.index for f in mine] == [f.index for f in reference]
+        diff = np.abs(np.stack([f.image for f in mine]).astype(np.int16) - np.stack([f.image for f in reference]))
+        assert diff.max() <= 8 and (diff > 1).mean() < 0.01

@@ -131,10 +131,9 @@ def run_stream_command(*, avatar_dir: Path, audio: str, outfile: str, checkpoint
         write_json(json_path, report)
     if not quiet:
         where = "stdout" if into_stdout else outfile
-        lat = report["latency_ms"]
         click.echo(f"Streamed {report['frames']} frames to {where} ({report['dropped']} dropped, {report['gaps']} gaps "
                    f"{report['gap_seconds']:.2f} s) in {report['seconds']:.1f} s: {report['frames_per_second']} frames/s, "
-                   f"latency p50 {lat['p50']} ms, p95 {lat['p95']} ms, max {lat['max']} ms" + _scores(report), err=True)
+                   f"{_latency(report, 'max')}" + _scores(report), err=True)
     return report
 
 
@@ -157,9 +156,16 @@ def _produce(live: Any, source: Iterable[np.ndarray], failure: list[BaseExceptio
 
 
 def _progress(report: dict[str, Any]) -> None:
+    click.echo(f"stream: {report['frames']} frames, {report['audio_seconds']:.1f} s of audio, {_latency(report)}, "
+               f"{report['dropped']} dropped, {report['gaps']} gaps ({report['gap_seconds']:.1f} s)", err=True)
+
+
+def _latency(report: dict[str, Any], *extra: str) -> str:
+    """The running per-chunk latency, or that no chunk has all its frames out yet."""
     lat = report["latency_ms"]
-    click.echo(f"stream: {report['frames']} frames, {report['audio_seconds']:.1f} s of audio, latency p50 {lat['p50']} ms "
-               f"p95 {lat['p95']} ms, {report['dropped']} dropped, {report['gaps']} gaps", err=True)
+    if lat["p50"] is None:
+        return "latency p50 - (no chunk's frames all out yet)"
+    return "latency " + ", ".join(f"{q} {lat[q]} ms" for q in ("p50", "p95", *extra))
 
 
 def _quiet_stdout() -> None:

@@ -13,16 +13,21 @@ wait while either is full (back-pressure up to the audio source); ``policy="drop
 oldest pending frame (never generated) or the oldest finished frame instead, and counts both.
 
 The generator takes what is pending, up to ``max_batch`` frames: one or two when the stream has
-caught up (latency), many when it is behind (throughput). Frames are made by the pipeline's own
-stage (:meth:`wav2lip_trt.frame_ops.FrameOps.lip_sync`), so with the torch CPU runner they equal
-``infer``'s bit for bit: every batch size from two up gives the same bits, so a lone frame runs
-beside a copy of itself, except where ``infer``'s own batch holds one frame (the last frame when
-the frame count is 1 more than a multiple of ``--wav2lip_batch_size``), known once the stream closes.
+caught up (latency), many when it is behind (throughput). It is the session's
+(:class:`~wav2lip_trt.session.SharedGenerator`: several streams may share a session), warmed up at
+the session's batch before the first stream's worker starts (:meth:`Session.warm_up`). Frames are
+made by the pipeline's own stage (:meth:`wav2lip_trt.frame_ops.FrameOps.lip_sync`), so with the
+torch CPU runner they equal ``infer``'s bit for bit: every batch size from two up gives the same
+bits, so a lone frame runs beside a copy of itself, except where ``infer``'s own batch holds one
+frame (the last frame when the frame count is 1 more than a multiple of ``--wav2lip_batch_size``),
+known once the stream closes.
 
 Clocks: ``audio`` makes one frame per window of received audio, whenever it arrives (exact).
 ``wall`` hands frame i out at ``start + delay + i / fps`` whatever arrives: when the audio for a
 frame is late, silence is inserted into the stream (the avatar keeps moving) and the gap is
-recorded; audio arriving after it follows the silence. ``delay`` must cover the window's look-ahead
+recorded (one pause, one gap, with its length); audio arriving after it follows the silence. Under
+``policy="block"`` no silence is added while ``pending`` is full, so memory stays bounded when the
+generator or the consumer is behind the clock. ``delay`` must cover the window's look-ahead
 (0.25 s), the source's chunk length and a generator batch: 0.8 s suits 200 ms chunks on a GPU.
 """
 
@@ -62,21 +67,58 @@ class LiveFrame:
     pts: float  # seconds on the stream's audio timeline (index / fps)
 
 
+LATENCY_KEPT = 100_000
+"""Chunk latencies kept for the percentiles: the latest ones (hours at 200 ms chunks), so memory stays flat."""
+RECENT_KEPT = 1_000
+"""Gaps and batch sizes kept as lists (the latest); their counts and sums run over the whole stream."""
+
+
 @dataclass
 class StreamStats:
+    """What a stream did; memory stays flat however long it runs (running counts and sums, bounded lists)."""
+
     frames: int = 0  # handed to the consumer
     dropped_pending: int = 0  # dropped before generation (policy "drop")
     dropped_finished: int = 0  # generated, dropped because the consumer was behind (policy "drop")
     samples: int = 0  # audio samples fed (silence inserted by the wall clock included)
-    gaps: list[tuple[float, float]] = field(default_factory=list)  # (audio time s, silence inserted s)
-    chunk_latency: list[float] = field(default_factory=list)  # per fed chunk with frames: fed -> last frame out, s
-    batches: list[int] = field(default_factory=list)  # generator batch sizes (frames)
+    gaps: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=RECENT_KEPT))
+    """(audio time s, silence inserted s) of the latest gaps; one pause in the audio is one gap."""
+    gap_count: int = 0
+    gap_seconds: float = 0.0
+    chunk_latency: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_KEPT))
+    """Per fed chunk with frames: fed -> its last frame out, s (the latest :data:`LATENCY_KEPT`)."""
+    latency_chunks: int = 0
+    batches: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_KEPT))  # latest generator batch sizes
+    batch_count: int = 0
+    batch_frames: int = 0
+    batch_max: int = 0
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
 
     @property
     def dropped(self) -> int:
         return self.dropped_pending + self.dropped_finished
+
+    def add_gap(self, at: int, samples: int, *, continues: bool) -> None:
+        """``samples`` of silence inserted at sample ``at``: a new gap, or (``continues``) more of the last one."""
+        seconds = samples / SAMPLE_RATE
+        self.gap_seconds += seconds
+        if continues and self.gaps:
+            where, length = self.gaps[-1]
+            self.gaps[-1] = (where, length + seconds)
+            return
+        self.gap_count += 1
+        self.gaps.append((at / SAMPLE_RATE, seconds))
+
+    def add_latency(self, seconds: float) -> None:
+        self.latency_chunks += 1
+        self.chunk_latency.append(seconds)
+
+    def add_batch(self, frames: int) -> None:
+        self.batch_count += 1
+        self.batch_frames += frames
+        self.batch_max = max(self.batch_max, frames)
+        self.batches.append(frames)
 
     def report(self) -> dict:
         lat = np.asarray(self.chunk_latency, dtype=np.float64)
@@ -89,11 +131,13 @@ class StreamStats:
         return {
             "frames": self.frames, "dropped": self.dropped, "dropped_pending": self.dropped_pending,
             "dropped_finished": self.dropped_finished, "audio_seconds": round(audio_seconds, 3),
-            "gaps": len(self.gaps), "gap_seconds": round(sum(g[1] for g in self.gaps), 3),
+            "gaps": self.gap_count, "gap_seconds": round(self.gap_seconds, 3),
+            "gap_list": [[round(at, 3), round(length, 3)] for at, length in list(self.gaps)[-100:]],
             "latency_ms": {"p50": pct(50), "p95": pct(95), "max": round(float(lat.max()) * 1000, 1) if lat.size else None,
-                           "chunks": int(lat.size)},
-            "batches": {"count": len(self.batches), "mean": round(float(np.mean(self.batches)), 2) if self.batches else None,
-                        "max": max(self.batches) if self.batches else None},
+                           "chunks": self.latency_chunks},
+            "batches": {"count": self.batch_count,
+                        "mean": round(self.batch_frames / self.batch_count, 2) if self.batch_count else None,
+                        "max": self.batch_max or None},
             "seconds": round(wall, 3), "frames_per_second": round(self.frames / wall, 2) if wall > 0 else None,
             "real_time_factor": round(wall / audio_seconds, 3) if audio_seconds > 0 else None,
         }
@@ -152,6 +196,7 @@ class LiveStream:
         if blend not in ("none", "feather"):
             raise InputError("--blend must be none or feather")
         avatar.check_checkpoint(session.model_options["checkpoint_path"])
+        session.warm_up(reference_batch)  # the generator's graph at the session's batch, not this stream's first
         self.session, self.avatar = session, avatar
         self.clock, self.policy, self.blend, self.delay = clock, policy, blend, float(delay)
         self.max_batch = max(2, max_batch)
@@ -178,6 +223,7 @@ class LiveStream:
         self._worker = threading.Thread(target=self._work, name="wav2lip-trt-live", daemon=True)
         self._worker.start()
         self._pacer: threading.Thread | None = None
+        self._gap_end = -1  # sample where the wall clock's latest inserted silence ends
 
     # --- producer side ---------------------------------------------------------------------------------
 
@@ -226,7 +272,13 @@ class LiveStream:
 
     @property
     def total(self) -> int | None:
+        """Frames of the whole stream, known once it is closed."""
         return self._total
+
+    @property
+    def final_frames(self) -> int:
+        """Frames whose mel window is final so far (generated, pending or dropped)."""
+        return self._mel.frames_out
 
     def _next_chunk(self) -> int:
         self._chunks += 1
@@ -289,10 +341,15 @@ class LiveStream:
                 if time.perf_counter() < self.due(index) - margin:
                     continue
                 missing = samples_for_frame(index, self.fps) - self._mel.received
+                if missing > 0 and self.policy == "block" and len(self._pending) > self.pending_frames:
+                    self._cond.wait(0.05)  # the generator is behind: no more silence until it catches up
+                    continue
                 if missing > 0:
-                    self.stats.gaps.append((self._mel.received / SAMPLE_RATE, missing / SAMPLE_RATE))
-                    log.info("audio late: %.3f s of silence inserted at %.3f s", missing / SAMPLE_RATE,
-                             self._mel.received / SAMPLE_RATE)
+                    at = self._mel.received
+                    if at != self._gap_end:
+                        log.info("audio late: silence inserted from %.3f s on", at / SAMPLE_RATE)
+                    self.stats.add_gap(at, missing, continues=at == self._gap_end)
+                    self._gap_end = at + missing
                     try:
                         self._add(np.zeros(missing, dtype=np.float32))
                     except BaseException as exc:  # handed to the consumer
@@ -369,7 +426,7 @@ class LiveStream:
             images = [np.array(host[k]) for k in range(len(part))]
         finally:
             finished.release()
-        self.stats.batches.append(len(part))
+        self.stats.add_batch(len(part))
         return images
 
     def _deliver(self, part: list[_Pending], images: list[np.ndarray]) -> None:
@@ -422,7 +479,7 @@ class LiveStream:
                     self._chunk_left.pop(item.chunk, None)
                     fed = self._chunk_fed.pop(item.chunk, None)
                     if fed is not None:
-                        self.stats.chunk_latency.append(now - fed)
+                        self.stats.add_latency(now - fed)
                 else:
                     self._chunk_left[item.chunk] = left
             yield LiveFrame(item.index, image, item.index / self.fps)
