@@ -138,3 +138,37 @@ def test_a_fifo_or_link_in_place_of_the_mark_is_not_done_and_never_blocks(tmp_pa
         reader.join(10)
     assert not blocked and answers == [False]
     assert mark.exists() and not mark.is_file()  # looked at, left as it was
+
+
+def test_results_into_a_fifo_with_no_reader_is_refused_not_waited_for(tmp_path) -> None:
+    import threading
+
+    from wav2lip_trt.errors import InputError
+
+    fifo = tmp_path / "results.jsonl"
+    os.mkfifo(fifo)
+    errors: list[str] = []
+
+    def open_results() -> None:
+        try:
+            with ResultsFile(fifo):
+                pass
+        except InputError as exc:
+            errors.append(str(exc))
+
+    opener = threading.Thread(target=open_results, daemon=True)
+    opener.start()
+    opener.join(10)
+    blocked = opener.is_alive()
+    if blocked:  # in open(), waiting for a reader: give it one so the test ends, then fail
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        opener.join(10)
+    assert not blocked and errors == [f"--results {fifo}: cannot write: it is a FIFO with no reader"]
+
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader (``--results >(jq .)``): written as usual
+    try:
+        with ResultsFile(fifo) as results:
+            results.write(Outcome(1, "ok", "a.mp4", frames=3))
+        assert b'"job": 1, "status": "ok"' in os.read(reader, 4096)
+    finally:
+        os.close(reader)

@@ -20,6 +20,7 @@ files in the same folder stays right on shared storage, where the machines' cloc
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -66,11 +67,18 @@ class ResultsFile:
         self._file: Any = None
 
     def __enter__(self) -> "ResultsFile":
+        """Open (truncate) the file; a FIFO no one reads is refused at once, where ``open`` would wait forever.
+
+        A pipe with a reader (``--results >(jq .)``) and a device such as ``/dev/null`` are written as usual.
+        """
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "w", encoding="utf-8")
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
         except OSError as exc:
-            raise InputError(f"--results {self.path}: cannot write: {exc.strerror or exc}") from None
+            why = "it is a FIFO with no reader" if exc.errno == errno.ENXIO else exc.strerror or exc
+            raise InputError(f"--results {self.path}: cannot write: {why}") from None
+        os.set_blocking(fd, True)  # a reader that is slow to read slows the batch, it does not fail it
+        self._file = open(fd, "w", encoding="utf-8")
         return self
 
     def write(self, outcome: Outcome) -> None:
