@@ -93,6 +93,14 @@ def test_avatar_job_equals_stream_and_avatars_survive_a_restart(checkpoints, med
             served.write_bytes(client.get(end["result"]).content)
             listed = client.get("/v1/avatars").json()
             assert [a["id"] for a in listed["avatars"]] == [pingpong["id"], avatar_id]  # newest first
+
+            busy = submit(client, media["face"], media["slow"], box=BOX, wav2lip_batch_size=4).json()
+            queued = create_avatar(client, media["face"], box=BOX).json()  # waits behind the job
+            assert client.delete(f"/v1/avatars/{queued['id']}").json() == {"id": queued["id"], "status": "cancelled"}
+            assert client.get(f"/v1/avatars/{queued['id']}").status_code == 404
+            assert not (server.state_dir / "avatar-uploads" / queued["id"]).exists()
+            client.delete(f"/v1/jobs/{busy['id']}")
+            assert wait_finished(client, busy["id"])["status"] == "cancelled"
     finally:
         assert server.stop() == 0, server.output()
     assert "Traceback" not in server.output()
