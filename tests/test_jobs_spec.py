@@ -61,6 +61,8 @@ def test_per_call_options_are_the_infer_options_that_keep_the_models() -> None:
     (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4", "nosmooth": "yes"}'], r"line 1: nosmooth: expected true"),
     (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4", "crf": 18.5}'], r"line 1: crf: expected a whole number"),
     (['{"face": 3, "audio": "a.wav", "outfile": "o.mp4"}'], r"line 1: face: expected a path"),
+    (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4"}', '{"face": "a.mp4", "audio": "a.wav", '
+      '"outfile": "o\\u0000b.mp4"}'], r"line 2: outfile: a path cannot hold a NUL character, got 'o\\x00b.mp4'"),
     (["", "# nothing but a comment"], r"holds no jobs"),
     (['{"face": "a.mp4", "audio": "a.wav", "outfile": "o.mp4"}', '{"face": ' + "[" * 50_000 + "]" * 50_000 + "}"],
      r"jobs.jsonl line 2: nested more than 32 levels deep"),

@@ -230,6 +230,8 @@ def _coerce(hint: Any, value: Any, from_text: bool) -> Any:
     if hint in (str, Path):
         if not isinstance(value, str) or not value:
             raise ValueError(f"expected a {'path' if hint is Path else 'string'}, got {value!r}")
+        if hint is Path and "\0" in value:  # JSON's \u0000: no system call takes it (ValueError deep inside)
+            raise ValueError(f"a path cannot hold a NUL character, got {value!r}")
         return Path(value) if hint is Path else value
     raise ValueError(f"cannot be given in a jobs file (type {hint})")  # a new option of a type not handled here
 
