@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from wav2lip_trt.jobs.results import (
     Outcome, ResultsFile, fingerprint, is_done, mark_path, mark_started, read_results,
@@ -111,10 +117,23 @@ def test_results_lines_survive_a_cut_last_line(tmp_path) -> None:
                             "worker", "attempts"}
 
 
+def _unblocked(call: Callable[[], Any], fifo: Path) -> Any:
+    """``call()``, which must not wait on ``fifo``: after 10 s it gets the other end (so the test ends) and fails."""
+    answers: list[Any] = []
+    caller = threading.Thread(target=lambda: answers.append(call()), daemon=True)
+    caller.start()
+    caller.join(10)
+    if caller.is_alive():  # in open(), waiting for the FIFO's other end
+        for flags in (os.O_WRONLY | os.O_NONBLOCK, os.O_RDONLY | os.O_NONBLOCK):
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, flags))
+        caller.join(10)
+        pytest.fail(f"waited on the FIFO {fifo}")
+    return answers[0]
+
+
 def test_a_fifo_or_link_in_place_of_the_mark_is_not_done_and_never_blocks(tmp_path) -> None:
     """Opening a FIFO for reading waits for a writer, forever: the mark is read as a regular file or not at all."""
-    import threading
-
     options = _options(tmp_path)
     mark_started(options, line=1)
     options.outfile.write_bytes(b"video")
@@ -128,42 +147,24 @@ def test_a_fifo_or_link_in_place_of_the_mark_is_not_done_and_never_blocks(tmp_pa
     assert not is_done(options)
     mark.unlink()
     os.mkfifo(mark)
-    answers: list[bool] = []
-    reader = threading.Thread(target=lambda: answers.append(is_done(options)), daemon=True)
-    reader.start()
-    reader.join(10)
-    blocked = reader.is_alive()
-    if blocked:  # in open(), waiting for a writer: give it one so the test ends, then fail
-        os.close(os.open(mark, os.O_WRONLY | os.O_NONBLOCK))
-        reader.join(10)
-    assert not blocked and answers == [False]
+    assert _unblocked(lambda: is_done(options), mark) is False
     assert mark.exists() and not mark.is_file()  # looked at, left as it was
 
 
 def test_results_into_a_fifo_with_no_reader_is_refused_not_waited_for(tmp_path) -> None:
-    import threading
-
     from wav2lip_trt.errors import InputError
 
     fifo = tmp_path / "results.jsonl"
     os.mkfifo(fifo)
-    errors: list[str] = []
 
-    def open_results() -> None:
+    def open_results() -> str:
         try:
             with ResultsFile(fifo):
-                pass
+                return "opened"
         except InputError as exc:
-            errors.append(str(exc))
+            return str(exc)
 
-    opener = threading.Thread(target=open_results, daemon=True)
-    opener.start()
-    opener.join(10)
-    blocked = opener.is_alive()
-    if blocked:  # in open(), waiting for a reader: give it one so the test ends, then fail
-        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
-        opener.join(10)
-    assert not blocked and errors == [f"--results {fifo}: cannot write: it is a FIFO with no reader"]
+    assert _unblocked(open_results, fifo) == f"--results {fifo}: cannot write: it is a FIFO with no reader"
 
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader (``--results >(jq .)``): written as usual
     try:
