@@ -25,7 +25,7 @@ from .events import stream
 from .live import add_routes as add_live_routes, refuse
 from .metrics import CONTENT_TYPE
 from .quota import StorageGate
-from .responses import error_response
+from .responses import BodyRefused, TrackedSend, error_response, run_refusable
 from .service import JobNotFound, JobService, QueueFull
 from .store import STATUSES
 from .timeouts import RequestTimeout
@@ -199,19 +199,13 @@ class Guard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = TrackedSend(send)
         try:
             await self.app(scope, receive, tracked)
         except Exception:
             if scope["type"] != "http":
                 raise
-            if not started:
+            if not tracked.started:
                 log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
                 await error_response(500, "internal error (a bug; the traceback is in the server's log)")(
                     scope, receive, send)
@@ -278,7 +272,6 @@ class SizeLimit:
                 await too_big(scope, receive, send)
                 return
         received = 0
-        started = False
 
         async def counted() -> Message:
             nonlocal received
@@ -286,20 +279,7 @@ class SizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise _TooBig()
+                    raise BodyRefused(too_big)
             return message
 
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, tracked)
-        except _TooBig:
-            if not started:
-                await too_big(scope, receive, send)
-
-
-class _TooBig(BaseException):
-    """Not an Exception: FastAPI turns any Exception raised while it parses a body into a 400."""
+        await run_refusable(self.app, scope, receive, send, counted)

@@ -31,7 +31,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .quota import DiskQuota, declared_length
-from .responses import error_response
+from .responses import BodyRefused, error_response, run_refusable
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class RequestTimeout:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.seconds
-        complete = started = False
+        complete = False
 
         async def timed() -> Message:
             nonlocal complete
@@ -63,25 +63,12 @@ class RequestTimeout:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
-                raise _TimedOut() from None
+                raise BodyRefused(error_response(408, timeout_message(self.seconds), {"Connection": "close"})) \
+                    from None
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, timed, tracked)
-        except _TimedOut:
-            if not started:
-                response = error_response(408, timeout_message(self.seconds), {"Connection": "close"})
-                await response(scope, receive, send)
-
-
-class _TimedOut(BaseException):
-    """Not an Exception: FastAPI turns any Exception raised while it parses a body into a 400."""
+        await run_refusable(self.app, scope, receive, send, timed)
 
 
 def header_deadline_protocol(seconds: float) -> type[asyncio.Protocol]:
