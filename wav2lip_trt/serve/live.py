@@ -120,6 +120,11 @@ class LiveSocket:
         except Wav2LipTrtError as exc:
             await self._fail(str(exc), CLOSE_POLICY)
             return
+        except Exception as exc:  # a bug: one line to the client, the traceback to the log
+            log.exception("live session of avatar %s could not start", avatar_id)
+            await self._fail(f"internal error: {type(exc).__name__} (a bug; the traceback is in the server's log)",
+                             CLOSE_INTERNAL)
+            return
         self.metrics.sessions.inc()
         feeder = asyncio.create_task(self._feed(channel))
         try:
@@ -211,9 +216,10 @@ def _is_close(text: str | None) -> bool:
 
 
 def _disconnected(exc: Exception) -> bool:
+    """The client went away while the server sent (uvicorn raises an OSError, Starlette its own kinds)."""
     from starlette.websockets import WebSocketDisconnect
 
-    return isinstance(exc, (WebSocketDisconnect, ConnectionError)) or "close" in type(exc).__name__.lower()
+    return isinstance(exc, (WebSocketDisconnect, OSError)) or isinstance(exc, RuntimeError) and "close" in str(exc)
 
 
 def _client_words(message: str, folder: Any, avatar_id: str) -> str:
