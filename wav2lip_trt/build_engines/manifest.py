@@ -125,7 +125,8 @@ _Shape = Any  # a type, a predicate, {key: shape} (a dict with at least those ke
 
 def _fits(value: Any, shape: _Shape) -> bool:
     if isinstance(shape, dict):
-        return isinstance(value, dict) and all(key in value and _fits(value[key], inner) for key, inner in shape.items())
+        return isinstance(value, dict) and all(key in value and _fits(value[key], inner)
+                                               for key, inner in shape.items())
     if isinstance(shape, list):
         return isinstance(value, list) and all(_fits(item, shape[0]) for item in value)
     if isinstance(shape, type):
