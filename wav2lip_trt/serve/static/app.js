@@ -270,10 +270,11 @@ const CHUNK = RATE / 5;       // 200 ms of samples per message
 let live = null;              // the running session
 
 // Runs in the audio thread: the microphone's channels averaged and brought down to 16 kHz (each output sample the
-// mean of the input samples it covers), posted in 200 ms blocks.
+// mean of the input samples it covers), posted in 200 ms blocks; any message asks for the rest, posted as {last}.
 const CAPTURE = `registerProcessor("capture", class extends AudioWorkletProcessor {
   constructor() { super(); this.step = sampleRate / ${RATE}; this.phase = 0; this.sum = 0; this.count = 0;
-                  this.out = new Float32Array(${CHUNK}); this.filled = 0; }
+                  this.out = new Float32Array(${CHUNK}); this.filled = 0;
+                  this.port.onmessage = () => this.port.postMessage({ last: this.out.slice(0, this.filled) }); }
   process(inputs) {
     const channels = inputs[0];
     if (!channels || !channels.length) return true;
@@ -339,7 +340,7 @@ function liveURL(avatar, clock) {
 function resetLive() {
   for (const id of ["live-fps", "live-latency-p50", "live-latency-last"]) $(id).textContent = "–";
   $("live-frames").textContent = "0";
-  $("live-sent").textContent = "0.0";
+  $("live-sent").textContent = "0.00";
   $("live-end").hidden = true;
   const canvas = $("live-canvas");
   canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
@@ -404,7 +405,7 @@ function sendAudio(session, samples) {
   if (session.closing || session.ws.readyState !== WebSocket.OPEN) return;
   session.ws.send(s16le(samples));
   session.sent += samples.length;
-  $("live-sent").textContent = (session.sent / RATE).toFixed(1);
+  $("live-sent").textContent = (session.sent / RATE).toFixed(2);
 }
 
 function endAudio(session) {
@@ -431,9 +432,23 @@ async function streamFile(session, fast) {
 function streamMicrophone(session) {
   const { context, stream } = session.mic;
   const node = new AudioWorkletNode(context, "capture", { numberOfOutputs: 0 });
-  node.port.onmessage = (e) => sendAudio(session, e.data);
+  node.port.onmessage = (e) => {
+    if (e.data instanceof Float32Array) { sendAudio(session, e.data); return; }
+    sendAudio(session, e.data.last);
+    endAudio(session);
+  };
   context.createMediaStreamSource(stream).connect(node);
   context.resume();
+  session.mic.node = node;
+}
+
+function stopLive() {
+  const session = live;
+  if (!session) return;
+  $("live-stop").disabled = true;
+  if (!session.mic || !session.mic.node) { endAudio(session); return; }
+  session.mic.node.port.postMessage("rest");  // what was said since the last 200 ms block, then the end
+  setTimeout(() => endAudio(session), 500);
 }
 
 function stopMicrophone(session) {
@@ -528,7 +543,7 @@ $("job-avatar").addEventListener("change", avatarPicked);
 $("cancel").addEventListener("click", cancel);
 $("avatar-form").addEventListener("submit", submitAvatar);
 $("live-form").addEventListener("submit", startLive);
-$("live-stop").addEventListener("click", () => { if (live) endAudio(live); });
+$("live-stop").addEventListener("click", stopLive);
 $("live-file").addEventListener("change", () => { $("live-source-file").checked = true; });
 $("token").value = localStorage.getItem("wav2lip-trt-token") || "";
 $("token").addEventListener("change", () => { rememberToken(); refreshJobs(); refreshAvatars(); });
