@@ -153,6 +153,13 @@ def test_page_prepares_an_avatar_and_lip_syncs_with_it(browser, server, media) -
     assert page.text_content("#phase") == "succeeded" and page.is_hidden("#error")
     assert abs(page.evaluate("document.getElementById('video').duration") - 1.0) < 0.1  # the audio's length
     page.wait_for_selector(f"#jobs tr:has-text('{avatar}')")
+
+    page.click("#tab-button-avatars")
+    page.click(f"#avatars tr[data-id='{avatar}'] a:has-text('delete')")
+    page.wait_for_selector(f"#avatars tr[data-id='{avatar}']", state="detached")
+    assert page.locator(f"#job-avatar option[value='{avatar}']").count() == 0
+    with server.client() as client:
+        assert client.get(f"/v1/avatars/{avatar}").status_code == 404
     page.close()
 
 

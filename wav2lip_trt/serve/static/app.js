@@ -70,6 +70,7 @@ const TABS = ["jobs", "avatars", "live"];
 
 function showTab(name) {
   if (!TABS.includes(name)) name = "jobs";
+  showError("");  // the error of another tab's action
   for (const tab of TABS) {
     $("tab-" + tab).hidden = tab !== name;
     $("tab-button-" + tab).setAttribute("aria-selected", String(tab === name));
