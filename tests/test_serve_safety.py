@@ -110,6 +110,25 @@ def test_a_job_past_the_job_timeout_fails_and_leaves_no_partial_output(guarded, 
     assert not outfile.exists() and not temporary_siblings(outfile)
 
 
+def test_a_websocket_outlives_the_request_timeout(guarded, media) -> None:
+    """The deadline on a request's headers ends when the connection becomes a websocket: an idle session stays."""
+    from test_serve_avatars import create_avatar, wait_avatar
+    from test_serve_live import CHUNK_BYTES, connect, pcm, receive_all
+
+    with guarded.client() as client:
+        avatar = wait_avatar(client, create_avatar(client, media["face"], box=BOX).json()["id"])
+    assert avatar["status"] == "succeeded", avatar
+    with connect(guarded, avatar=avatar["id"]) as ws:
+        assert json.loads(ws.recv(30))["type"] == "ready"
+        time.sleep(REQUEST_TIMEOUT * 2.5)
+        audio = pcm(media["short"])
+        for start in range(0, len(audio), CHUNK_BYTES):
+            ws.send(audio[start : start + CHUNK_BYTES])
+        ws.send(json.dumps({"type": "close"}))
+        frames, end, code = receive_all(ws)
+    assert end["type"] == "end" and code == 1000 and end["report"]["frames"] == len(frames) > 0, end
+
+
 def metric(client, name: str) -> float:
     families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
     return families[name].samples[0].value
