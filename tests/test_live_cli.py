@@ -52,10 +52,14 @@ def stream_args(setup: dict, *extra: str | Path) -> list[str | Path]:
             *extra]
 
 
-def test_stream_to_a_file_equals_infer(setup, tmp_path) -> None:
+@pytest.mark.parametrize("chunk_ms", ["40", "5000"])  # 5 s: one chunk larger than the audio
+def test_stream_to_a_file_equals_infer(setup, tmp_path, chunk_ms) -> None:
+    from wav2lip_trt.random_weights import write_random_scoring_checkpoints
+
     out = tmp_path / "live.mp4"
+    score = ["--expert-checkpoint", write_random_scoring_checkpoints(tmp_path / "scoring")[0]] if chunk_ms == "40" else []
     proc = cli(*stream_args(setup, "--audio", setup["audio"], "--outfile", out, "--save-frames", tmp_path / "frames",
-                            "--json", tmp_path / "report.json", "--chunk-ms", "40"))
+                            "--json", tmp_path / "report.json", "--chunk-ms", chunk_ms, *score))
     assert proc.returncode == 0, proc.stderr.decode()
     frames = np.stack([cv2.imread(str(p)) for p in sorted((tmp_path / "frames").glob("*.png"))])
     assert np.array_equal(frames, setup["expected"])
@@ -65,6 +69,7 @@ def test_stream_to_a_file_equals_infer(setup, tmp_path) -> None:
     assert report["frames"] == len(frames) and report["dropped"] == 0 and report["gaps"] == 0
     assert report["latency_ms"]["chunks"] > 0 and report["latency_ms"]["p95"] >= report["latency_ms"]["p50"] > 0
     assert report["real_time_factor"] > 0 and b"Streamed" in proc.stderr
+    assert ("expert" in report) == bool(score)  # --score's expert on the streamed faces (equal to infer's: test_live_stream)
 
 
 def test_stdin_pcm_to_raw_stdout(setup) -> None:
