@@ -40,7 +40,7 @@ BOXES = {  # y1 y2 x1 x2 around the generated face
 }
 LENGTHS = {  # seconds of the (short, long) clips: 13 s as in the issue where a run fits 2 cores in ~3 minutes
     "320x240-box": (1.0, 13.0), "720p-box": (1.0, 13.0), "4k-box": (1.0, 4.0), "320x240-detect": (1.0, 6.0),
-    "720p-detect": (0.6, 1.4), "4k-detect": (0.2, 0.32), "160x128-box": (0.5, 1.0),
+    "720p-detect": (0.6, 1.4), "4k-detect": (0.2, 0.28), "160x128-box": (0.5, 1.0),
 }
 EXTRA = {  # S3FD runs at full resolution in float32: ~1 GB of activations a 720p frame, ~9 GB a 4K frame
     "720p-detect": ["--face_det_batch_size", "4"], "4k-detect": ["--face_det_batch_size", "1"],
