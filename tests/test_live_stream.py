@@ -295,7 +295,7 @@ def test_wall_clock_memory_stays_bounded_when_the_consumer_stops(session, media)
 
 
 def test_stats_stay_flat_on_a_long_stream() -> None:
-    from wav2lip_trt.live.stream import LATENCY_KEPT, RECENT_KEPT, StreamStats
+    from wav2lip_trt.live.stats import LATENCY_KEPT, RECENT_KEPT, StreamStats
 
     stats = StreamStats()
     for k in range(LATENCY_KEPT + 500):
@@ -340,10 +340,14 @@ def test_a_stream_first_captures_the_graph_at_the_sessions_batch(checkpoints, se
     """A stream on a fresh GPU session warms it up: the generator's CUDA graph is captured at the session's
     batch (128), not at the stream's first batch (a lone frame beside its copy: 2), which would leave every
     larger batch eager."""
+    from wav2lip_trt.execution import pinned_bytes
+
     avatar = session.avatar(media["folder"], fps=FPS, box=(20, 90, 30, 100))  # made on the CPU session
     with Session(checkpoints[0], None, device="cuda", precision="fp32") as gpu:
+        before = pinned_bytes()["slabs"]
         frames = run_stream(gpu, avatar, chunks_of(load_audio(media["audio"]), "random", seed=2))
         assert gpu.generator.graph_batch == 128 and gpu.generator.runner._graph.batch == 128
+        assert pinned_bytes()["slabs"] == before  # the stream's upload slab is unpinned when it ends
     assert [f.index for f in frames] == list(range(len(frames))) and len(frames) > 10
 
 

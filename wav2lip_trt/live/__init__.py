@@ -6,5 +6,6 @@ Shaped like a streaming recogniser (feed, what is final so far, finish) over exp
 - :mod:`.avatar`: a face video or image prepared once (frames, boxes, 96x96 faces), on disk;
 - :mod:`.stream`: a session's generator over an avatar, fed audio, handing out frames with clocks
   and bounded queues;
+- :mod:`.stats`: what a stream did (drops, gaps, latency, batches), in flat memory;
 - :mod:`.command`: the ``avatar`` and ``stream`` commands.
 """

@@ -93,7 +93,11 @@ class Avatar:
 
     def frame(self, index: int) -> np.ndarray:
         """A private, writable copy of output frame ``index``'s picture (paste-back writes into it)."""
-        return np.array(self.frames[self.order[self.position(index)]])
+        return np.array(self.picture(index))
+
+    def picture(self, index: int) -> np.ndarray:
+        """Output frame ``index``'s picture as stored: read-only, no copy (:meth:`frame` gives one to paste into)."""
+        return self.frames[self.order[self.position(index)]]
 
     def box(self, index: int) -> Box | None:
         row = self.boxes[self.position(index)]

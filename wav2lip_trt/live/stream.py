@@ -38,7 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,8 +49,12 @@ from ..errors import InputError
 from ..stages import StageTimes
 from .avatar import Avatar
 from .mel import StreamingMel, samples_for_frame
+from .stats import LATENCY_KEPT, RECENT_KEPT, StreamStats  # noqa: F401  (their home was here)
 
 if TYPE_CHECKING:
+    import torch
+
+    from ..execution import DeviceContext, PinnedSlab
     from ..scoring.online import OnlineScorer
     from ..session import Session
 
@@ -65,82 +69,6 @@ class LiveFrame:
     index: int  # output frame number (= mel window number)
     image: np.ndarray  # (H, W, 3) uint8 BGR
     pts: float  # seconds on the stream's audio timeline (index / fps)
-
-
-LATENCY_KEPT = 100_000
-"""Chunk latencies kept for the percentiles: the latest ones (hours at 200 ms chunks), so memory stays flat."""
-RECENT_KEPT = 1_000
-"""Gaps and batch sizes kept as lists (the latest); their counts and sums run over the whole stream."""
-
-
-@dataclass
-class StreamStats:
-    """What a stream did; memory stays flat however long it runs (running counts and sums, bounded lists)."""
-
-    frames: int = 0  # handed to the consumer
-    dropped_pending: int = 0  # dropped before generation (policy "drop")
-    dropped_finished: int = 0  # generated, dropped because the consumer was behind (policy "drop")
-    samples: int = 0  # audio samples fed (silence inserted by the wall clock included)
-    gaps: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=RECENT_KEPT))
-    """(audio time s, silence inserted s) of the latest gaps; one pause in the audio is one gap."""
-    gap_count: int = 0
-    gap_seconds: float = 0.0
-    chunk_latency: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_KEPT))
-    """Per fed chunk with frames: fed -> its last frame out, s (the latest :data:`LATENCY_KEPT`)."""
-    latency_chunks: int = 0
-    batches: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_KEPT))  # latest generator batch sizes
-    batch_count: int = 0
-    batch_frames: int = 0
-    batch_max: int = 0
-    started: float = field(default_factory=time.perf_counter)
-    finished: float | None = None
-
-    @property
-    def dropped(self) -> int:
-        return self.dropped_pending + self.dropped_finished
-
-    def add_gap(self, at: int, samples: int, *, continues: bool) -> None:
-        """``samples`` of silence inserted at sample ``at``: a new gap, or (``continues``) more of the last one."""
-        seconds = samples / SAMPLE_RATE
-        self.gap_seconds += seconds
-        if continues and self.gaps:
-            where, length = self.gaps[-1]
-            self.gaps[-1] = (where, length + seconds)
-            return
-        self.gap_count += 1
-        self.gaps.append((at / SAMPLE_RATE, seconds))
-
-    def add_latency(self, seconds: float) -> None:
-        self.latency_chunks += 1
-        self.chunk_latency.append(seconds)
-
-    def add_batch(self, frames: int) -> None:
-        self.batch_count += 1
-        self.batch_frames += frames
-        self.batch_max = max(self.batch_max, frames)
-        self.batches.append(frames)
-
-    def report(self) -> dict:
-        lat = np.asarray(self.chunk_latency, dtype=np.float64)
-        wall = (self.finished or time.perf_counter()) - self.started
-        audio_seconds = self.samples / SAMPLE_RATE
-
-        def pct(q: float) -> float | None:
-            return round(float(np.percentile(lat, q)) * 1000, 1) if lat.size else None
-
-        return {
-            "frames": self.frames, "dropped": self.dropped, "dropped_pending": self.dropped_pending,
-            "dropped_finished": self.dropped_finished, "audio_seconds": round(audio_seconds, 3),
-            "gaps": self.gap_count, "gap_seconds": round(self.gap_seconds, 3),
-            "gap_list": [[round(at, 3), round(length, 3)] for at, length in list(self.gaps)[-100:]],
-            "latency_ms": {"p50": pct(50), "p95": pct(95), "max": round(float(lat.max()) * 1000, 1) if lat.size else None,
-                           "chunks": self.latency_chunks},
-            "batches": {"count": self.batch_count,
-                        "mean": round(self.batch_frames / self.batch_count, 2) if self.batch_count else None,
-                        "max": self.batch_max or None},
-            "seconds": round(wall, 3), "frames_per_second": round(self.frames / wall, 2) if wall > 0 else None,
-            "real_time_factor": round(wall / audio_seconds, 3) if audio_seconds > 0 else None,
-        }
 
 
 @dataclass(frozen=True)
@@ -220,6 +148,8 @@ class LiveStream:
         self._error: BaseException | None = None
         self._t0: float | None = None
         self._ops = self._make_ops()
+        self._staging = None if self._ops is None else _Staging(session.context, self.max_batch,
+                                                                 (avatar.height, avatar.width, 3))
         self._worker = threading.Thread(target=self._work, name="wav2lip-trt-live", daemon=True)
         self._worker.start()
         self._pacer: threading.Thread | None = None
@@ -389,6 +319,8 @@ class LiveStream:
             with self._cond:
                 self._error = exc
         finally:
+            if self._staging is not None:
+                self._staging.close()
             close = getattr(self._ops, "close", None)
             if close is not None:
                 close()  # the device path's readback ring
@@ -399,14 +331,17 @@ class LiveStream:
     def _lip_sync(self, part: _Part) -> list[np.ndarray]:
         """The pipeline's own crop, generate and paste-back on one batch (a lone frame beside its copy)."""
         items = list(part) * (2 if len(part) == 1 and not part.alone else 1)
-        frames = [self.avatar.frame(it.index) for it in items]
         boxes = [self.avatar.box(it.index) for it in items]
         windows = _Windows([it.window for it in items])
+        frames: list[np.ndarray] | torch.Tensor
         if self._ops is None:
             from ..frame_ops import HostOps
 
+            frames = [self.avatar.frame(it.index) for it in items]
             ops = HostOps(windows, self.blend)  # type: ignore[arg-type]
         else:
+            assert self._staging is not None
+            frames = self._staging.upload([self.avatar.picture(it.index) for it in items])
             ops = self._ops
             from ..execution.handoff import upload
 
@@ -486,6 +421,48 @@ class LiveStream:
 
     def __iter__(self) -> Iterator[LiveFrame]:
         return self.frames()
+
+
+class _Staging:
+    """The device path's frame uploads through a pinned slab of the stream's own (exact size, unpinned when
+    the stream ends), not torch's power-of-two pinned pool, which keeps a block of every size it was asked for.
+
+    One batch at a time, on the compute stream: the slab is refilled only once the event recorded after
+    the previous batch's copy has completed (it has by then: that batch was read back, after its
+    paste-back, after this copy), and unpinned only after the last copy's event.
+    """
+
+    def __init__(self, context: DeviceContext, rows: int, frame_shape: tuple[int, int, int]) -> None:
+        self.context, self.shape = context, (rows, *frame_shape)
+        self.slab: PinnedSlab | None = None  # made at the first batch
+        self.copied: torch.cuda.Event | None = None  # after the latest copy out of the slab
+
+    def upload(self, pictures: list[np.ndarray]) -> torch.Tensor:
+        """(B, H, W, 3) uint8 on the device, valid on the compute stream."""
+        import torch
+
+        from ..execution.handoff import PinnedSlab, stall
+
+        if self.slab is None:
+            self.slab = PinnedSlab(int(np.prod(self.shape)), pin=True)
+        if self.copied is not None:
+            self.copied.synchronize()
+        host = self.slab.buffers(1, self.shape)[0][: len(pictures)]
+        np.stack(pictures, out=host.numpy())
+        with self.context.on_compute():
+            stall(self.context.compute)  # gpu-check's race window: refilling the slab too early would show
+            frames = host.to(self.context.device, non_blocking=True)
+            self.copied = torch.cuda.Event(blocking=True)  # this thread waits on it: sleep, do not spin
+            self.copied.record(self.context.compute)
+        return frames
+
+    def close(self) -> None:
+        if self.copied is not None:
+            self.copied.synchronize()
+            self.copied = None
+        if self.slab is not None:
+            self.slab.close()
+            self.slab = None
 
 
 class _Part(list):
