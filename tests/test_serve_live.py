@@ -54,9 +54,10 @@ def live(tmp_path_factory, checkpoints, media):
     assert "Traceback" not in server.output()
 
 
-def connect(server: Any, token: str | None = TOKEN, **params: Any) -> Any:
+def connect(server: Any, token: str | None = TOKEN, compression: str | None = "deflate", **params: Any) -> Any:
     query = "&".join(f"{k}={v}" for k, v in {**params, **({"token": token} if token else {})}.items())
-    return websockets.connect(f"{server.url.replace('http', 'ws', 1)}/v1/live?{query}", open_timeout=30)
+    return websockets.connect(f"{server.url.replace('http', 'ws', 1)}/v1/live?{query}", open_timeout=30,
+                              compression=compression)
 
 
 def pcm(wav: Path) -> bytes:
@@ -212,3 +213,64 @@ def test_another_rate_is_resampled_and_the_wall_clock_paces(live, media) -> None
     assert indices == sorted(set(indices))  # in order, each once (some may be dropped)
     assert all(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (128, 160, 3)
                for _, jpeg in frames)
+
+
+def rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and its children (the server and its workers)."""
+    total = 0
+    for each in (pid, *children(pid)):
+        try:
+            status = Path(f"/proc/{each}/status").read_text()
+        except FileNotFoundError:
+            continue
+        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) * 1024
+    return total
+
+
+def test_a_client_that_sends_and_never_reads_is_pushed_back(live) -> None:
+    """Memory stays bounded by back-pressure: PCM pushed as fast as a client can, frames never read. Once the
+    kernel buffers and the bounded queues are full (seconds), the server takes audio only as fast as its
+    worker makes frames, and neither it nor its worker grows. (Noise, uncompressed: compressed silence would
+    put almost nothing on the wire.)"""
+    import socket
+    import threading
+
+    import numpy as np
+
+    server, avatar_id = live
+    total, sent = 160 << 20, [0]
+    noise = np.random.default_rng(0).integers(-32768, 32767, size=8 << 20, dtype=np.int16).tobytes()
+    ws = connect(server, avatar=avatar_id, compression=None).__enter__()
+    assert json.loads(ws.recv(30))["type"] == "ready"
+
+    def push() -> None:
+        try:
+            while sent[0] < total:
+                at = sent[0] % (len(noise) - CHUNK_BYTES)
+                ws.send(noise[at : at + CHUNK_BYTES])
+                sent[0] += CHUNK_BYTES
+        except Exception:  # the socket is shut down below
+            pass
+
+    pusher = threading.Thread(target=push, daemon=True)
+    pusher.start()
+    time.sleep(8)  # the buffers fill, the worker has made its first frames
+    taken, before = sent[0], rss(server.process.pid)
+    time.sleep(8)
+    grown = rss(server.process.pid) - before
+    try:
+        assert pusher.is_alive(), f"the server took all {total >> 20} MiB at once"
+        assert sent[0] - taken < 4 << 20, f"{(sent[0] - taken) >> 20} MiB more taken in 8 s"
+        assert grown < 32 << 20, f"server and workers grew by {grown >> 20} MiB in 8 s"
+    finally:
+        ws.socket.shutdown(socket.SHUT_RDWR)
+        ws.socket.close()
+        pusher.join(30)
+    deadline = time.monotonic() + 90
+    with server.client() as client:
+        while True:
+            families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+            if families["wav2lip_trt_live_sessions"].samples[0].value == 0:
+                break
+            assert time.monotonic() < deadline, "the session did not end after the client went away"
+            time.sleep(0.5)
