@@ -247,3 +247,19 @@ def test_limits_are_checked_at_start(checkpoints, tmp_path, option, value, messa
     config = ServeConfig(checkpoint_path=checkpoints[0], device="cpu", state_dir=tmp_path, **{option: value})
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         config.validate()
+
+
+@pytest.mark.parametrize("given", ["~/face.mp4", "~nosuchuser/face.mp4", "face\x00.mp4"])
+def test_a_client_path_is_taken_literally_and_refused_outside_the_roots(tmp_path, monkeypatch, given) -> None:
+    """A ``~`` is not the server user's home (no expansion, no RuntimeError); a NUL is no ValueError."""
+    from wav2lip_trt.serve.uploads import UploadError, resolve_allowed
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "face.mp4").write_bytes(b"x")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UploadError) as caught:
+        resolve_allowed("face_path", given, (home.resolve(),))
+    assert caught.value.status == 403
+    assert "not a file under the allowed folders" in str(caught.value)

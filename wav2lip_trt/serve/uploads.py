@@ -86,10 +86,9 @@ def resolve_allowed(field: str, given: str, roots: tuple[Path, ...]) -> Path:
     """``given`` as a real path inside one of ``roots`` (links followed first), or :class:`UploadError`."""
     if not roots:
         raise UploadError(f"{field}: this server takes no paths (start it with --allow-path DIR); upload the file")
-    path = Path(given).expanduser()
-    try:
-        real = path.resolve(strict=True)
-    except (OSError, RuntimeError):
+    try:  # a client's path is taken literally: "~" is not the server user's home
+        real = Path(given).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):  # ValueError: a NUL in the path
         real = None
     if real is None or not any(real == root or root in real.parents for root in roots):
         # the same answer for a missing file and one outside the roots: the server's files are not probed
