@@ -8,6 +8,7 @@ full queue answers 429; bad requests answer 4xx with one message; /metrics parse
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -246,3 +247,19 @@ def test_frames_metric_counts_output_frames_only(checkpoints, tmp_path) -> None:
         service.job_frame("j", done)
     samples = {sample.name: sample.value for sample in service.metrics.frames.collect()[0].samples}
     assert samples["wav2lip_trt_frames_total"] == 25
+
+
+def test_the_page_and_its_scripts_are_served_and_nothing_else(server) -> None:
+    with server.client() as client:
+        page = client.get("/")
+        assert page.status_code == 200
+        scripts = re.findall(r'<script src="(/static/[^"]+)"', page.text)
+        assert scripts == ["/static/app.js", "/static/live.js"]
+        for url in scripts:
+            answer = client.get(url)
+            assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/javascript")
+            assert "function" in answer.text
+        assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
+        for name in ("index.html", "missing.js", "..%2Fapp.py", "%2E%2E%2Fservice.py"):
+            answer = client.get("/static/" + name)
+            assert answer.status_code == 404 and set(answer.json()) == {"error"}, name

@@ -7,10 +7,12 @@ error: the CLI's wording) or, for a bug, a 500 with one line and the traceback o
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 from contextlib import asynccontextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -33,6 +35,7 @@ from .uploads import Incoming, UploadError
 
 log = logging.getLogger(__name__)
 
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
 OPEN_PATHS = ("/", "/healthz", "/readyz", "/static/")  # no token needed: no job data behind them
 QUERY_TOKEN_PATHS = ("/events", "/result")  # EventSource and <video src> cannot send a header
 
@@ -59,10 +62,10 @@ def create_app(service: JobService) -> FastAPI:
 
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str) -> Response:
-        kinds = {"app.js": "text/javascript", "style.css": "text/css"}
-        if name not in kinds:
+        kind = STATIC_TYPES.get(Path(name).suffix)
+        if kind is None or name not in _static_names():
             raise StarletteHTTPException(404, f"no such file: {name}")
-        return Response(_static(name), media_type=kinds[name])
+        return Response(_static(name), media_type=kind)
 
     @app.get("/healthz", summary="The process answers")
     def healthz() -> dict[str, str]:
@@ -152,6 +155,12 @@ def _incoming(field: str, upload: UploadFile | None, path: str | None) -> Incomi
 
 def _static(name: str) -> bytes:
     return resources.files(__package__).joinpath("static", name).read_bytes()
+
+
+@functools.cache
+def _static_names() -> frozenset[str]:
+    """The page's own files: a request names one of them or gets 404 (no path is built from it)."""
+    return frozenset(entry.name for entry in resources.files(__package__).joinpath("static").iterdir())
 
 
 def _errors(app: FastAPI) -> None:
