@@ -240,3 +240,33 @@ def test_pcm_formats_channels_and_bad_settings() -> None:
     for kwargs, message in (({"rate": 0}, "--rate"), ({"sample_format": "s24le"}, "--format"), ({"channels": 0}, "--channels")):
         with pytest.raises(InputError, match=message):
             PcmReader(io.BytesIO(b""), **kwargs)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "ts"])
+def test_an_interrupt_leaves_stdout_on_a_frame_boundary(setup, fmt) -> None:
+    """SIGTERM while the reader is slow: raw output ends with a whole frame (the signal waits for the write in
+    progress; a buffered write cut by the signal left part of a frame), MPEG-TS with whole packets."""
+    import fcntl
+    import termios
+
+    proc = subprocess.Popen([sys.executable, "-m", "wav2lip_trt", *map(str, stream_args(
+        setup, "--audio", setup["audio"], "--outfile", "-", "--stdout-format", fmt, "-q"))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+
+    def waiting() -> int:  # bytes in the pipe, not read yet
+        return int.from_bytes(fcntl.ioctl(proc.stdout.fileno(), termios.FIONREAD, b"\0" * 4), sys.byteorder)
+
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and waiting() < (64 * 1024 if fmt == "raw" else 188):
+        time.sleep(0.05)  # raw: the pipe (64 KiB) is full, the second frame's write blocked in its middle
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # the handler has run, inside the write (raw), and the reader has not read yet
+    out = proc.stdout.read()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, err
+    assert "Interrupted (SIGTERM)" in err and "Traceback" not in err
+    if fmt == "raw":
+        assert len(out) >= 128 * 96 * 3 and len(out) % (128 * 96 * 3) == 0
+    else:
+        assert out[:1] == b"\x47" and len(out) % 188 == 0  # whole TS packets

@@ -75,30 +75,38 @@ def frame_rate_arg(fps: float) -> str:
 
 
 @contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
+def signals_deferred(*, second_raises: bool = False) -> Iterator[None]:
     """Hold the Python handlers of SIGINT, SIGTERM and SIGHUP until the block is done, then run them.
 
     An interrupt is an exception raised wherever the main thread is; inside ``subprocess.Popen``
     (after the fork, before the object exists) it would orphan ffmpeg and leave its temporary
     file, with nothing to clean either up. Recorded here, it is raised when the block ends, once
-    both exist. Only the main thread has Python signal handlers; elsewhere this does nothing.
+    both exist. ``second_raises``: a second signal inside the block runs the handler at once (a
+    block that can wait for ever, such as a write to a reader that stopped, stays interruptible).
+    Only the main thread has Python signal handlers; elsewhere this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     pending: list[int] = []
     held = {}
+
+    def record(signum: int, frame: object) -> None:
+        pending.append(signum)
+        if second_raises and len(pending) == 2:
+            held[signum](signum, frame)
+
     for sig in (getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)):
         handler = signal.getsignal(sig)
         if callable(handler):
             held[sig] = handler
-            signal.signal(sig, lambda signum, frame: pending.append(signum))
+            signal.signal(sig, record)
     try:
         yield
     finally:
         for sig, handler in held.items():
             signal.signal(sig, handler)
-        if pending:
+        if len(pending) == 1 or (pending and not second_raises):
             held[pending[0]](pending[0], None)  # the handler itself: Interrupted (or KeyboardInterrupt) now
 
 

@@ -136,18 +136,34 @@ class StdoutSink:
         return self
 
     def write(self, frame: np.ndarray) -> None:
+        """One frame, whole: Ctrl-C or SIGTERM during the write lands after it (a second one at once), so
+        what reaches the reader ends on a frame boundary."""
         data = np.ascontiguousarray(frame).data
         try:
-            if self._pipe is not None:
-                self._pipe.write(data)
-            else:
-                self.out.write(data)
-                self.out.flush()
+            with signals_deferred(second_raises=True):
+                if self._pipe is not None:
+                    self._pipe.write(data)
+                else:
+                    self._write_raw(data)
         except (BrokenPipeError, ConnectionResetError):
             raise OutputClosed(f"stdout was closed by its reader after {self.frames_written} frames") from None
         except OSError as exc:
             raise OutputClosed(f"cannot write to stdout after {self.frames_written} frames: {exc.strerror or exc}") from None
         self.frames_written += 1
+
+    def _write_raw(self, data: memoryview) -> None:
+        """Every byte, with the file's own writes: a buffered writer interrupted by a signal returns with
+        part of a large write still unwritten (seen with a pipe whose reader had paused)."""
+        try:
+            fd = self.out.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file (an in-memory buffer)
+            self.out.write(data)
+            self.out.flush()
+            return
+        self.out.flush()
+        view, done = memoryview(data).cast("B"), 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         try:
