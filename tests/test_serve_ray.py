@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import cv2
@@ -30,7 +31,7 @@ from jobs_media import write_media
 from media import decode_frames
 from serve_server import BOX, TOKEN, events, start_server, submit, wait_finished, wait_frames
 from test_serve_avatars import create_avatar, wait_avatar
-from test_serve_live import CHUNK_BYTES, connect, pcm, receive_all
+from test_serve_live import CHUNK_BYTES, connect, pcm, receive_all, refused
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (the [serve] extra brings it; make test installs it)")
 
@@ -135,10 +136,18 @@ def test_an_avatar_and_a_live_session_through_ray_serve(server, media) -> None:
     image = cv2.imdecode(np.frombuffer(frames[-1][1], np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == (128, 160, 3)
 
+    free = httpx.get(f"{server.url}/readyz", timeout=10).json()["workers_ready"]
+    with ExitStack() as sessions:  # every replica holds a session; clients that leave free their replicas
+        for _ in range(free):
+            assert json.loads(sessions.enter_context(connect(server, avatar=avatar["id"])).recv(60))["type"] == "ready"
+        with connect(server, avatar=avatar["id"]) as ws:
+            message, code = refused(ws)
+        assert code == 1013 and message["error"].startswith("no free worker for a live session"), message
+
 
 def test_a_worker_killed_mid_job_is_replaced_and_the_job_runs_again(server, media) -> None:
     with server.client() as client:
-        job = submit(client, media["face"], media["long"], box=BOX, wav2lip_batch_size=1).json()
+        job = submit(client, media["face"], media["slow"], box=BOX, wav2lip_batch_size=4).json()
         wait_frames(client, job["id"], 1)
         workers = [process for process in psutil.Process(server.process.pid).children(recursive=True)
                    if "wav2lip-trt-worker" in " ".join(process.cmdline())]

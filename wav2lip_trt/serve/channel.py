@@ -204,10 +204,13 @@ class LiveChannel:
                 if self._released:
                     return
                 if not self._ended and self._died is None:
-                    try:  # at once, even when the worker is blocked feeding or has seconds of PCM to read first
-                        os.kill(self.process.pid, CANCEL_SIGNAL)
-                    except ProcessLookupError:
-                        pass
+                    if hasattr(self.process, "cancel"):  # serve --ray's call (ray_live.LiveCall): no process
+                        self.process.cancel()
+                    else:
+                        try:  # at once, even when the worker is blocked feeding or has seconds of PCM to read first
+                            os.kill(self.process.pid, CANCEL_SIGNAL)
+                        except ProcessLookupError:
+                            pass
                     sender = threading.Thread(target=self._send_quietly, args=(("abort",),), daemon=True,
                                               name=f"wav2lip-trt-live-abort-{self.id}")
                     sender.start()

@@ -73,11 +73,36 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> Any:
         from .app import create_app
 
-        return create_app(self.service)
+        return GoneIsDisconnect(create_app(self.service))
 
     def begin_drain(self) -> None:
         """Stop taking jobs and end the event streams, so the requests Serve waits for before it stops us end."""
         self.service.stopping = True
+
+
+class GoneIsDisconnect:
+    """Ray Serve's ``receive`` raises (``TaskCancelledError``) once a client has gone, where uvicorn's returns a
+    disconnect message: the app gets the disconnect it handles (an event stream ends), not an internal error."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import ray
+
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        gone = {"type": "http.disconnect"} if scope["type"] == "http" else {"type": "websocket.disconnect",
+                                                                             "code": 1006}
+
+        async def received() -> Any:
+            try:
+                return await receive()
+            except ray.exceptions.RayError:
+                return gone
+
+        await self.app(scope, received, send)
 
 
 def worker_spec(config: ServeConfig, where: Placement) -> WorkerSpec:
@@ -115,8 +140,9 @@ def deploy(config: ServeConfig, log_level: int = logging.WARNING) -> Any:
     """Start Serve's proxies at ``--host``/``--port`` and run the application; returns its ingress handle."""
     from ray import serve
 
-    serve.start(http_options={"host": config.host, "port": config.port}, logging_config={"log_level": log_level})
-    return serve.run(application(config, log_level), name=APP, route_prefix="/")
+    logs = {"log_level": log_level, "enable_access_log": False}  # the replicas' logs reach this process's stderr
+    serve.start(http_options={"host": config.host, "port": config.port}, logging_config=logs)
+    return serve.run(application(config, log_level), name=APP, route_prefix="/", logging_config=logs)
 
 
 def undeploy(handle: Any) -> None:

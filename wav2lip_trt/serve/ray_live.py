@@ -3,7 +3,7 @@
 A :class:`LiveCall` is handed to the same :class:`~.channel.LiveChannel` the local pool uses (so the
 latency marks, the ending and the abort are that class's), as both its pipe and its process. What
 the channel writes down the pipe goes into the session's inbox in the :class:`~.ray_worker.Mailbox`
-(``feed`` waits while the inbox is full); what it reads comes from the streaming call to
+(``feed`` waits while the inbox is full); an abort goes ahead of the PCM still waiting; what it reads comes from the streaming call to
 :meth:`.ray_worker.SessionWorker.live`, through a queue of :data:`FRAMES_AHEAD` messages, and each
 frame read is reported taken, so the worker holds frames back once it is :data:`~.ray_worker.LIVE_WINDOW`
 ahead of the app. "Killing the process" cuts the call off.
@@ -91,6 +91,10 @@ class LiveCall:
         self.messages.put(None)
 
     # ---- the process -------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """The channel's abort, ahead of the PCM still waiting for the worker (the local pool signals the process)."""
+        self.mailbox.put.remote(self.key, ("abort",))
 
     def kill(self) -> None:
         if self.response is not None:

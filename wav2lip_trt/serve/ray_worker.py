@@ -75,9 +75,12 @@ class Mailbox:
     def put(self, key: str, message: tuple[Any, ...]) -> bool:
         """A message for live session ``key``'s worker; False while its inbox is full (try again)."""
         inbox = self.inboxes.setdefault(key, deque())
-        if len(inbox) >= INBOX_MESSAGES and message[0] != "abort":
+        if message[0] == "abort":  # ahead of the PCM still waiting: the session stops now
+            inbox.appendleft(message)
+        elif len(inbox) >= INBOX_MESSAGES:
             return False
-        inbox.append(message)
+        else:
+            inbox.append(message)
         self.arrived.setdefault(key, asyncio.Event()).set()
         return True
 
@@ -143,6 +146,7 @@ class _Inbox:
 
         if not self.pending and not self.aborted:
             self.pending.extend(ray.get(self.mailbox.take.remote(self.key, timeout)))
+            self.aborted = ("abort",) in self.pending  # before the PCM taken with it
         return bool(self.pending) or self.aborted
 
     def recv(self) -> tuple[Any, ...]:
