@@ -33,7 +33,8 @@ from serve_server import BOX, TOKEN, events, start_server, submit, wait_finished
 from test_serve_avatars import create_avatar, wait_avatar
 from test_serve_live import CHUNK_BYTES, connect, pcm, receive_all, refused
 
-pytest.importorskip("ray.serve", reason="Ray Serve is not installed (the [serve] extra brings it; make test installs it)")
+pytest.importorskip("ray.serve", reason="Ray Serve is not installed (the [serve] extra brings it; make test "
+                                        "installs it)")
 
 MAX_REPLICAS = 2
 THREADS = 1  # torch threads of each replica: one CPU each on this two-CPU instance
@@ -75,7 +76,8 @@ def test_upload_events_result_equal_to_infer(server, media, checkpoints, tmp_pat
     cli = subprocess.run([sys.executable, "-m", "wav2lip_trt", "infer", "--checkpoint_path", str(checkpoints[0]),
                           "--face", str(media["face"]), "--audio", str(media["long"]), "--outfile", str(reference),
                           "--box", *map(str, BOX), "--crf", "23", "--device", "cpu", "-q"],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
     assert cli.returncode == 0, cli.stderr
     ours, theirs = decode_frames(served), decode_frames(reference)
     assert ours.shape == theirs.shape and ours.shape[0] == end["report"]["frames"]
@@ -107,14 +109,16 @@ def test_readyz_and_metrics(server) -> None:
 
 def test_waiting_jobs_bring_a_second_replica(server, media) -> None:
     with server.client() as client:
-        jobs = [submit(client, media["face"], media["slow"], box=BOX).json()["id"] for _ in range(2)]
+        jobs = [submit(client, media["face"], media["slow"], box=BOX).json()["id"] for _ in range(4)]
         most, deadline = 0, time.monotonic() + 120
         while most < MAX_REPLICAS and time.monotonic() < deadline:
             most = max(most, client.get("/readyz").json()["workers_ready"])
             time.sleep(0.5)
         assert most == MAX_REPLICAS
-        ends = [wait_finished(client, job) for job in jobs]
-        assert [end["status"] for end in ends] == ["succeeded"] * 2, ends
+        answers = [client.delete(f"/v1/jobs/{job}").json() for job in jobs]  # done with them: cancelled or deleted
+        assert all(answer["status"] in ("queued", "running", "cancelled", "deleted") for answer in answers), answers
+        ends = [wait_finished(client, answer["id"]) for answer in answers if answer["status"] != "deleted"]
+        assert all(end["status"] in ("succeeded", "cancelled") for end in ends), ends
 
 
 def test_an_avatar_and_a_live_session_through_ray_serve(server, media) -> None:
@@ -172,3 +176,16 @@ def test_replica_options_are_checked_before_ray_starts(checkpoints, tmp_path, ar
                            "--state-dir", str(tmp_path / "state"), "--token", TOKEN, *args],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [f"Error: {error}"]
+
+
+def test_without_ray_serve_the_option_says_what_to_install(checkpoints, tmp_path) -> None:
+    fake = tmp_path / "site" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "wav2lip_trt", "serve", "--checkpoint_path", str(checkpoints[0]),
+                           "--state-dir", str(tmp_path / "state"), "--ray"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "Error: serve --ray needs Ray Serve, which is not installed: pip install 'wav2lip-trt[serve]'"]

@@ -36,6 +36,7 @@ INGRESS = "wav2lip-trt-app"
 WORKER = "wav2lip-trt-worker"
 INGRESS_REQUESTS = 1000  # open event streams and uploads at once (each an ongoing request to Serve)
 UPSCALE_SECONDS = 2.0  # jobs waiting this long bring another replica (up to --max-replicas)
+LOOK_BACK_SECONDS = 10.0  # the jobs running and waiting are averaged over this long (Serve's default: 30 s)
 DOWNSCALE_SECONDS = 120.0  # an idle replica (and its loaded session) is kept this long
 STREAMS_END_SECONDS = 3.0  # after the drain starts, event streams see it within a poll (events.POLL_SECONDS)
 
@@ -127,7 +128,7 @@ def application(config: ServeConfig, log_level: int = logging.WARNING) -> Any:
         ray_actor_options={"num_cpus": where.num_cpus, "num_gpus": where.num_gpus},
         autoscaling_config={"min_replicas": least, "max_replicas": most, "initial_replicas": max(1, least),
                             "target_ongoing_requests": 1, "upscale_delay_s": UPSCALE_SECONDS,
-                            "downscale_delay_s": DOWNSCALE_SECONDS})
+                            "downscale_delay_s": DOWNSCALE_SECONDS, "look_back_period_s": LOOK_BACK_SECONDS})
     ingress = serve.deployment(serve.ingress()(Ingress)).options(
         name=INGRESS, num_replicas=1, max_ongoing_requests=INGRESS_REQUESTS, ray_actor_options={"num_cpus": 0},
         graceful_shutdown_timeout_s=STREAMS_END_SECONDS + grace + STOP_SECONDS)

@@ -3,10 +3,11 @@
 A :class:`LiveCall` is handed to the same :class:`~.channel.LiveChannel` the local pool uses (so the
 latency marks, the ending and the abort are that class's), as both its pipe and its process. What
 the channel writes down the pipe goes into the session's inbox in the :class:`~.ray_worker.Mailbox`
-(``feed`` waits while the inbox is full); an abort goes ahead of the PCM still waiting; what it reads comes from the streaming call to
-:meth:`.ray_worker.SessionWorker.live`, through a queue of :data:`FRAMES_AHEAD` messages, and each
-frame read is reported taken, so the worker holds frames back once it is :data:`~.ray_worker.LIVE_WINDOW`
-ahead of the app. "Killing the process" cuts the call off.
+(``feed`` waits while the inbox is full; an abort goes ahead of the PCM still waiting); what it
+reads comes from the streaming call to :meth:`.ray_worker.SessionWorker.live`, through a queue of
+:data:`FRAMES_AHEAD` messages, and each frame read is reported taken, so the worker holds frames
+back once it is :data:`~.ray_worker.LIVE_WINDOW` ahead of the app. "Killing the process" cuts the
+call off.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ PUT_RETRY_SECONDS = 0.02  # the inbox is full: try again after this long
 
 
 class LiveCall:
-    """One live session's streaming call to a worker replica, as a pipe (send, poll, recv, close) and a process (kill)."""
+    """One live session's streaming call to a worker replica, as a pipe (send, poll, recv, close) and a process
+    (cancel, kill)."""
 
-    def __init__(self, start: Callable[[Any], Any], mailbox: Any, key: str, on_close: Callable[[LiveCall], None]) -> None:
+    def __init__(self, start: Callable[[Any], Any], mailbox: Any, key: str,
+                 on_close: Callable[[LiveCall], None]) -> None:
         self.start, self.mailbox, self.key, self.on_close = start, mailbox, key, on_close
         self.response: Any = None
         self.channel: Any = None  # the LiveChannel this is the pipe of

@@ -42,6 +42,7 @@ class _RayTask(PoolTask):
     dropped: bool = False  # cancelled or drained before it started: nothing more is reported
     cancelling: bool = False
     worker: int | None = None
+    orphaned: bool = False  # a worker died running it: its ffmpeg may finish a partial output after that
 
     @property
     def key(self) -> str:
@@ -94,7 +95,7 @@ class RayPool:
             return sum(task.started for task in self._tasks.values())
 
     def submit(self, job_id: str, options: Task) -> None:
-        """Hand a job, an avatar to prepare or an avatar job to Serve (a worker runs it with the local worker's code)."""
+        """Hand a job, an avatar to prepare or an avatar job to Serve (a replica runs the local worker's code)."""
         self._follow_in_thread(_RayTask(job_id, options))
 
     def open_live(self, avatar_dir: Path, settings: dict[str, Any]) -> LiveChannel:
@@ -183,7 +184,8 @@ class RayPool:
                 pass
         except Exception as exc:  # a bug here: the job fails with one line, the pool goes on
             log.exception("following job %s on Ray failed", task.job_id)
-            self._report(task, "job_failed", task.job_id, f"internal error in the Ray pool: {type(exc).__name__}: {exc}")
+            self._report(task, "job_failed", task.job_id,
+                         f"internal error in the Ray pool: {type(exc).__name__}: {exc}")
         finally:
             self.mailbox.forget.remote(task.key)
             with self._lock:
@@ -228,6 +230,8 @@ class RayPool:
         elif kind == "frame":
             self._report(task, "job_frame", task.job_id, message[2])
         elif kind in ENDINGS:
+            if task.orphaned:  # what the dead worker's ffmpeg finished since (batch --ray does the same)
+                _remove_partial(task)
             if self._draining and task.cancelling is False and kind == "cancelled":
                 self._interrupted(task)  # stopped by the drain: queued again for the next start
             elif task.cancelling or kind == "cancelled":
@@ -239,6 +243,7 @@ class RayPool:
 
     def _lost_worker(self, task: _RayTask, why: str) -> bool:
         _remove_partial(task)  # a killed worker cannot remove its temporary output
+        task.orphaned = True
         if task.dropped:
             return False
         if task.cancelling:
@@ -270,7 +275,8 @@ class RayPool:
             response.cancel()
 
     def _report(self, task: _RayTask, callback: str, *args: Any) -> None:
-        """A listener callback, unless the job was dropped (its end was already reported, or it goes back to the queue)."""
+        """A listener callback, unless the job was dropped (its end is reported already, or it goes back to the
+        queue)."""
         if not task.dropped:
             getattr(self.listener, callback)(*args)
 
