@@ -158,3 +158,21 @@ def test_a_signal_while_connecting_ends_the_batch_at_once(checkpoints, tmp_path,
     assert f"Interrupted ({signum.name})" in (said + rest).decode() and b"Traceback" not in said + rest
     assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.jsonl", "media"]
+
+
+def test_a_gpu_actor_keeps_torchs_thread_count(checkpoints) -> None:
+    """On a cluster with GPUs an actor's torch threads are torch's default, not 0 (set_num_threads(0) raises)."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from wav2lip_trt.jobs.ray_runner import placement
+    from wav2lip_trt.jobs.worker import WorkerSpec, open_session
+
+    gpu_cluster = SimpleNamespace(cluster_resources=lambda: {"CPU": 16.0, "GPU": 2.0},
+                                  nodes=lambda: [{"Alive": True, "Resources": {"CPU": 16.0, "GPU": 2.0}}])
+    where = placement(gpu_cluster, "auto", None)
+    assert (where.workers, where.num_gpus, where.threads) == (2, 1, None)
+    spec = WorkerSpec(checkpoints[0], None, device="cpu")
+    spec = replace(spec, threads=spec.threads or where.threads)  # as run_on_ray combines them
+    session = open_session(spec)
+    assert session is not None

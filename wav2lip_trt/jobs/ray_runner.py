@@ -79,7 +79,7 @@ class Placement:
     workers: int
     num_cpus: float
     num_gpus: int
-    threads: int  # torch threads in each actor
+    threads: int | None  # torch threads in each actor; None = torch's default (a GPU actor)
 
 
 def placement(ray: Any, device: str, workers: int | None) -> Placement:
@@ -87,7 +87,7 @@ def placement(ray: Any, device: str, workers: int | None) -> Placement:
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
     if gpus:
-        return Placement(workers or gpus, 1, 1, 0)
+        return Placement(workers or gpus, 1, 1, None)
     if device == "cuda":
         raise InputError("--device cuda: the Ray cluster has no GPU")
     cpus = max(1, int(resources.get("CPU", 1)))
@@ -157,7 +157,7 @@ def run_on_ray(tasks: Sequence[Task], spec: WorkerSpec, *, address: str = LOCAL,
     started = connect(ray, address, log_level, timeout)
     try:
         where = placement(ray, spec.device, workers)
-        spec = replace(spec, threads=spec.threads or where.threads)  # --threads-per-worker first
+        spec = replace(spec, threads=spec.threads or where.threads)  # --threads-per-worker first; None: torch's
         actor = ray.remote(SessionActor).options(num_cpus=where.num_cpus, num_gpus=where.num_gpus)
         log.info("Ray: %d actors, %g CPU and %d GPU each", where.workers, where.num_cpus, where.num_gpus)
         dispatch(ray, lambda: actor.remote(spec, log_level), where.workers, tasks, on_outcome, on_ready)

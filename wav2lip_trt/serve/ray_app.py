@@ -111,7 +111,7 @@ def worker_spec(config: ServeConfig, where: Placement) -> WorkerSpec:
     s3fd = Path(config.s3fd_checkpoint)
     return WorkerSpec(Path(config.checkpoint_path).absolute(), s3fd.absolute() if s3fd.is_file() else None,
                       config.device, config.backend, config.precision, Path(config.engines_dir).absolute(),
-                      config.flavor, threads=where.threads or None)
+                      config.flavor, threads=where.threads)
 
 
 def application(config: ServeConfig, log_level: int = logging.WARNING) -> Any:
