@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..jobs.worker import WorkerSpec
 from ..options import check_model_choices
 
 TOKEN_ENV = "WAV2LIP_TRT_TOKEN"
@@ -102,6 +103,13 @@ class ServeConfig:
                              f"({self.min_replicas}), got {self.max_replicas}")
         if not self.ray_timeout > 0:
             raise InputError(f"--ray-timeout must be positive, got {self.ray_timeout}")
+
+    def worker_spec(self, threads: int | None) -> WorkerSpec:
+        """What each worker (process or Ray replica) loads: absolute paths, since a worker may run elsewhere."""
+        s3fd = Path(self.s3fd_checkpoint)
+        return WorkerSpec(Path(self.checkpoint_path).absolute(), s3fd.absolute() if s3fd.is_file() else None,
+                          self.device, self.backend, self.precision, Path(self.engines_dir).absolute(), self.flavor,
+                          threads=threads)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -18,13 +18,11 @@ import logging
 import signal
 import threading
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from ..errors import MissingDependencyError
 from ..jobs.local import STOP_SECONDS
-from ..jobs.ray_runner import Placement, connect, import_ray, placement
-from ..jobs.worker import WorkerSpec
+from ..jobs.ray_runner import connect, import_ray, placement
 from .config import ServeConfig
 from .ray_worker import CLEANUP_SECONDS, Mailbox, SessionWorker
 
@@ -106,14 +104,6 @@ class GoneIsDisconnect:
         await self.app(scope, received, send)
 
 
-def worker_spec(config: ServeConfig, where: Placement) -> WorkerSpec:
-    """What each worker replica loads: paths made absolute (the replicas run elsewhere), its share of threads."""
-    s3fd = Path(config.s3fd_checkpoint)
-    return WorkerSpec(Path(config.checkpoint_path).absolute(), s3fd.absolute() if s3fd.is_file() else None,
-                      config.device, config.backend, config.precision, Path(config.engines_dir).absolute(),
-                      config.flavor, threads=where.threads)
-
-
 def application(config: ServeConfig, log_level: int = logging.WARNING) -> Any:
     """The bound Serve application for ``config`` on the connected cluster (its size decides the replicas)."""
     import ray
@@ -134,7 +124,7 @@ def application(config: ServeConfig, log_level: int = logging.WARNING) -> Any:
         graceful_shutdown_timeout_s=STREAMS_END_SECONDS + grace + STOP_SECONDS)
     log.info("Ray Serve: %d to %d workers, %g CPU and %d GPU each", least, most, where.num_cpus, where.num_gpus)
     app_config = replace(config, workers=most)  # the app's queue bound and /readyz count the most workers
-    return ingress.bind(app_config, worker.bind(worker_spec(config, where), log_level), log_level)
+    return ingress.bind(app_config, worker.bind(config.worker_spec(where.threads), log_level), log_level)
 
 
 def deploy(config: ServeConfig, log_level: int = logging.WARNING) -> Any:

@@ -27,7 +27,6 @@ from ..errors import Wav2LipTrtError
 from ..jobs.local import cpu_cores, default_workers, gpu_count
 from ..jobs.results import is_done, mark_path, mark_started
 from ..jobs.spec import _coerce, per_call_options
-from ..jobs.worker import WorkerSpec
 from ..progress import LIP_SYNC_PHASE
 from .avatars import AvatarService, routed
 from .config import ServeConfig
@@ -98,10 +97,7 @@ class JobService:
         self._stopped = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, name="wav2lip-trt-serve-expiry", daemon=True)
         workers = config.workers or default_workers(config.device)
-        s3fd = Path(config.s3fd_checkpoint)
-        spec = WorkerSpec(Path(config.checkpoint_path).absolute(), s3fd.absolute() if s3fd.is_file() else None,
-                          config.device, config.backend, config.precision, Path(config.engines_dir).absolute(),
-                          config.flavor, threads=max(1, cpu_cores() // workers))
+        spec = config.worker_spec(threads=max(1, cpu_cores() // workers))
         gpus = gpu_count(config.device) if config.device != "cpu" else 0
         self.workers = workers
         # pool: another pool with ServePool's interface, made with this service as its listener (serve --ray)
