@@ -95,7 +95,7 @@ def test_stdin_at_another_rate_is_resampled_and_muxed(setup, tmp_path) -> None:
 @pytest.mark.parametrize("data, message", [
     (b"\x01\x02\x03", "ended inside a sample"),
     (b"RIFF\x00\x00\x00\x00WAVEfmt ", "starts with a WAV header"),
-    (b"", "audio is empty"),
+    (b"", "Error: stdin: audio is empty"),
 ])
 def test_bad_pcm_is_one_error_and_no_output(setup, tmp_path, data, message) -> None:
     proc = cli(*stream_args(setup, "--audio", "-", "--outfile", tmp_path / "x.mp4"), stdin=data)

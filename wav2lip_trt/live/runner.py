@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from ..cli_json import check_json_path, to_stdout, write_json
-from ..errors import InputError
+from ..errors import AudioError, InputError
 from ..files import check_output_dir, check_output_file
 from .avatar import load_avatar
 from .sinks import FileSink, OutputClosed, StdoutSink, stdout_is_terminal
@@ -102,7 +102,8 @@ def run_stream_command(*, avatar_dir: Path, audio: str, outfile: str, checkpoint
                                       on_samples=record, expert_checkpoint=expert_checkpoint,
                                       disc_checkpoint=disc_checkpoint, score_every=score_every) as live:
                 failure: list[BaseException] = []
-                producer = threading.Thread(target=_produce, args=(live, source, failure), daemon=True,
+                label = "stdin" if from_stdin else str(audio)
+                producer = threading.Thread(target=_produce, args=(live, source, failure, label), daemon=True,
                                             name="wav2lip-trt-live-source")
                 producer.start()
                 shown = time.perf_counter()
@@ -145,11 +146,15 @@ def _scores(report: dict[str, Any]) -> str:
     return f"; {summary(report)}"
 
 
-def _produce(live: Any, source: Iterable[np.ndarray], failure: list[BaseException]) -> None:
+def _produce(live: Any, source: Iterable[np.ndarray], failure: list[BaseException], label: str | None = None) -> None:
+    """Feed ``source`` to ``live``; an audio problem found only at the end (nothing came) names ``label``."""
     try:
         for chunk in source:
             live.feed(chunk)
         live.close()
+    except AudioError as exc:
+        failure.append(AudioError(f"{label}: {exc}") if label and label not in str(exc) else exc)
+        live.abort()
     except BaseException as exc:  # the main thread raises it after the frames it already has
         failure.append(exc)
         live.abort()
