@@ -263,3 +263,38 @@ def test_a_client_path_is_taken_literally_and_refused_outside_the_roots(tmp_path
         resolve_allowed("face_path", given, (home.resolve(),))
     assert caught.value.status == 403
     assert "not a file under the allowed folders" in str(caught.value)
+
+
+def test_avatars_count_against_the_disk_quota(media, checkpoints, tmp_path) -> None:
+    """A prepared avatar's folder and kept upload are in the quota's usage (after a restart too); a delete frees them."""
+    server = start_server(tmp_path, checkpoints, "--max-disk-gb", 1)
+    state = server.state_dir
+
+    def on_disk() -> int:
+        return sum(folder_bytes(state / name) for name in ("jobs", "avatars", "avatar-uploads"))
+
+    try:
+        with server.client() as client:
+            with open(media["face"], "rb") as face:
+                made = client.post("/v1/avatars", files={"face": ("face.mp4", face)},
+                                   data={"options": json.dumps({"box": BOX})})
+            assert made.status_code == 202, made.text
+            avatar = made.json()["id"]
+            deadline = time.monotonic() + 120
+            while client.get(f"/v1/avatars/{avatar}").json()["status"] in ("queued", "running"):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            assert client.get(f"/v1/avatars/{avatar}").json()["status"] == "succeeded"
+            used = metric(client, "wav2lip_trt_disk_used_bytes")
+            assert used == on_disk() > folder_bytes(state / "avatar-uploads") > 0
+    finally:
+        assert server.stop() == 0, server.output()
+    again = start_server(tmp_path, checkpoints, "--max-disk-gb", 1)
+    try:
+        with again.client() as client:
+            assert metric(client, "wav2lip_trt_disk_used_bytes") == used
+            assert client.delete(f"/v1/avatars/{avatar}").json()["status"] == "deleted"
+            assert metric(client, "wav2lip_trt_disk_used_bytes") == on_disk() == 0
+    finally:
+        assert again.stop() == 0, again.output()
+    assert "Traceback" not in server.output() + again.output()

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAGE_LIMIT = 100
+QUOTA_KEY = "avatar:"  # an avatar's share of the disk quota (a job's key is its id)
 LOOPS = ("forward", "pingpong")  # wav2lip_trt.live.avatar.LOOPS (not imported: it loads torch)
 AVATAR_FIELDS = ("static", "fps", "pads", "face_det_batch_size", "resize_factor", "crop", "box", "rotate", "nosmooth",
                  "on_missing_face", "boxes", "detect_every", "detect_size")
@@ -54,6 +55,7 @@ class AvatarService:
         self.uploads = jobs.state_dir / "avatar-uploads"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.uploads.mkdir(parents=True, exist_ok=True)
+        jobs.quota.add_roots(QUOTA_KEY, self.dir, self.uploads)
         self.store = AvatarStore(jobs.store)
         self.tasks: set[str] = set()  # avatars in the pool (queued or being prepared)
         self.phase: dict[str, str] = {}
@@ -96,8 +98,10 @@ class AvatarService:
             folder = self.dir / avatar_id
             task = self._task(path, folder, given, {path: face.name})
             self.store.add(avatar_id, str(path), str(folder), given, {"face": face.name}, client)
+            self._account(avatar_id)
         except BaseException:
             remove(uploads)
+            self.jobs.quota.forget(QUOTA_KEY + avatar_id)
             raise
         self.tasks.add(avatar_id)
         self.jobs.pool.submit(avatar_id, task)
@@ -175,6 +179,11 @@ class AvatarService:
         remove(self.uploads / row.id)
         self._remove_partial(row.id)
         self.phase.pop(row.id, None)
+        self.jobs.quota.forget(QUOTA_KEY + row.id)
+
+    def _account(self, avatar_id: str) -> None:
+        """An avatar's folder and its kept upload count against --max-disk-gb (they are never evicted)."""
+        self.jobs.quota.account(QUOTA_KEY + avatar_id, self.dir / avatar_id, self.uploads / avatar_id)
 
     def _remove_partial(self, avatar_id: str) -> None:
         for partial in self.dir.glob(f".{avatar_id}.*"):
@@ -231,6 +240,7 @@ class AvatarService:
 
     def job_done(self, avatar_id: str, report: dict[str, Any], memory: int | None, worker: int) -> None:
         self._ended(avatar_id)
+        self._account(avatar_id)
         self.store.update(avatar_id, status="succeeded", finished=time.time(), report=report, error=None)
 
     def job_failed(self, avatar_id: str, error: str) -> None:
@@ -242,6 +252,7 @@ class AvatarService:
         self.store.update(avatar_id, status="failed", finished=time.time(), error=error)
         remove(self.uploads / avatar_id)
         self._remove_partial(avatar_id)
+        self._account(avatar_id)
 
     def job_cancelled(self, avatar_id: str) -> None:
         self._ended(avatar_id)

@@ -58,6 +58,7 @@ class DiskQuota:
                  floor: int = MIN_FREE_BYTES) -> None:
         self.root, self.limit, self.grace_seconds, self.floor = Path(root), limit, grace_seconds, floor
         self._finished_before, self._delete = finished_before, delete
+        self._roots: dict[str, tuple[Path, ...]] = {}  # key prefix -> folders whose entries share one key each
         self._sizes: dict[str, int] = {}
         self._used = 0
         self._reserved = 0
@@ -67,22 +68,31 @@ class DiskQuota:
     def used(self) -> int:
         return self._used
 
+    def add_roots(self, prefix: str, *folders: Path) -> None:
+        """Count ``folders`` too: entry NAME of any of them is part of key ``prefix + NAME`` (an avatar's folder
+        and its upload are one key). Such keys are never evicted: only finished jobs are (see the module)."""
+        self._roots[prefix] = tuple(Path(folder) for folder in folders)
+
     def scan(self) -> None:
-        """Measure every job folder once (at start)."""
-        sizes = {}
-        try:
-            with os.scandir(self.root) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        sizes[entry.name] = folder_bytes(Path(entry.path))
-        except FileNotFoundError:
-            pass
+        """Measure every job folder (and every folder under the added roots) once (at start)."""
+        sizes: dict[str, int] = {}
+        for prefix, folders in (("", (self.root,)), *self._roots.items()):
+            for folder in folders:
+                try:
+                    with os.scandir(folder) as entries:
+                        for entry in entries:
+                            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                                key = prefix + entry.name
+                                sizes[key] = sizes.get(key, 0) + folder_bytes(Path(entry.path))
+                except FileNotFoundError:
+                    pass
         with self._lock:
             self._sizes, self._used = sizes, sum(sizes.values())
 
-    def account(self, job_id: str) -> int:
-        """Measure one job's folder again (it was created, grew or ended); its size now."""
-        size = folder_bytes(self.root / job_id)
+    def account(self, job_id: str, *folders: Path) -> int:
+        """Measure one job's folder again (it was created, grew or ended), or the ``folders`` of another key; its
+        size now."""
+        size = sum(folder_bytes(folder) for folder in (folders or (self.root / job_id,)))
         with self._lock:
             self._used += size - self._sizes.get(job_id, 0)
             if size:

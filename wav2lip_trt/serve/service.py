@@ -188,7 +188,8 @@ class JobService:
     def submit_avatar(self, face: Incoming, options_text: str | None, client: str | None = None) -> dict[str, Any]:
         """A new avatar to prepare (:mod:`.avatars`), admitted as a job is (queue bound, client share)."""
         with self.admitted(client):
-            return self.avatars.submit(face, options_text, client)
+            with self.quota.reserve(upload_bytes(face)):
+                return self.avatars.submit(face, options_text, client)
 
     @contextmanager
     def admitted(self, client: str | None) -> Iterator[None]:
