@@ -9,6 +9,23 @@ import pytest
 
 
 @pytest.fixture(scope="session", autouse=True)
+def signals_as_at_a_terminal() -> None:
+    """Tests Ctrl-C, hang up and stop the commands they start, and expect them handled as at a terminal.
+
+    A test run started in the background of a script (SIGINT ignored) or under nohup (SIGHUP ignored)
+    would hand those signals to its children ignored, and the commands rightly keep an ignored signal
+    ignored (nohup's promise); so this run takes them back to their defaults, which children inherit.
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        if signal.getsignal(sig) is signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The detection cache of every test (and of the CLI processes they start) lives in a temporary folder."""
     import os

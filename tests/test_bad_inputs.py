@@ -302,11 +302,9 @@ def test_signal_mid_run_stops_ffmpeg_and_leaves_nothing(media, tmp_path, signum)
     out.write_bytes(b"previous result")
     args = ["infer", "--checkpoint_path", media["wav2lip"], "--face", media["image"], "--audio", media["long_wav"],
             "--outfile", out, "--device", "cpu", "--box", "10", "80", "20", "100", "-q"]
-    # its own session, like a shell job: SIGINT to the group is what Ctrl-C at a terminal sends. SIGHUP at its
-    # default, as in a terminal: under nohup it would be inherited ignored, and an ignored SIGHUP stays ignored
+    # its own session, like a shell job: SIGINT to the group is what Ctrl-C at a terminal sends
     proc = subprocess.Popen([sys.executable, "-m", "wav2lip_trt", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         children: list = []
