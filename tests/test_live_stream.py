@@ -319,6 +319,15 @@ def test_two_streams_on_one_session_at_once_are_exact(session, media) -> None:
     stream's frames are the ones it makes alone, bit for bit on the CPU."""
     avatar = session.avatar(media["folder"], fps=FPS, box=(20, 90, 30, 100))
     audios = [load_audio(media["audio"]), float_to_int16(speechlike_audio(0.7, seed=12))]
+    alone, together = alone_and_together(session, avatar, audios)
+    for mine, reference in zip(together, alone):
+        assert [f.index for f in mine] == [f.index for f in reference] and len(mine) > 10
+        assert all(np.array_equal(a.image, b.image) for a, b in zip(mine, reference))
+    assert not np.array_equal(together[0][12].image, together[1][12].image)  # two different audios
+
+
+def alone_and_together(session: Session, avatar, audios: list) -> tuple[list, list]:
+    """Each audio streamed alone in one chunk, then both at once on two threads in random chunks, batches of 3."""
     alone = [run_stream(session, avatar, [wav]) for wav in audios]
     together: list[list] = [[], []]
 
@@ -330,10 +339,8 @@ def test_two_streams_on_one_session_at_once_are_exact(session, media) -> None:
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
-    for mine, reference in zip(together, alone):
-        assert [f.index for f in mine] == [f.index for f in reference] and len(mine) > 10
-        assert all(np.array_equal(a.image, b.image) for a, b in zip(mine, reference))
-    assert not np.array_equal(together[0][12].image, together[1][12].image)  # two different audios
+    return alone, together
+
 
 @pytest.mark.gpu
 def test_a_stream_first_captures_the_graph_at_the_sessions_batch(checkpoints, session, media) -> None:
@@ -358,17 +365,7 @@ def test_two_streams_on_one_gpu_session_at_once(checkpoints, session, media) -> 
     avatar = session.avatar(media["folder"], fps=FPS, box=(20, 90, 30, 100))
     audios = [load_audio(media["audio"]), float_to_int16(speechlike_audio(0.7, seed=12))]
     with Session(checkpoints[0], None, device="cuda", precision="fp32") as gpu:
-        alone = [run_stream(gpu, avatar, [wav]) for wav in audios]
-        together: list[list] = [[], []]
-
-        def run(k: int) -> None:
-            together[k] = run_stream(gpu, avatar, chunks_of(audios[k], "random", seed=k), max_batch=3)
-
-        threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=300)
+        alone, together = alone_and_together(gpu, avatar, audios)
     for mine, reference in zip(together, alone):
         assert [f.index for f in mine] == [f.index for f in reference]
         diff = np.abs(np.stack([f.image for f in mine]).astype(np.int16) - np.stack([f.image for f in reference]))
