@@ -16,9 +16,38 @@ from typing import Any
 
 import httpx
 
+from wav2lip_trt.samples import float_to_int16, speechlike_audio, write_wav
+
+from jobs_media import write_media
+
 TOKEN = "test-token-0123456789abcdef"
 BOX = [30, 110, 40, 120]  # inside the 160x128 test clips: no S3FD, so the tests stay fast
 START_SECONDS = 120.0
+SPEECH = {"speech": (1.0, 5), "slow": (3.0, 4), "long": (6.0, 6)}  # extra audios: name -> (seconds, seed)
+
+
+def serve_media(folder: Path, *names: str) -> dict[str, Path]:
+    """The jobs' generated face and audios (:func:`jobs_media.write_media`), plus the named speech-like WAVs of
+    :data:`SPEECH` as ``NAME.wav``."""
+    found = write_media(folder)
+    for name in names:
+        seconds, seed = SPEECH[name]
+        found[name] = write_wav(folder / f"{name}.wav", float_to_int16(speechlike_audio(seconds, seed=seed)), 16000)
+    return found
+
+
+def cancel_mid_run(client: httpx.Client, server: Server, media: dict[str, Path]) -> dict[str, Any]:
+    """A slow job cancelled once it makes frames: it ends cancelled by the client, with its folder gone and no
+    result (409); the job as submitted."""
+    job = submit(client, media["face"], media["slow"], box=BOX, wav2lip_batch_size=4).json()
+    wait_frames(client, job["id"], 1)
+    cancelled = client.delete(f"/v1/jobs/{job['id']}")
+    assert cancelled.status_code == 200, cancelled.text
+    end = wait_finished(client, job["id"])
+    assert end["status"] == "cancelled" and end["error"] == "cancelled by a client"
+    assert not (server.state_dir / "jobs" / job["id"]).exists()
+    assert client.get(f"/v1/jobs/{job['id']}/result").status_code == 409
+    return job
 
 
 def free_port() -> int:

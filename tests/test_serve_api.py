@@ -18,11 +18,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from wav2lip_trt.samples import float_to_int16, speechlike_audio, write_wav
-
-from jobs_media import write_media
 from media import decode_frames
-from serve_server import BOX, events, start_server, submit, wait_finished, wait_frames
+from serve_server import BOX, cancel_mid_run, events, serve_media, start_server, submit, wait_finished
 
 UPLOAD_LIMIT_MB = 1
 
@@ -30,9 +27,7 @@ UPLOAD_LIMIT_MB = 1
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("serve_media")
-    found = write_media(folder)
-    found["slow"] = write_wav(folder / "slow.wav", float_to_int16(speechlike_audio(3.0, seed=4)), 16000)
-    return found
+    return serve_media(folder, "slow")
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +97,7 @@ def test_paths_under_the_allowed_root(server, media, tmp_path) -> None:
 
 def test_cancel_mid_run_leaves_nothing(server, media) -> None:
     with server.client() as client:
-        job = submit(client, media["face"], media["slow"], box=BOX, wav2lip_batch_size=4).json()
-        wait_frames(client, job["id"], 1)
-        cancelled = client.delete(f"/v1/jobs/{job['id']}")
-        assert cancelled.status_code == 200, cancelled.text
-        end = wait_finished(client, job["id"])
-        assert end["status"] == "cancelled"
-        assert not (server.state_dir / "jobs" / job["id"]).exists()
-        assert client.get(f"/v1/jobs/{job['id']}/result").status_code == 409
+        job = cancel_mid_run(client, server, media)
         deleted = client.delete(f"/v1/jobs/{job['id']}")  # a finished job: deleted
         assert deleted.json() == {"id": job["id"], "status": "deleted"}
         assert client.get(f"/v1/jobs/{job['id']}").status_code == 404

@@ -21,20 +21,14 @@ import httpx
 import numpy as np
 import pytest
 
-from wav2lip_trt.samples import float_to_int16, speechlike_audio, write_wav
-
-from jobs_media import write_media
 from media import decode_frames
-from serve_server import BOX, start_server, submit, wait_finished
+from serve_server import BOX, serve_media, start_server, submit, wait_finished
 
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("avatar_media")
-    found = write_media(folder)
-    found["speech"] = write_wav(folder / "speech.wav", float_to_int16(speechlike_audio(1.0, seed=5)), 16000)
-    found["slow"] = write_wav(folder / "slow.wav", float_to_int16(speechlike_audio(3.0, seed=4)), 16000)
-    return found
+    return serve_media(folder, "speech", "slow")
 
 
 def create_avatar(client: httpx.Client, face: Path, **options: Any) -> httpx.Response:

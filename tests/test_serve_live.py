@@ -20,10 +20,7 @@ import cv2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from wav2lip_trt.samples import float_to_int16, speechlike_audio, write_wav
-
-from jobs_media import write_media
-from serve_server import BOX, TOKEN, start_server
+from serve_server import BOX, TOKEN, serve_media, start_server
 from test_serve_avatars import create_avatar, wait_avatar
 
 websockets = pytest.importorskip("websockets.sync.client", reason="the serve extra brings websockets")
@@ -36,10 +33,7 @@ JPEG_QUALITY = 90  # the server's (serve.tasks.LIVE_DEFAULTS)
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("live_media")
-    found = write_media(folder)
-    found["speech"] = write_wav(folder / "speech.wav", float_to_int16(speechlike_audio(1.0, seed=5)), 16000)
-    found["long"] = write_wav(folder / "long.wav", float_to_int16(speechlike_audio(6.0, seed=6)), 16000)
-    return found
+    return serve_media(folder, "speech", "long")
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,8 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from wav2lip_trt.samples import float_to_int16, speechlike_audio, write_wav
-
-from jobs_media import write_media
 from media import decode_frames
-from serve_server import BOX, TOKEN, events, start_server, submit, wait_finished, wait_frames
+from serve_server import BOX, TOKEN, cancel_mid_run, events, serve_media, start_server, submit, wait_finished, wait_frames
 from test_serve_avatars import create_avatar, wait_avatar
 from test_serve_live import CHUNK_BYTES, connect, pcm, receive_all, refused
 
@@ -43,10 +40,7 @@ THREADS = 1  # torch threads of each replica: one CPU each on this two-CPU insta
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("serve_ray_media")
-    found = write_media(folder)
-    found["slow"] = write_wav(folder / "slow.wav", float_to_int16(speechlike_audio(3.0, seed=4)), 16000)
-    found["speech"] = write_wav(folder / "speech.wav", float_to_int16(speechlike_audio(1.0, seed=5)), 16000)
-    return found
+    return serve_media(folder, "slow", "speech")
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +80,7 @@ def test_upload_events_result_equal_to_infer(server, media, checkpoints, tmp_pat
 
 def test_cancel_mid_run_leaves_nothing(server, media) -> None:
     with server.client() as client:
-        job = submit(client, media["face"], media["slow"], box=BOX, wav2lip_batch_size=4).json()
-        wait_frames(client, job["id"], 1)
-        cancelled = client.delete(f"/v1/jobs/{job['id']}")
-        assert cancelled.status_code == 200, cancelled.text
-        end = wait_finished(client, job["id"])
-        assert end["status"] == "cancelled" and end["error"] == "cancelled by a client"
-        assert not (server.state_dir / "jobs" / job["id"]).exists()
-        assert client.get(f"/v1/jobs/{job['id']}/result").status_code == 409
+        cancel_mid_run(client, server, media)
 
 
 def test_readyz_and_metrics(server) -> None:
