@@ -62,8 +62,9 @@ GRACEFUL_SECONDS = 5.0  # open connections (event streams end by themselves) bef
 @click.option("--ray-timeout", "ray_timeout", type=float, default=30.0, show_default=True, metavar="SECONDS",
               help="With --ray ADDRESS: give up when the cluster does not answer within this time.")
 @click.option("--max-disk-gb", "max_disk_gb", type=float, default=20.0, show_default=True,
-              help="Disk quota for the jobs' uploads and results under --state-dir, in GB; new work beyond it gets "
-                   "507 once the oldest finished jobs past --quota-grace-minutes are deleted; 0 = no limit.")
+              help="Disk quota for the jobs' uploads and results and the avatars under --state-dir, in GB; new "
+                   "work beyond it gets 507 once the oldest finished jobs past --quota-grace-minutes are deleted; "
+                   "0 = no limit.")
 @click.option("--quota-grace-minutes", "quota_grace_minutes", type=float, default=10.0, show_default=True,
               help="A finished job is deleted to make room only once it ended at least this long ago.")
 @click.option("--request-timeout", "request_timeout", type=float, default=60.0, show_default=True,
