@@ -364,6 +364,7 @@ class Session:
         expert, disc = (options.pop(name, None) for name in ("expert_checkpoint", "disc_checkpoint"))
         score = ScoreOptions(None if expert is None else Path(expert), None if disc is None else Path(disc),
                              options.pop("score_every", 1))
+        self.warm_up(options.get("reference_batch", 128))  # before the scorers' weights go to the compute stream
         if score.expert_checkpoint is not None or score.disc_checkpoint is not None:
             options["scorer"] = self._scorer(score)  # type: ignore[arg-type]
         return LiveStream(self, avatar if isinstance(avatar, Avatar) else load_avatar(avatar), **options)
