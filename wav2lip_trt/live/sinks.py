@@ -146,7 +146,7 @@ class StdoutSink:
                 else:
                     self._write_raw(data)
         except (BrokenPipeError, ConnectionResetError):
-            raise OutputClosed(f"stdout was closed by its reader after {self.frames_written} frames") from None
+            raise self._closed_by_reader() from None
         except OSError as exc:
             raise OutputClosed(f"cannot write to stdout after {self.frames_written} frames: {exc.strerror or exc}") from None
         self.frames_written += 1
@@ -168,9 +168,17 @@ class StdoutSink:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         try:
             if self._pipe is not None and exc_type is None:
-                self._pipe.finish()
+                try:
+                    self._pipe.finish()
+                except FFmpegError as failure:  # ffmpeg met the closed stdout before this process did
+                    if "Broken pipe" in str(failure):
+                        raise self._closed_by_reader() from None
+                    raise
         finally:
             self._close()
+
+    def _closed_by_reader(self) -> OutputClosed:
+        return OutputClosed(f"stdout was closed by its reader after {self.frames_written} frames")
 
     def _close(self) -> None:
         if self._pipe is not None:
